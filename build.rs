@@ -1,0 +1,16 @@
+//! Compiles `proto/` into Rust with protox (no system protoc) and tonic-prost-build.
+
+const PROTOS: &[&str] = &[
+    "containerd/types/mount.proto",
+    "containerd/services/snapshots/v1/snapshots.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Errors of this crate: one variant per failing syscall, each naming its path.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result of a mountutil call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A syscall failed; each variant names the step and the path it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// mount(2) or the new mount API failed.
+    #[error("mount {fstype} on {target}")]
+    Mount {
+        /// Filesystem type being mounted.
+        fstype: String,
+        /// Mount point.
+        target: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// umount2(2) failed.
+    #[error("unmount {target}")]
+    Unmount {
+        /// Mount point.
+        target: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// A mount description cannot be expressed as a mount.
+    #[error("invalid mount: {0}")]
+    InvalidMount(String),
+    /// The root is locked by another process.
+    #[error("{path} is in use by another process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Any other file operation.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The LMDB environment could not be opened.
+    #[error("open index {path}")]
+    Index {
+        /// The environment directory.
+        path: PathBuf,
+        /// heed's error.
+        #[source]
+        source: heed::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The OS error number behind this error, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Mount { source, .. }
+            | Error::Unmount { source, .. }
+            | Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! [`DirSnapshotter`]: the snapshot lifecycle shared by the native and overlay snapshotters.
+//!
+//! Layout: `<root>/metadata/` (LMDB), `<root>/snapshots/<id>/fs` (and `work` for overlay
+//! active snapshots), `<root>/lock`. A new snapshot's directory is built as
+//! `snapshots/new-<n>` and renamed to `snapshots/<id>` inside the write transaction that adds
+//! its index entry; removal deletes the index entry first. A crash therefore leaves at worst
+//! an orphan directory, which [`Snapshotter::cleanup`] (also run at open) renames to
+//! `rm-<name>` and deletes.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use heed::RoTxn;
+use mountutil::lock::RootLock;
+
+use crate::metastore::{MetaStore, Record, from_time};
+use crate::{Error, Filters, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, disk_usage};
+
+/// What differs between snapshotters that keep a directory per snapshot.
+pub trait Driver: Send + Sync + 'static {
+    /// Fills `dir` (a fresh, empty directory) for a new snapshot of `kind` whose parent
+    /// chain's `fs` directories are `parents`, nearest first. It must create `dir/fs`.
+    fn populate(&self, dir: &SnapshotDir, kind: Kind, parents: &[PathBuf]) -> Result<()>;
+
+    /// The mounts through which an active snapshot or view in `dir` is used.
+    fn mounts(&self, dir: &SnapshotDir, kind: Kind, parents: &[PathBuf]) -> Vec<Mount>;
+
+    /// Prepares a snapshot created without a parent to be committed onto `parents`.
+    fn rebase(&self, dir: &SnapshotDir, parents: &[PathBuf]) -> Result<()>;
+
+    /// Labels the driver adds to every Info it reports (never stored).
+    fn info_labels(&self, _dir: &SnapshotDir) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// A snapshot's directory, `<root>/snapshots/<id>` (or its temporary name while built).
+#[derive(Debug, Clone)]
+pub struct SnapshotDir {
+    path: PathBuf,
+}
+
+impl SnapshotDir {
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `fs`: the snapshot's contents (the overlay upper directory).
+    pub fn fs(&self) -> PathBuf {
+        self.path.join("fs")
+    }
+
+    /// `work`: overlayfs's work directory.
+    pub fn work(&self) -> PathBuf {
+        self.path.join("work")
+    }
+}
+
+/// Options common to directory snapshotters.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Delete a removed snapshot's directory at once instead of at the next cleanup.
+    pub sync_remove: bool,
+}
+
+/// A snapshotter keeping one directory per snapshot under a root, indexed in LMDB.
+pub struct DirSnapshotter<D: Driver> {
+    root: PathBuf,
+    store: MetaStore,
+    driver: D,
+    options: Options,
+    /// Temporary directories of creations in flight, which cleanup must leave alone.
+    building: Mutex<HashSet<String>>,
+    /// Serialises renames into `snapshots/` against cleanup's scan of it.
+    layout: Mutex<()>,
+    temp_seq: AtomicU64,
+    _lock: RootLock,
+}
+
+fn now() -> (i64, u32) {
+    from_time(SystemTime::now())
+}
+
+/// Labels as stored: empty values mean "absent".
+fn clean_labels(mut labels: Labels) -> Labels {
+    labels.retain(|_, v| !v.is_empty());
+    labels
+}
+
+impl<D: Driver> DirSnapshotter<D> {
+    /// Opens (creating if needed) the snapshotter at `root`, taking its exclusive lock and
+    /// reclaiming orphan directories left by a crash.
+    pub fn open(root: &Path, driver: D, options: Options) -> Result<Self> {
+        fs::create_dir_all(root.join("snapshots"))
+            .map_err(|e| Error::io("create", root.join("snapshots"), e))?;
+        let lock = RootLock::acquire(root)?;
+        let store = MetaStore::open(&lock, &root.join("metadata"))?;
+        let snapshotter = DirSnapshotter {
+            root: root.to_path_buf(),
+            store,
+            driver,
+            options,
+            building: Mutex::new(HashSet::new()),
+            layout: Mutex::new(()),
+            temp_seq: AtomicU64::new(0),
+            _lock: lock,
+        };
+        snapshotter.cleanup()?;
+        Ok(snapshotter)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// The directory of snapshot id `id`.
+    pub fn dir(&self, id: u64) -> SnapshotDir {
+        SnapshotDir {
+            path: self.snapshots_dir().join(id.to_string()),
+        }
+    }
+
+    /// The directory of an active snapshot or view, with the kind: lets the daemon recognise
+    /// mounts that are its own.
+    pub fn lookup_dir(&self, key: &str) -> Result<(SnapshotDir, Kind, Vec<PathBuf>)> {
+        self.store.read(|txn| {
+            let rec = self.store.require(txn, key)?;
+            let parents = self.parent_dirs(txn, &rec.parent)?;
+            Ok((self.dir(rec.id), rec.kind, parents))
+        })
+    }
+
+    fn parent_dirs(&self, txn: &RoTxn, parent: &str) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .store
+            .parent_ids(txn, parent)?
+            .into_iter()
+            .map(|id| self.dir(id).fs())
+            .collect())
+    }
+
+    fn info(&self, name: &str, rec: &Record) -> Info {
+        let mut info = rec.info(name);
+        info.labels
+            .extend(self.driver.info_labels(&self.dir(rec.id)));
+        info
+    }
+
+    /// Checks that `key` is free and `parent` (if any) is a committed snapshot.
+    fn check_new(&self, txn: &RoTxn, key: &str, parent: &str) -> Result<Vec<u64>> {
+        if self.store.get(txn, key)?.is_some() {
+            return Err(Error::AlreadyExists(format!("snapshot {key}")));
+        }
+        if parent.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.store.get(txn, parent)? {
+            None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
+            Some(p) if p.kind != Kind::Committed => Err(Error::InvalidArgument(format!(
+                "parent {parent} is not a committed snapshot"
+            ))),
+            Some(_) => self.store.parent_ids(txn, parent),
+        }
+    }
+
+    fn create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(
+                "snapshot key must not be empty".into(),
+            ));
+        }
+        let parent_ids = self.store.read(|txn| self.check_new(txn, key, parent))?;
+        let parents: Vec<PathBuf> = parent_ids.iter().map(|id| self.dir(*id).fs()).collect();
+        let temp = self.temp_dir()?;
+        self.driver.populate(&temp.dir, kind, &parents)?;
+
+        let time = now();
+        let record = |id| Record {
+            id,
+            kind,
+            parent: parent.to_string(),
+            created: time,
+            updated: time,
+            labels: clean_labels(labels),
+            usage: None,
+        };
+        let _layout = self.layout.lock().expect("layout lock");
+        let mut placed = None;
+        let result = self.store.write(|txn| {
+            if self.check_new(txn, key, parent)? != parent_ids {
+                return Err(Error::FailedPrecondition(format!(
+                    "parent {parent} changed while {key} was being created"
+                )));
+            }
+            let id = self.store.next_id(txn)?;
+            self.store.put(txn, key, &record(id))?;
+            self.store.add_child(txn, parent, key)?;
+            let dir = self.dir(id);
+            if dir.path().exists() {
+                // An id not yet in the index: a crash left this directory behind.
+                remove_tree(dir.path())?;
+            }
+            fs::rename(temp.dir.path(), dir.path())
+                .map_err(|e| Error::io("rename", dir.path(), e))?;
+            placed = Some(dir.clone());
+            Ok(dir)
+        });
+        match result {
+            Ok(dir) => Ok(self.driver.mounts(&dir, kind, &parents)),
+            Err(e) => {
+                if let Some(dir) = placed {
+                    let _ = remove_tree(dir.path());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn temp_dir(&self) -> Result<TempDir<'_>> {
+        let name = format!("new-{}", self.temp_seq.fetch_add(1, Ordering::Relaxed));
+        self.building
+            .lock()
+            .expect("building set")
+            .insert(name.clone());
+        let temp = TempDir {
+            dir: SnapshotDir {
+                path: self.snapshots_dir().join(&name),
+            },
+            name,
+            owner: &self.building,
+        };
+        if temp.dir.path().exists() {
+            remove_tree(temp.dir.path())?;
+        }
+        fs::create_dir(temp.dir.path()).map_err(|e| Error::io("create", temp.dir.path(), e))?;
+        Ok(temp)
+    }
+
+    /// Deletes a directory that has left the index: renamed out of the way first, so a crash
+    /// mid-delete leaves an `rm-` orphan rather than a half-deleted snapshot id.
+    fn discard_dir(&self, name: &str) -> Result<()> {
+        let from = self.snapshots_dir().join(name);
+        let to = self.snapshots_dir().join(format!("rm-{name}"));
+        {
+            let _layout = self.layout.lock().expect("layout lock");
+            if !from.exists() {
+                return Ok(());
+            }
+            fs::rename(&from, &to).map_err(|e| Error::io("rename", &from, e))?;
+        }
+        remove_tree(&to)
+    }
+}
+
+/// A directory a creation is building; removed on drop unless renamed into place.
+struct TempDir<'a> {
+    dir: SnapshotDir,
+    name: String,
+    owner: &'a Mutex<HashSet<String>>,
+}
+
+impl Drop for TempDir<'_> {
+    fn drop(&mut self) {
+        if self.dir.path().exists() {
+            let _ = remove_tree(self.dir.path());
+        }
+        self.owner.lock().expect("building set").remove(&self.name);
+    }
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// Creates directory `path` with exactly `mode`, whatever the umask.
+pub(crate) fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir(path).map_err(|e| Error::io("create", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+impl<D: Driver> Snapshotter for DirSnapshotter<D> {
+    fn stat(&self, key: &str) -> Result<Info> {
+        let rec = self.store.read(|txn| self.store.require(txn, key))?;
+        Ok(self.info(key, &rec))
+    }
+
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        for path in fieldpaths {
+            if path != "labels" && !path.starts_with("labels.") {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot update {path:?} field on snapshot {}",
+                    info.name
+                )));
+            }
+        }
+        let rec = self.store.write(|txn| {
+            let mut rec = self.store.require(txn, &info.name)?;
+            if fieldpaths.is_empty() {
+                rec.labels = clean_labels(info.labels.clone());
+            }
+            for path in fieldpaths {
+                match path.strip_prefix("labels.") {
+                    None => rec.labels = clean_labels(info.labels.clone()),
+                    Some(key) => match info.labels.get(key).filter(|v| !v.is_empty()) {
+                        Some(v) => {
+                            rec.labels.insert(key.to_string(), v.clone());
+                        }
+                        None => {
+                            rec.labels.remove(key);
+                        }
+                    },
+                }
+            }
+            rec.updated = now();
+            self.store.put(txn, &info.name, &rec)?;
+            Ok(rec)
+        })?;
+        Ok(self.info(&info.name, &rec))
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        let rec = self.store.read(|txn| self.store.require(txn, key))?;
+        match rec.kind {
+            Kind::Active => disk_usage(&self.dir(rec.id).fs()),
+            Kind::Committed => Ok(rec.usage.unwrap_or_default()),
+            Kind::View => Ok(Usage::default()),
+        }
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let (dir, kind, parents) = self.lookup_dir(key)?;
+        if kind == Kind::Committed {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key} is committed and has no mounts"
+            )));
+        }
+        Ok(self.driver.mounts(&dir, kind, &parents))
+    }
+
+    fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn commit(&self, name: &str, key: &str, labels: Labels, parent: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "snapshot name must not be empty".into(),
+            ));
+        }
+        // Validates the request; returns the record and, for a rebase, the new parent chain.
+        let check = |txn: &RoTxn| -> Result<(Record, Option<Vec<u64>>)> {
+            let rec = self.store.require(txn, key)?;
+            if rec.kind != Kind::Active {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key} is a {}, only active snapshots can be committed",
+                    rec.kind.as_str()
+                )));
+            }
+            if self.store.get(txn, name)?.is_some() {
+                return Err(Error::AlreadyExists(format!("snapshot {name}")));
+            }
+            if parent.is_empty() || parent == rec.parent {
+                return Ok((rec, None));
+            }
+            if !rec.parent.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {key} has parent {}, cannot commit it onto {parent}",
+                    rec.parent
+                )));
+            }
+            match self.store.get(txn, parent)? {
+                None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
+                Some(p) if p.kind != Kind::Committed => Err(Error::FailedPrecondition(format!(
+                    "parent {parent} is not a committed snapshot"
+                ))),
+                Some(_) => Ok((rec, Some(self.store.parent_ids(txn, parent)?))),
+            }
+        };
+        let (rec, rebase) = self.store.read(check)?;
+        let dir = self.dir(rec.id);
+        if let Some(ids) = &rebase {
+            let parents: Vec<PathBuf> = ids.iter().map(|id| self.dir(*id).fs()).collect();
+            self.driver.rebase(&dir, &parents)?;
+        }
+        let usage = disk_usage(&dir.fs())?;
+        let labels = clean_labels(labels);
+        self.store.write(|txn| {
+            let (again, rebase_again) = check(txn)?;
+            if again.id != rec.id || rebase_again != rebase {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {key} changed while being committed"
+                )));
+            }
+            let new_parent = if rebase.is_some() {
+                parent
+            } else {
+                rec.parent.as_str()
+            };
+            let time = now();
+            let committed = Record {
+                id: rec.id,
+                kind: Kind::Committed,
+                parent: new_parent.to_string(),
+                created: time,
+                updated: time,
+                labels,
+                usage: Some(usage),
+            };
+            self.store.delete(txn, key)?;
+            self.store.remove_child(txn, &rec.parent, key)?;
+            self.store.put(txn, name, &committed)?;
+            self.store.add_child(txn, new_parent, name)
+        })
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let rec = self.store.write(|txn| {
+            let rec = self.store.require(txn, key)?;
+            if self.store.has_children(txn, key)? {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot remove snapshot {key} with child"
+                )));
+            }
+            self.store.delete(txn, key)?;
+            self.store.remove_child(txn, &rec.parent, key)?;
+            Ok(rec)
+        })?;
+        if self.options.sync_remove {
+            self.discard_dir(&rec.id.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, filters: &Filters) -> Result<Vec<Info>> {
+        let all = self.store.read(|txn| self.store.all(txn))?;
+        Ok(all
+            .iter()
+            .map(|(name, rec)| self.info(name, rec))
+            .filter(|info| filters.matches(info))
+            .collect())
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let mut doomed = Vec::new();
+        {
+            let _layout = self.layout.lock().expect("layout lock");
+            let ids: HashSet<String> = self
+                .store
+                .read(|txn| self.store.all(txn))?
+                .into_iter()
+                .map(|(_, rec)| rec.id.to_string())
+                .collect();
+            let building = self.building.lock().expect("building set").clone();
+            let dir = self.snapshots_dir();
+            for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
+                let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if ids.contains(&name) || building.contains(&name) {
+                    continue;
+                }
+                let target = if name.starts_with("rm-") {
+                    entry.path()
+                } else {
+                    let to = dir.join(format!("rm-{name}"));
+                    fs::rename(entry.path(), &to)
+                        .map_err(|e| Error::io("rename", entry.path(), e))?;
+                    to
+                };
+                doomed.push(target);
+            }
+        }
+        for path in doomed {
+            tracing::info!(path = %path.display(), "reclaiming orphan snapshot directory");
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+}

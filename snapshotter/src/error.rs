@@ -1,0 +1,65 @@
+//! Errors of the snapshotter crate, classified as containerd's errdefs classes so the daemon
+//! can map each to its gRPC code in one place.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result of a snapshotter call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a snapshotter call failed. Messages end with the containerd class text
+/// (`: not found`, ...) so they round-trip through containerd's error conversion.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The named snapshot (or parent) does not exist.
+    #[error("{0}: not found")]
+    NotFound(String),
+    /// A snapshot with that key or name exists.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// The request itself is malformed (empty key, bad filter, bad field mask, ...).
+    #[error("{0}: invalid argument")]
+    InvalidArgument(String),
+    /// The request is well-formed but the snapshot is in the wrong state for it.
+    #[error("{0}: failed precondition")]
+    FailedPrecondition(String),
+    /// This snapshotter does not support the operation.
+    #[error("{0}: not implemented")]
+    NotImplemented(String),
+    /// The LMDB index failed.
+    #[error("metadata index")]
+    Index(#[from] heed::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt index record for {key}")]
+    CorruptRecord {
+        /// The snapshot key.
+        key: String,
+        /// Decoder error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A filesystem operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A syscall wrapper from mountutil failed.
+    #[error(transparent)]
+    Sys(#[from] mountutil::Error),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Daemon configuration: a TOML file (`--config`) and command-line overrides, turned into
+//! snapshotter instances with typed options. The snapshotter crate never sees TOML.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default root directory.
+pub const DEFAULT_ROOT: &str = "/var/lib/strata";
+/// Default socket path.
+pub const DEFAULT_ADDRESS: &str = "/run/strata/strata.sock";
+
+/// The daemon's configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root directory; a single instance lives here, several live in `<root>/<name>`.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Unix socket to serve on.
+    #[serde(default = "default_address")]
+    pub address: PathBuf,
+    /// Snapshotter instances; none means one overlayfs instance at `root`.
+    #[serde(default)]
+    pub snapshotters: Vec<InstanceConfig>,
+}
+
+/// One named snapshotter instance.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The name containerd uses for it (the `proxy_plugins` key).
+    pub name: String,
+    /// Which snapshotter.
+    #[serde(rename = "type", default)]
+    pub kind: SnapshotterKind,
+    /// Its own root; default `<root>/<name>` (or `<root>` when it is the only instance).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Delete removed snapshots' directories at once (default: native yes, overlayfs no).
+    #[serde(default)]
+    pub sync_remove: Option<bool>,
+    /// Report `containerd.io/snapshot/overlay.upperdir` in Stat/List (overlayfs only).
+    #[serde(default)]
+    pub upperdir_label: bool,
+    /// Extra overlay mount options, such as `volatile` (overlayfs only).
+    #[serde(default)]
+    pub mount_options: Vec<String>,
+}
+
+/// The snapshotter implementations.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotterKind {
+    /// overlayfs layers (the default).
+    #[default]
+    Overlayfs,
+    /// Full copies, bind mounts.
+    Native,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from(DEFAULT_ROOT)
+}
+
+fn default_address() -> PathBuf {
+    PathBuf::from(DEFAULT_ADDRESS)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: default_root(),
+            address: default_address(),
+            snapshotters: Vec::new(),
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The file is not valid configuration.
+    #[error("parse {0}")]
+    Parse(PathBuf, #[source] toml::de::Error),
+    /// Two instances share a name.
+    #[error("snapshotter {0:?} is configured twice")]
+    DuplicateName(String),
+}
+
+impl Config {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+
+    /// The instances to open, each with its resolved root.
+    pub fn instances(&self) -> Result<Vec<(InstanceConfig, PathBuf)>, ConfigError> {
+        if self.snapshotters.is_empty() {
+            let only = InstanceConfig {
+                name: "strata".into(),
+                kind: SnapshotterKind::default(),
+                root: None,
+                sync_remove: None,
+                upperdir_label: false,
+                mount_options: Vec::new(),
+            };
+            return Ok(vec![(only, self.root.clone())]);
+        }
+        let single = self.snapshotters.len() == 1;
+        let mut out: Vec<(InstanceConfig, PathBuf)> = Vec::new();
+        for inst in &self.snapshotters {
+            if out.iter().any(|(o, _)| o.name == inst.name) {
+                return Err(ConfigError::DuplicateName(inst.name.clone()));
+            }
+            let root = match (&inst.root, single) {
+                (Some(r), _) => r.clone(),
+                (None, true) => self.root.clone(),
+                (None, false) => self.root.join(&inst.name),
+            };
+            out.push((inst.clone(), root));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_several_instances_with_roots() {
+        let c: Config = toml::from_str(
+            r#"
+            root = "/r"
+            address = "/s.sock"
+            [[snapshotters]]
+            name = "strata"
+            type = "overlayfs"
+            upperdir_label = true
+            [[snapshotters]]
+            name = "strata-native"
+            type = "native"
+            root = "/elsewhere"
+            "#,
+        )
+        .unwrap();
+        let inst = c.instances().unwrap();
+        assert_eq!(inst[0].1, PathBuf::from("/r/strata"));
+        assert!(inst[0].0.upperdir_label);
+        assert_eq!(inst[1].0.kind, SnapshotterKind::Native);
+        assert_eq!(inst[1].1, PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn empty_config_is_one_overlay_instance_at_the_root() {
+        let c: Config = toml::from_str("").unwrap();
+        let inst = c.instances().unwrap();
+        assert_eq!(inst.len(), 1);
+        assert_eq!(inst[0].1, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(inst[0].0.kind, SnapshotterKind::Overlayfs);
+    }
+
+    #[test]
+    fn unknown_keys_and_duplicates_are_rejected() {
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let c: Config =
+            toml::from_str("[[snapshotters]]\nname = \"a\"\n[[snapshotters]]\nname = \"a\"\n")
+                .unwrap();
+        assert!(matches!(c.instances(), Err(ConfigError::DuplicateName(_))));
+    }
+}

@@ -1,0 +1,31 @@
+//! Strata: a snapshotter daemon for containerd.
+//!
+//! The daemon serves containerd's Snapshots gRPC API on a unix socket for one or more
+//! snapshotter instances ([`server`]), and the CLI ([`cli`]) talks to it over the same
+//! socket. The snapshot logic itself lives in the `snapshotter` crate; this crate converts
+//! between protobuf and domain types ([`convert`]), maps errors to gRPC codes in one place
+//! ([`status`]), and wires configuration ([`config`]) to instances.
+
+pub mod cli;
+pub mod config;
+pub mod convert;
+pub mod server;
+pub mod status;
+
+/// Code generated from `proto/` (containerd's wire API).
+pub mod api {
+    /// `containerd.types`.
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+    /// `containerd.services.*`.
+    pub mod services {
+        /// `containerd.services.snapshots`.
+        pub mod snapshots {
+            /// `containerd.services.snapshots.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `strata`: the daemon (`strata serve`) and its command-line client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata::cli::snapshot::SnapshotArgs;
+use strata::config::{Config, DEFAULT_ADDRESS, InstanceConfig, SnapshotterKind};
+use strata::status::chain;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Snapshotter and differ daemon for containerd"
+)]
+struct Cli {
+    /// The daemon's unix socket.
+    #[arg(long, global = true, env = "STRATA_ADDRESS")]
+    address: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Manage snapshots through a running daemon (like `ctr snapshots`).
+    #[command(alias = "snapshots")]
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Root directory for snapshots and the index.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Snapshotter implementation of the single instance (ignored when the config file
+    /// lists instances).
+    #[arg(long, value_enum)]
+    snapshotter: Option<SnapshotterKind>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| chain(&e))?,
+        None => Config::default(),
+    };
+    if let Some(root) = &args.root {
+        config.root = root.clone();
+    }
+    if let Some(address) = address {
+        config.address = address;
+    }
+    if let Some(kind) = args.snapshotter {
+        if config.snapshotters.is_empty() {
+            config.snapshotters.push(InstanceConfig {
+                name: "strata".into(),
+                kind,
+                root: None,
+                sync_remove: None,
+                upperdir_label: false,
+                mount_options: Vec::new(),
+            });
+        } else {
+            return Err(
+                "--snapshotter cannot be combined with a config file that lists snapshotters"
+                    .into(),
+            );
+        }
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_json);
+            let config = match serve_config(&args, cli.address) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("strata: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = strata::server::run(config).await {
+                tracing::error!(error = %chain(&e), "daemon failed");
+                return ExitCode::FAILURE;
+            }
+        }
+        Command::Snapshot(args) => {
+            let address = cli
+                .address
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
+            let channel = match strata::cli::connect(&address).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("strata: connect {}: {}", address.display(), chain(&e));
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut client = strata::cli::snapshots_client(channel);
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = strata::cli::snapshot::run(&mut client, args, &mut out).await {
+                eprintln!("strata: {}", chain(&e));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

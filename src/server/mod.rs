@@ -1,0 +1,189 @@
+//! The daemon: opens the configured snapshotter instances and serves containerd's gRPC APIs
+//! for them on a unix socket until shut down.
+
+mod snapshots;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use snapshotter::native::NativeSnapshotter;
+use snapshotter::overlay::OverlaySnapshotter;
+use snapshotter::{Options, Snapshotter};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::Status;
+
+use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use crate::config::{Config, ConfigError, InstanceConfig, SnapshotterKind};
+
+pub use snapshots::SnapshotsService;
+
+/// gRPC message size limit, as containerd's (16 MiB both ways).
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A snapshotter instance could not be opened.
+    #[error("open snapshotter {name} at {root}")]
+    Open {
+        /// Instance name.
+        name: String,
+        /// Its root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: snapshotter::Error,
+    },
+    /// The socket could not be set up.
+    #[error("socket {0}")]
+    Socket(PathBuf, #[source] io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// One named snapshotter instance.
+pub struct Instance {
+    /// The name containerd selects it by.
+    pub name: String,
+    /// The snapshotter.
+    pub snapshotter: Arc<dyn Snapshotter>,
+}
+
+/// The instances a daemon serves, selected by the request's `snapshotter` field.
+pub struct Instances {
+    by_name: BTreeMap<String, Instance>,
+}
+
+impl Instances {
+    /// Opens every configured instance (taking each root's lock).
+    pub fn open(config: &Config) -> Result<Self, DaemonError> {
+        let mut by_name = BTreeMap::new();
+        for (inst, root) in config.instances()? {
+            let snapshotter = open_instance(&inst, &root).map_err(|source| DaemonError::Open {
+                name: inst.name.clone(),
+                root: root.clone(),
+                source,
+            })?;
+            tracing::info!(name = %inst.name, kind = ?inst.kind, root = %root.display(), "snapshotter ready");
+            by_name.insert(
+                inst.name.clone(),
+                Instance {
+                    name: inst.name,
+                    snapshotter,
+                },
+            );
+        }
+        Ok(Instances { by_name })
+    }
+
+    /// The instance for a request: the named one when several are served, the only one
+    /// otherwise (whatever name containerd gave its proxy plugin).
+    pub fn get(&self, name: &str) -> Result<&Instance, Status> {
+        if self.by_name.len() == 1 {
+            return Ok(self.by_name.values().next().expect("one instance"));
+        }
+        self.by_name
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("snapshotter {name:?}: not found")))
+    }
+}
+
+fn open_instance(inst: &InstanceConfig, root: &Path) -> snapshotter::Result<Arc<dyn Snapshotter>> {
+    let options = Options {
+        sync_remove: inst
+            .sync_remove
+            .unwrap_or(inst.kind == SnapshotterKind::Native),
+    };
+    Ok(match inst.kind {
+        SnapshotterKind::Native => Arc::new(NativeSnapshotter::open(
+            root,
+            snapshotter::native::Native,
+            options,
+        )?),
+        SnapshotterKind::Overlayfs => {
+            let driver = snapshotter::overlay::Overlay::probe(
+                root,
+                snapshotter::overlay::OverlayOptions {
+                    upperdir_label: inst.upperdir_label,
+                    mount_options: inst.mount_options.clone(),
+                },
+            )?;
+            Arc::new(OverlaySnapshotter::open(root, driver, options)?)
+        }
+    })
+}
+
+/// Binds the daemon's socket: parent directory created, a stale socket (no one answering)
+/// replaced, a live one refused, and the socket made 0600.
+pub async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |e| DaemonError::Socket(path.to_path_buf(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another daemon is serving on this socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves every gRPC service on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: UnixListener,
+    instances: Arc<Instances>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let snapshots = SnapshotsServer::new(SnapshotsService::new(instances))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    tonic::transport::Server::builder()
+        .add_service(snapshots)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Runs the daemon with `config` until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let instances = tokio::task::block_in_place(|| Instances::open(&config))?;
+    let listener = bind_socket(&config.address).await?;
+    tracing::info!(address = %config.address.display(), "serving");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let result = serve(listener, Arc::new(instances), shutdown).await;
+    let _ = std::fs::remove_file(&config.address);
+    result
+}

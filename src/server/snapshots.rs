@@ -1,0 +1,216 @@
+//! `containerd.services.snapshots.v1.Snapshots`: protobuf in, snapshotter call on a blocking
+//! thread, protobuf out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use prost::Message;
+use snapshotter::{Filters, Snapshotter};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::Instances;
+use crate::api::services::snapshots::v1 as pb;
+use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
+use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
+use crate::status::{invalid, join_error, to_status};
+
+/// List answers are split so each message stays well under containerd's 16 MiB limit.
+const LIST_BATCH_BYTES: usize = 4 << 20;
+
+/// The Snapshots service over a set of instances.
+pub struct SnapshotsService {
+    instances: Arc<Instances>,
+}
+
+impl SnapshotsService {
+    /// Serves `instances`.
+    pub fn new(instances: Arc<Instances>) -> Self {
+        SnapshotsService { instances }
+    }
+
+    /// Runs `f` against the selected instance on a blocking thread.
+    async fn call<T, F>(&self, snapshotter: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Snapshotter) -> snapshotter::Result<T> + Send + 'static,
+    {
+        let s = Arc::clone(&self.instances.get(snapshotter)?.snapshotter);
+        tokio::task::spawn_blocking(move || f(s.as_ref()))
+            .await
+            .map_err(join_error)?
+            .map_err(to_status)
+    }
+}
+
+/// Splits infos into List messages of bounded encoded size.
+fn batch_infos(infos: Vec<pb::Info>) -> Vec<pb::ListSnapshotsResponse> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for info in infos {
+        let len = info.encoded_len() + 8;
+        if size + len > LIST_BATCH_BYTES && !batch.is_empty() {
+            out.push(pb::ListSnapshotsResponse {
+                info: std::mem::take(&mut batch),
+            });
+            size = 0;
+        }
+        size += len;
+        batch.push(info);
+    }
+    if !batch.is_empty() {
+        out.push(pb::ListSnapshotsResponse { info: batch });
+    }
+    out
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<pb::ListSnapshotsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotsService {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let labels = labels_from_pb(r.labels);
+        let mounts = self
+            .call(&r.snapshotter, move |s| {
+                s.prepare(&r.key, &r.parent, labels)
+            })
+            .await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn view(
+        &self,
+        request: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let labels = labels_from_pb(r.labels);
+        let mounts = self
+            .call(&r.snapshotter, move |s| s.view(&r.key, &r.parent, labels))
+            .await?;
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn mounts(
+        &self,
+        request: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = request.into_inner();
+        let mounts = self.call(&r.snapshotter, move |s| s.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse {
+            mounts: mounts_to_pb(mounts),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let labels = labels_from_pb(r.labels);
+        self.call(&r.snapshotter, move |s| {
+            s.commit(&r.name, &r.key, labels, &r.parent)
+        })
+        .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.call(&r.snapshotter, move |s| s.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let info = self.call(&r.snapshotter, move |s| s.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse {
+            info: Some(info_to_pb(info)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let info = info_from_pb(r.info.ok_or_else(|| invalid("update needs info"))?)?;
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let info = self
+            .call(&r.snapshotter, move |s| s.update(info, &paths))
+            .await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(info_to_pb(info)),
+        }))
+    }
+
+    type ListStream = ListStream;
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let r = request.into_inner();
+        let filters = Filters::parse(&r.filters).map_err(to_status)?;
+        let infos = self.call(&r.snapshotter, move |s| s.list(&filters)).await?;
+        let batches = batch_infos(infos.into_iter().map(info_to_pb).collect());
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            batches.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = request.into_inner();
+        let u = self.call(&r.snapshotter, move |s| s.usage(&r.key)).await?;
+        Ok(Response::new(pb::UsageResponse {
+            size: u.size,
+            inodes: u.inodes,
+        }))
+    }
+
+    async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.call(&r.snapshotter, |s| s.cleanup()).await?;
+        Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_batches_stay_under_the_limit() {
+        let big = "x".repeat(3000);
+        let infos: Vec<pb::Info> = (0..5000)
+            .map(|i| pb::Info {
+                name: format!("snap-{i}"),
+                labels: [("l".to_string(), big.clone())].into(),
+                ..Default::default()
+            })
+            .collect();
+        let batches = batch_infos(infos);
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(|b| b.info.len()).sum::<usize>(), 5000);
+        for b in &batches {
+            assert!(b.encoded_len() < super::super::MAX_MESSAGE_SIZE / 2);
+        }
+    }
+}
