@@ -107,8 +107,8 @@ pub enum SnapshotCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     /// The daemon answered with an error.
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Rpc(#[from] Status),
+    #[error("{}", .0.message())]
+    Rpc(Status),
     /// A label argument is not `key=value`.
     #[error("label {0:?} is not key=value")]
     BadLabel(String),
@@ -117,8 +117,10 @@ pub enum CommandError {
     Output(#[from] std::io::Error),
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
-    code.description()
+impl From<Status> for CommandError {
+    fn from(s: Status) -> Self {
+        CommandError::Rpc(s)
+    }
 }
 
 fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>, CommandError> {

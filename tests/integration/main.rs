@@ -1,1 +1,5 @@
-//! Integration tests.
+//! Integration tests: the daemon over its real socket, real mounts, real containerd.
+
+mod util;
+mod suite;
+mod tree;

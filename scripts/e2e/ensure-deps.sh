@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Makes sure the programs the containerd end-to-end test needs are installed: containerd
+# (with ctr and containerd-shim-runc-v2), runc and a static busybox for the test image.
+# Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
+# needed. Idempotent. Needs root when something has to be installed.
+set -euo pipefail
+
+# package:file-it-provides pairs.
+required=(
+	containerd:/usr/bin/containerd
+	containerd:/usr/bin/ctr
+	containerd:/usr/bin/containerd-shim-runc-v2
+	runc:/usr/sbin/runc
+	busybox-static:/bin/busybox
+)
+
+missing=()
+for pair in "${required[@]}"; do
+	pkg=${pair%%:*}
+	file=${pair#*:}
+	if [[ ! -x $file ]] && [[ " ${missing[*]} " != *" $pkg "* ]]; then
+		missing+=("$pkg")
+	fi
+done
+
+if ((${#missing[@]} == 0)); then
+	exit 0
+fi
+
+echo "ensure-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

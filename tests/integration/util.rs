@@ -1,0 +1,330 @@
+//! Test harness: root gating, a daemon process on a private root and socket, a client, and
+//! mounting helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata::api::services::snapshots::v1 as pb;
+use strata::api::types::Mount as PbMount;
+use strata::cli::SnapshotsClient;
+use strata::convert::mount_from_pb;
+
+/// Whether a root-only test may run. Under `CI=true` a missing root is a failure; elsewhere
+/// the test is skipped with a printed reason.
+pub fn require_root(test: &str) -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root and CI=true: refusing to skip");
+    }
+    eprintln!("SKIP {test}: needs root");
+    false
+}
+
+fn rustix_is_root() -> bool {
+    // The effective uid of this process, read without libc.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A private temporary directory, removed on drop (after unmounting anything left in it).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::var_os("STRATA_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/strata-tests"));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir_in(&base)
+            .unwrap()
+            .keep();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `strata serve` process.
+pub struct Daemon {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with `--snapshotter kind` on `root`.
+    pub fn start(root: &Path, kind: &str) -> Self {
+        Self::start_with(root, &["--snapshotter", kind])
+    }
+
+    /// Starts a daemon on `root` with extra `serve` arguments.
+    pub fn start_with(root: &Path, extra: &[&str]) -> Self {
+        let socket = root.join("strata.sock");
+        let mut d = Daemon {
+            child: None,
+            root: root.join("root"),
+            socket,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            log: root.join("daemon.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // A restrictive umask, so nothing the daemon creates may depend on a permissive one.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("umask 077 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_strata"))
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("serve")
+            .arg("--root")
+            .arg(&self.root)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start strata");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() || std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status}: {}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> SnapshotsClient {
+        let channel = strata::cli::connect(&self.socket).await.expect("connect");
+        strata::cli::snapshots_client(channel)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "daemon exit {status}: {}", self.log_text());
+        }
+    }
+
+    /// Starts the daemon again on the same root and socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts a killed daemon again.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none());
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Mounts `mounts` on a fresh directory under `parent`; unmounted on drop.
+pub fn mount(mounts: &[PbMount], parent: &Path) -> mountutil::TempMount {
+    let mounts: Vec<_> = mounts.iter().cloned().map(mount_from_pb).collect();
+    mountutil::TempMount::new(&mounts, parent).expect("mount")
+}
+
+/// Runs `f` on the mounted `mounts`.
+pub fn with_mounted<T>(mounts: &[PbMount], parent: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    let m = mount(mounts, parent);
+    let out = f(m.path());
+    m.release().expect("unmount");
+    out
+}
+
+/// Thin typed calls over the client, panicking on transport errors only where noted.
+pub struct Snap {
+    pub client: SnapshotsClient,
+}
+
+pub type Labels = std::collections::HashMap<String, String>;
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Snap {
+    pub async fn new(d: &Daemon) -> Self {
+        Snap { client: d.client().await }
+    }
+
+    pub async fn prepare(&mut self, key: &str, parent: &str) -> Result<Vec<PbMount>, tonic::Status> {
+        self.prepare_labels(key, parent, Labels::new()).await
+    }
+
+    pub async fn prepare_labels(&mut self, key: &str, parent: &str, labels: Labels) -> Result<Vec<PbMount>, tonic::Status> {
+        let r = pb::PrepareSnapshotRequest {
+            key: key.into(),
+            parent: parent.into(),
+            labels,
+            ..Default::default()
+        };
+        Ok(self.client.prepare(r).await?.into_inner().mounts)
+    }
+
+    pub async fn view(&mut self, key: &str, parent: &str) -> Result<Vec<PbMount>, tonic::Status> {
+        self.view_labels(key, parent, Labels::new()).await
+    }
+
+    pub async fn view_labels(&mut self, key: &str, parent: &str, labels: Labels) -> Result<Vec<PbMount>, tonic::Status> {
+        let r = pb::ViewSnapshotRequest {
+            key: key.into(),
+            parent: parent.into(),
+            labels,
+            ..Default::default()
+        };
+        Ok(self.client.view(r).await?.into_inner().mounts)
+    }
+
+    pub async fn mounts(&mut self, key: &str) -> Result<Vec<PbMount>, tonic::Status> {
+        let r = pb::MountsRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        Ok(self.client.mounts(r).await?.into_inner().mounts)
+    }
+
+    pub async fn commit(&mut self, name: &str, key: &str) -> Result<(), tonic::Status> {
+        self.commit_full(name, key, Labels::new(), "").await
+    }
+
+    pub async fn commit_full(&mut self, name: &str, key: &str, labels: Labels, parent: &str) -> Result<(), tonic::Status> {
+        let r = pb::CommitSnapshotRequest {
+            name: name.into(),
+            key: key.into(),
+            labels,
+            parent: parent.into(),
+            ..Default::default()
+        };
+        self.client.commit(r).await.map(|_| ())
+    }
+
+    pub async fn remove(&mut self, key: &str) -> Result<(), tonic::Status> {
+        let r = pb::RemoveSnapshotRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        self.client.remove(r).await.map(|_| ())
+    }
+
+    pub async fn stat(&mut self, key: &str) -> Result<pb::Info, tonic::Status> {
+        let r = pb::StatSnapshotRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        Ok(self.client.stat(r).await?.into_inner().info.expect("info"))
+    }
+
+    pub async fn update(&mut self, info: pb::Info, paths: &[&str]) -> Result<pb::Info, tonic::Status> {
+        let r = pb::UpdateSnapshotRequest {
+            info: Some(info),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            ..Default::default()
+        };
+        Ok(self.client.update(r).await?.into_inner().info.expect("info"))
+    }
+
+    pub async fn list(&mut self, filters: &[&str]) -> Result<Vec<pb::Info>, tonic::Status> {
+        let r = pb::ListSnapshotsRequest {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut stream = self.client.list(r).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = stream.message().await? {
+            out.extend(m.info);
+        }
+        Ok(out)
+    }
+
+    pub async fn usage(&mut self, key: &str) -> Result<(i64, i64), tonic::Status> {
+        let r = pb::UsageRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        let u = self.client.usage(r).await?.into_inner();
+        Ok((u.size, u.inodes))
+    }
+
+    pub async fn cleanup(&mut self) -> Result<(), tonic::Status> {
+        self.client
+            .cleanup(pb::CleanupRequest::default())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Directories under `<root>/snapshots`.
+pub fn snapshot_dirs(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Mount points under `dir` according to /proc/self/mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&dir))
+        .collect()
+}
