@@ -542,4 +542,57 @@ mod tests {
         assert!(m.has_option("userxattr"));
         assert_eq!(m.option_value("workdir"), None);
     }
+
+    fn running_as_root(test: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{test} needs root under CI"
+        );
+        eprintln!("SKIP {test}: needs root");
+        false
+    }
+
+    #[test]
+    fn legacy_overlay_mount_compacts_long_lowerdirs() {
+        if !running_as_root("legacy_overlay_mount_compacts_long_lowerdirs") {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!(
+            "mountutil-legacy-{}-with-a-long-name-to-overflow-the-page",
+            std::process::id()
+        ));
+        let layers = base.join("snapshots");
+        let mut lowers = Vec::new();
+        for i in 0..150 {
+            let fs = layers.join(i.to_string()).join("fs");
+            std::fs::create_dir_all(&fs).unwrap();
+            std::fs::write(fs.join(format!("f{i}")), i.to_string()).unwrap();
+            lowers.push(fs.to_string_lossy().into_owned());
+        }
+        let target = base.join("mnt");
+        std::fs::create_dir_all(&target).unwrap();
+        let m = Mount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={}", lowers.join(":"))],
+        };
+        assert!(m.options[0].len() > page_size());
+        let cwd = std::env::current_dir().unwrap();
+        mount_overlay_legacy(&m, &target).unwrap();
+        assert_eq!(
+            std::env::current_dir().unwrap(),
+            cwd,
+            "working directory moved"
+        );
+        let read = (0..150).all(|i| {
+            std::fs::read_to_string(target.join(format!("f{i}"))).ok() == Some(i.to_string())
+        });
+        unmount(&target).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert!(read, "every lower layer's file is visible");
+    }
 }

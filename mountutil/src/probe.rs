@@ -43,8 +43,8 @@ fn scan_for_regular_file(dir: &Path, probe: &Path) -> Result<bool> {
         Mode::empty(),
     )
     .map_err(|e| Error::io("open", dir, e.into()))?;
-    let mut entries = Dir::read_from(&fd).map_err(|e| Error::io("readdir", dir, e.into()))?;
-    while let Some(entry) = entries.next() {
+    let entries = Dir::read_from(&fd).map_err(|e| Error::io("readdir", dir, e.into()))?;
+    for entry in entries {
         let entry = entry.map_err(|e| Error::io("readdir", dir, e.into()))?;
         if entry.file_name().to_bytes() == name.as_encoded_bytes() {
             return Ok(entry.file_type() == FileType::RegularFile);

@@ -1,5 +1,7 @@
 //! Integration tests: the daemon over its real socket, real mounts, real containerd.
 
-mod util;
+mod crash;
+mod errors;
 mod suite;
 mod tree;
+mod util;

@@ -33,8 +33,12 @@ pub fn apply(root: &Path, ops: &[Op]) {
             }
             Op::Symlink(target, link) => std::os::unix::fs::symlink(target, p(link)).unwrap(),
             Op::Link(existing, new) => fs::hard_link(p(existing), p(new)).unwrap(),
-            Op::Chown(f, uid, gid) => std::os::unix::fs::lchown(p(f), Some(uid), Some(gid)).unwrap(),
-            Op::Chmod(f, mode) => fs::set_permissions(p(f), fs::Permissions::from_mode(mode)).unwrap(),
+            Op::Chown(f, uid, gid) => {
+                std::os::unix::fs::lchown(p(f), Some(uid), Some(gid)).unwrap()
+            }
+            Op::Chmod(f, mode) => {
+                fs::set_permissions(p(f), fs::Permissions::from_mode(mode)).unwrap()
+            }
             Op::Remove(f) => {
                 let path = p(f);
                 if fs::symlink_metadata(&path).unwrap().is_dir() {
@@ -70,7 +74,13 @@ pub fn capture(root: &Path) -> BTreeMap<String, Entry> {
         let (kind, data) = if ft.is_dir() {
             ('d', Vec::new())
         } else if ft.is_symlink() {
-            ('l', fs::read_link(e.path()).unwrap().into_os_string().into_encoded_bytes())
+            (
+                'l',
+                fs::read_link(e.path())
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
         } else if ft.is_file() {
             ('f', fs::read(e.path()).unwrap())
         } else {

@@ -116,11 +116,17 @@ impl Daemon {
             .expect("start strata");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() || std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        while !self.socket.exists()
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+        {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited with {status}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,9 +151,16 @@ impl Daemon {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let status = c.wait().unwrap();
-            assert!(status.success(), "daemon exit {status}: {}", self.log_text());
+            assert!(
+                status.success(),
+                "daemon exit {status}: {}",
+                self.log_text()
+            );
         }
     }
 
@@ -192,19 +205,33 @@ pub struct Snap {
 pub type Labels = std::collections::HashMap<String, String>;
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Snap {
     pub async fn new(d: &Daemon) -> Self {
-        Snap { client: d.client().await }
+        Snap {
+            client: d.client().await,
+        }
     }
 
-    pub async fn prepare(&mut self, key: &str, parent: &str) -> Result<Vec<PbMount>, tonic::Status> {
+    pub async fn prepare(
+        &mut self,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<PbMount>, tonic::Status> {
         self.prepare_labels(key, parent, Labels::new()).await
     }
 
-    pub async fn prepare_labels(&mut self, key: &str, parent: &str, labels: Labels) -> Result<Vec<PbMount>, tonic::Status> {
+    pub async fn prepare_labels(
+        &mut self,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<PbMount>, tonic::Status> {
         let r = pb::PrepareSnapshotRequest {
             key: key.into(),
             parent: parent.into(),
@@ -218,7 +245,12 @@ impl Snap {
         self.view_labels(key, parent, Labels::new()).await
     }
 
-    pub async fn view_labels(&mut self, key: &str, parent: &str, labels: Labels) -> Result<Vec<PbMount>, tonic::Status> {
+    pub async fn view_labels(
+        &mut self,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<PbMount>, tonic::Status> {
         let r = pb::ViewSnapshotRequest {
             key: key.into(),
             parent: parent.into(),
@@ -240,7 +272,13 @@ impl Snap {
         self.commit_full(name, key, Labels::new(), "").await
     }
 
-    pub async fn commit_full(&mut self, name: &str, key: &str, labels: Labels, parent: &str) -> Result<(), tonic::Status> {
+    pub async fn commit_full(
+        &mut self,
+        name: &str,
+        key: &str,
+        labels: Labels,
+        parent: &str,
+    ) -> Result<(), tonic::Status> {
         let r = pb::CommitSnapshotRequest {
             name: name.into(),
             key: key.into(),
@@ -267,7 +305,11 @@ impl Snap {
         Ok(self.client.stat(r).await?.into_inner().info.expect("info"))
     }
 
-    pub async fn update(&mut self, info: pb::Info, paths: &[&str]) -> Result<pb::Info, tonic::Status> {
+    pub async fn update(
+        &mut self,
+        info: pb::Info,
+        paths: &[&str],
+    ) -> Result<pb::Info, tonic::Status> {
         let r = pb::UpdateSnapshotRequest {
             info: Some(info),
             update_mask: Some(prost_types::FieldMask {
@@ -275,7 +317,13 @@ impl Snap {
             }),
             ..Default::default()
         };
-        Ok(self.client.update(r).await?.into_inner().info.expect("info"))
+        Ok(self
+            .client
+            .update(r)
+            .await?
+            .into_inner()
+            .info
+            .expect("info"))
     }
 
     pub async fn list(&mut self, filters: &[&str]) -> Result<Vec<pb::Info>, tonic::Status> {
