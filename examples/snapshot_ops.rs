@@ -30,7 +30,12 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--address" => a.address = value.into(),
             "--count" => a.count = value.parse().expect("--count"),
-            "--layers" => a.layers = value.split(',').map(|v| v.parse().expect("--layers")).collect(),
+            "--layers" => {
+                a.layers = value
+                    .split(',')
+                    .map(|v| v.parse().expect("--layers"))
+                    .collect()
+            }
             "--mount-dir" => a.mount_dir = value.into(),
             "--label" => a.label = value,
             _ => panic!("unknown flag {flag}"),
@@ -42,7 +47,12 @@ fn parse_args() -> Args {
 fn percentiles(mut v: Vec<Duration>) -> String {
     v.sort();
     let p = |q: f64| v[((v.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
-    format!("p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs", p(0.5), p(0.9), p(0.99))
+    format!(
+        "p50 {:>7.0} µs  p90 {:>7.0} µs  p99 {:>7.0} µs",
+        p(0.5),
+        p(0.9),
+        p(0.99)
+    )
 }
 
 async fn timed<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
@@ -55,7 +65,11 @@ async fn timed<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(
     out
 }
 
-async fn prepare(c: &mut SnapshotsClient, key: &str, parent: &str) -> Result<Vec<strata::api::types::Mount>, tonic::Status> {
+async fn prepare(
+    c: &mut SnapshotsClient,
+    key: &str,
+    parent: &str,
+) -> Result<Vec<strata::api::types::Mount>, tonic::Status> {
     let r = pb::PrepareSnapshotRequest {
         key: key.into(),
         parent: parent.into(),
@@ -82,7 +96,10 @@ async fn remove(c: &mut SnapshotsClient, key: &str) -> Result<(), tonic::Status>
 }
 
 async fn list_count(c: &mut SnapshotsClient) -> Result<usize, tonic::Status> {
-    let mut s = c.list(pb::ListSnapshotsRequest::default()).await?.into_inner();
+    let mut s = c
+        .list(pb::ListSnapshotsRequest::default())
+        .await?
+        .into_inner();
     let mut n = 0;
     while let Some(m) = s.message().await? {
         n += m.info.len();
@@ -106,14 +123,23 @@ async fn main() {
         timed(&mut lr, remove(&mut c, &name)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("[{tag}] {} Prepare+Commit+Remove cycles: {:.0} cycles/s ({:.0} ops/s)", a.count, a.count as f64 / secs, 3.0 * a.count as f64 / secs);
+    println!(
+        "[{tag}] {} Prepare+Commit+Remove cycles: {:.0} cycles/s ({:.0} ops/s)",
+        a.count,
+        a.count as f64 / secs,
+        3.0 * a.count as f64 / secs
+    );
     println!("[{tag}]   Prepare {}", percentiles(lp));
     println!("[{tag}]   Commit  {}", percentiles(lc));
     println!("[{tag}]   Remove  {}", percentiles(lr));
 
     for i in 0..a.count {
-        prepare(&mut c, &format!("list-k{i}"), "").await.expect("prepare");
-        commit(&mut c, &format!("list-n{i}"), &format!("list-k{i}")).await.expect("commit");
+        prepare(&mut c, &format!("list-k{i}"), "")
+            .await
+            .expect("prepare");
+        commit(&mut c, &format!("list-n{i}"), &format!("list-k{i}"))
+            .await
+            .expect("commit");
     }
     let mut ll = Vec::new();
     for _ in 0..10 {
@@ -138,8 +164,12 @@ async fn main() {
     let deepest = a.layers.iter().copied().max().unwrap_or(0);
     let mut parent = String::new();
     for i in 0..deepest {
-        prepare(&mut c, &format!("chain-k{i}"), &parent).await.expect("prepare");
-        commit(&mut c, &format!("chain-n{i}"), &format!("chain-k{i}")).await.expect("commit");
+        prepare(&mut c, &format!("chain-k{i}"), &parent)
+            .await
+            .expect("prepare");
+        commit(&mut c, &format!("chain-n{i}"), &format!("chain-k{i}"))
+            .await
+            .expect("commit");
         parent = format!("chain-n{i}");
     }
     for &n in &a.layers {
@@ -149,7 +179,15 @@ async fn main() {
             parent: format!("chain-n{}", n - 1),
             ..Default::default()
         };
-        let mounts: Vec<_> = c.view(r).await.expect("view").into_inner().mounts.into_iter().map(strata::convert::mount_from_pb).collect();
+        let mounts: Vec<_> = c
+            .view(r)
+            .await
+            .expect("view")
+            .into_inner()
+            .mounts
+            .into_iter()
+            .map(strata::convert::mount_from_pb)
+            .collect();
         let mut lat = Vec::new();
         for _ in 0..9 {
             let t = Instant::now();
@@ -158,7 +196,11 @@ async fn main() {
             m.release().expect("unmount");
         }
         lat.sort();
-        println!("[{tag}] mount a {n:>3}-layer view ({}): {:.0} µs median", mounts[0].fstype, lat[lat.len() / 2].as_secs_f64() * 1e6);
+        println!(
+            "[{tag}] mount a {n:>3}-layer view ({}): {:.0} µs median",
+            mounts[0].fstype,
+            lat[lat.len() / 2].as_secs_f64() * 1e6
+        );
         remove(&mut c, &key).await.expect("remove");
     }
 }

@@ -29,6 +29,8 @@ enum Command {
     /// Manage snapshots through a running daemon (like `ctr snapshots`).
     #[command(alias = "snapshots")]
     Snapshot(SnapshotArgs),
+    /// Apply or create layers directly, without a daemon.
+    Layer(strata::cli::layer::LayerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +109,12 @@ async fn main() -> ExitCode {
             };
             if let Err(e) = strata::server::run(config).await {
                 tracing::error!(error = %chain(&e), "daemon failed");
+                return ExitCode::FAILURE;
+            }
+        }
+        Command::Layer(args) => {
+            if let Err(e) = strata::cli::layer::run(args) {
+                eprintln!("strata: {}", chain(e.as_ref()));
                 return ExitCode::FAILURE;
             }
         }

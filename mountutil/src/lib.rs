@@ -6,6 +6,7 @@
 //! This is the only crate of the workspace allowed to contain `unsafe`; every block carries
 //! a `// SAFETY:` comment. Everything else goes through `rustix`/`nix` safe wrappers.
 
+pub mod at;
 mod error;
 pub mod fs;
 pub mod lock;

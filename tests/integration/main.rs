@@ -1,5 +1,6 @@
 //! Integration tests: the daemon over its real socket, real mounts, real containerd.
 
+mod containerd;
 mod crash;
 mod errors;
 mod suite;

@@ -18,7 +18,6 @@ pub struct Fixture {
     pub daemon: Daemon,
     pub mnt: PathBuf,
     pub tmp: TempDir,
-    pub kind: &'static str,
 }
 
 impl Fixture {
@@ -36,7 +35,6 @@ impl Fixture {
             daemon,
             mnt,
             tmp,
-            kind,
         })
     }
 
@@ -79,8 +77,8 @@ fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code) -> t
     }
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> SystemTime {
-    SystemTime::try_from(t.clone().expect("timestamp")).unwrap()
+fn time(t: Option<prost_types::Timestamp>) -> SystemTime {
+    SystemTime::try_from(t.expect("timestamp")).unwrap()
 }
 
 macro_rules! for_each_kind {
@@ -139,6 +137,7 @@ async fn basic(test: &str, kind: &'static str) {
         Op::Dir("/a/b/c", 0o755),
         Op::File("/a/b/c/d", "hello", 0o644),
         Op::File("/f", "top", 0o600),
+        Op::Symlink("a/b/c/d", "/link"),
     ];
     let reference = f.reference("ref");
     apply(&reference, &initial);
@@ -282,7 +281,7 @@ async fn update(test: &str, kind: &'static str) {
     }
     for (name, before, after) in names {
         let info = f.s.stat(&name).await.unwrap();
-        let created = time(&info.created_at);
+        let created = time(info.created_at);
         assert!(
             before <= created && created <= after,
             "{name}: created outside the call"
@@ -305,7 +304,7 @@ async fn update(test: &str, kind: &'static str) {
         assert_eq!(out.labels, labels(&[("l1", "v1"), ("l2", "v2")]));
         assert_eq!(out.parent, info.parent, "parent is not updatable");
         assert_eq!(out.created_at, info.created_at);
-        let updated = time(&out.updated_at);
+        let updated = time(out.updated_at);
         assert!(before <= updated && updated <= after);
 
         let mut req = out.clone();

@@ -1,0 +1,672 @@
+//! Writing a layer's tar stream into a directory.
+//!
+//! Every entry path is normalised to plain components and its parent directory opened with
+//! `openat2(RESOLVE_IN_ROOT)`, so nothing (`..`, absolute names, symlinks in the layer or
+//! already on disk, hard-link targets, whiteouts) reaches outside the target. The final
+//! component is created with `*at` calls that never follow symlinks. Per regular file the
+//! syscalls are: openat, write(s), futimens, close, plus fchown/fchmod only when the owner
+//! or mode would otherwise be wrong — no more than GNU tar.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use mountutil::at::{self, Dir, Kind, Root};
+use mountutil::fs::NodeKind;
+use tar::EntryType;
+
+use crate::pipeline::{self, Decoded};
+use crate::{Compression, Digest, Error, Result};
+
+/// How whiteouts (`.wh.NAME`, `.wh..wh..opq`) are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutMode {
+    /// Into an overlayfs upper directory: character device 0/0 for a deleted name, the
+    /// `overlay.opaque` xattr for an opaque directory (`user.` namespace with `userxattr`).
+    Overlay {
+        /// The overlay is mounted with `userxattr`.
+        userxattr: bool,
+    },
+    /// Into a plain tree: delete the name; empty the directory of everything this layer did
+    /// not create.
+    Native,
+}
+
+/// What was applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// sha256 of the uncompressed tar: the layer's diffID.
+    pub diff_id: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+    /// sha256 of the blob as read.
+    pub blob_digest: Digest,
+    /// Size of the blob as read.
+    pub blob_size: u64,
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
+/// directory `target`. Decompression runs on its own thread; this thread writes files.
+pub fn apply_layer(
+    source: Box<dyn Read + Send>,
+    compression: Option<Compression>,
+    target: &Path,
+    mode: WhiteoutMode,
+) -> Result<Applied> {
+    let root = Root::open(target).map_err(|e| Error::io("open", target, e))?;
+    let mut stream = pipeline::decode(source, compression);
+    let written = LayerWriter::new(&root, mode).write_all(&mut stream);
+    let decoded: Decoded = match written {
+        Ok(()) => stream.finish()?,
+        // A corrupt stream shows up to the writer as a short read; say what it really was.
+        Err(e) => return Err(stream.abort().unwrap_or(e)),
+    };
+    Ok(Applied {
+        diff_id: decoded.uncompressed.0,
+        size: decoded.uncompressed.1,
+        blob_digest: decoded.compressed.0,
+        blob_size: decoded.compressed.1,
+    })
+}
+
+/// Normalises a tar path to components inside the root: `/`, `.` and empty parts dropped,
+/// `..` taken lexically and never above the root (as RESOLVE_IN_ROOT does).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn layer_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::InvalidLayer(format!("{what} {}: {e}", path.display()))
+}
+
+/// Metadata of one entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// Parses a PAX `mtime` (`seconds[.fraction]`).
+fn pax_time(v: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+    };
+    Some((secs, if s.starts_with('-') { -nanos } else { nanos }))
+}
+
+struct CachedDir {
+    dir: Dir,
+    setgid: bool,
+}
+
+struct LayerWriter<'r> {
+    root: &'r Root,
+    mode: WhiteoutMode,
+    dirs: HashMap<PathBuf, CachedDir>,
+    dir_times: Vec<(PathBuf, (i64, i64))>,
+    /// Paths this layer created (native mode: what an opaque whiteout must keep).
+    created: HashSet<PathBuf>,
+    ids: (u32, u32),
+    umask: u32,
+    buf: Vec<u8>,
+}
+
+impl<'r> LayerWriter<'r> {
+    fn new(root: &'r Root, mode: WhiteoutMode) -> Self {
+        LayerWriter {
+            root,
+            mode,
+            dirs: HashMap::new(),
+            dir_times: Vec::new(),
+            created: HashSet::new(),
+            ids: at::effective_ids(),
+            umask: at::current_umask(),
+            buf: vec![0; COPY_BUFFER],
+        }
+    }
+
+    fn write_all(mut self, input: &mut impl Read) -> Result<()> {
+        let mut archive = tar::Archive::new(input);
+        let entries = archive
+            .entries()
+            .map_err(|e| layer_err("read", Path::new(""), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| layer_err("read entry after", Path::new(""), e))?;
+            self.entry(entry)?;
+        }
+        self.finish()
+    }
+
+    fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
+        let kind = e.header().entry_type();
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            return Ok(());
+        }
+        let raw = e
+            .path()
+            .map_err(|err| layer_err("path of", Path::new("?"), err))?
+            .into_owned();
+        let rel = normalize(&raw);
+        let meta = self.meta(&mut e, &rel)?;
+        let name = rel.file_name().map(OsStr::to_os_string);
+        let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        if let Some(n) = &name
+            && let Some(hidden) = n.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        {
+            return self.whiteout(&parent, n, OsStr::from_bytes(hidden), &meta);
+        }
+        let Some(name) = name else {
+            // The root itself ("./"): only a directory entry makes sense.
+            return match kind {
+                EntryType::Directory => self.root_dir(&meta),
+                _ => Err(layer_err(
+                    "non-directory entry for the root",
+                    &raw,
+                    "refused",
+                )),
+            };
+        };
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => self.file(
+                &parent,
+                &name,
+                &rel,
+                &mut e,
+                &meta,
+                kind == EntryType::GNUSparse,
+            ),
+            EntryType::Directory => self.dir(&parent, &name, &rel, &meta),
+            EntryType::Symlink => {
+                let target = e
+                    .link_name()
+                    .map_err(|err| layer_err("link of", &rel, err))?
+                    .ok_or_else(|| layer_err("symlink without target", &rel, "refused"))?
+                    .into_owned();
+                self.symlink(&parent, &name, &rel, &target, &meta)
+            }
+            EntryType::Link => {
+                let target = e
+                    .link_name()
+                    .map_err(|err| layer_err("link of", &rel, err))?
+                    .ok_or_else(|| layer_err("hard link without target", &rel, "refused"))?
+                    .into_owned();
+                self.hard_link(&parent, &name, &rel, &normalize(&target))
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let node = match kind {
+                    EntryType::Char => NodeKind::Char,
+                    EntryType::Block => NodeKind::Block,
+                    _ => NodeKind::Fifo,
+                };
+                let major = e.header().device_major().ok().flatten().unwrap_or(0);
+                let minor = e.header().device_minor().ok().flatten().unwrap_or(0);
+                self.node(&parent, &name, &rel, node, major, minor, &meta)
+            }
+            other => {
+                tracing::debug!(path = %rel.display(), kind = ?other, "skipping unsupported entry type");
+                Ok(())
+            }
+        }
+    }
+
+    fn meta<R: Read>(&self, e: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
+        let h = e.header();
+        let bad = |what, err: io::Error| layer_err(what, rel, err);
+        let mut meta = Meta {
+            mode: h.mode().map_err(|err| bad("mode of", err))? & 0o7777,
+            uid: h.uid().map_err(|err| bad("uid of", err))? as u32,
+            gid: h.gid().map_err(|err| bad("gid of", err))? as u32,
+            mtime: (h.mtime().map_err(|err| bad("mtime of", err))? as i64, 0),
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = e
+            .pax_extensions()
+            .map_err(|err| bad("pax headers of", err))?
+        {
+            for ext in exts {
+                let ext = ext.map_err(|err| bad("pax header of", err))?;
+                let key = ext.key_bytes();
+                if key == b"mtime" {
+                    meta.mtime = pax_time(ext.value_bytes())
+                        .ok_or_else(|| layer_err("pax mtime of", rel, "unparsable"))?;
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                        return Err(layer_err(
+                            "overlay xattr on",
+                            rel,
+                            String::from_utf8_lossy(name),
+                        ));
+                    }
+                    meta.xattrs.push((
+                        OsStr::from_bytes(name).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// The open parent directory `rel`, created (0755) with its ancestors if `create`.
+    fn dir_at(&mut self, rel: &Path, create: bool) -> Result<Option<&CachedDir>> {
+        if !self.dirs.contains_key(rel) {
+            let dir = match self.root.open_dir(rel) {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(2) && create => {
+                    self.mkdir_all(rel)?;
+                    self.root
+                        .open_dir(rel)
+                        .map_err(|e| Error::io("open", rel, e))?
+                }
+                Err(e) if e.raw_os_error() == Some(2) => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(20) => {
+                    return Err(layer_err("parent is not a directory:", rel, e));
+                }
+                Err(e) => return Err(Error::io("open", rel, e)),
+            };
+            let setgid = at::is_setgid_dir(&dir).map_err(|e| Error::io("stat", rel, e))?;
+            if self.dirs.len() >= 512 {
+                self.dirs.clear();
+            }
+            self.dirs
+                .insert(rel.to_path_buf(), CachedDir { dir, setgid });
+        }
+        Ok(self.dirs.get(rel))
+    }
+
+    fn parent(&mut self, rel: &Path) -> Result<&CachedDir> {
+        Ok(self.dir_at(rel, true)?.expect("created on demand"))
+    }
+
+    fn mkdir_all(&mut self, rel: &Path) -> Result<()> {
+        let mut prefix = PathBuf::new();
+        for c in rel.components() {
+            let parent = self
+                .root
+                .open_dir(&prefix)
+                .map_err(|e| Error::io("open", &prefix, e))?;
+            match parent.mkdir(c.as_os_str(), 0o755) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("mkdir", prefix.join(c), e)),
+            }
+            prefix.push(c);
+        }
+        Ok(())
+    }
+
+    /// Runs `create`; if the name is taken, removes what is there and tries again.
+    fn replace<T>(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        rel: &Path,
+        create: impl Fn(&Dir) -> io::Result<T>,
+    ) -> Result<T> {
+        let dir = &self.parent(parent)?.dir;
+        match create(dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let was_dir =
+                    dir.kind(name).map_err(|e| Error::io("stat", rel, e))? == Some(Kind::Dir);
+                dir.remove_all(name)
+                    .map_err(|e| Error::io("remove", rel, e))?;
+                let out = create(dir).map_err(|e| Error::io("create", rel, e));
+                if was_dir {
+                    self.dirs.clear();
+                }
+                out
+            }
+            r => r.map_err(|e| Error::io("create", rel, e)),
+        }
+    }
+
+    fn note_created(&mut self, rel: &Path) {
+        if self.mode == WhiteoutMode::Native {
+            self.created.insert(rel.to_path_buf());
+        }
+    }
+
+    fn needs_chown(&self, meta: &Meta, setgid_parent: bool) -> bool {
+        (meta.uid, meta.gid) != self.ids || setgid_parent
+    }
+
+    fn needs_chmod(&self, meta: &Meta) -> bool {
+        meta.mode & 0o7000 != 0 || meta.mode & self.umask != 0
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file<R: Read>(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        rel: &Path,
+        data: &mut R,
+        meta: &Meta,
+        sparse: bool,
+    ) -> Result<()> {
+        let mut file = self.replace(parent, name, rel, |d| d.create_file(name, meta.mode))?;
+        let setgid = self.dirs.get(parent).is_some_and(|d| d.setgid);
+        let io = |e| Error::io("write", rel, e);
+        let mut len = 0u64;
+        let mut hole = false;
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return Err(layer_err("data of", rel, e)),
+            };
+            if sparse && self.buf[..n].iter().all(|b| *b == 0) {
+                hole = true;
+            } else {
+                if hole {
+                    at::seek_to(&file, len).map_err(io)?;
+                    hole = false;
+                }
+                file.write_all(&self.buf[..n]).map_err(io)?;
+            }
+            len += n as u64;
+        }
+        if hole {
+            file.set_len(len).map_err(io)?;
+        }
+        self.finish_fd(&file, rel, meta, setgid)?;
+        self.note_created(rel);
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and times of a just-created file, through its descriptor.
+    fn finish_fd(&self, file: &File, rel: &Path, meta: &Meta, setgid_parent: bool) -> Result<()> {
+        if self.needs_chown(meta, setgid_parent) {
+            at::fchown(file, meta.uid, meta.gid).map_err(|e| Error::io("chown", rel, e))?;
+        }
+        if self.needs_chmod(meta) {
+            at::fchmod(file, meta.mode).map_err(|e| Error::io("chmod", rel, e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            at::fsetxattr(file, k, v).map_err(|e| Error::io("setxattr", rel, e))?;
+        }
+        at::futimens(file, meta.mtime, meta.mtime).map_err(|e| Error::io("utimens", rel, e))
+    }
+
+    fn dir(&mut self, parent: &Path, name: &OsStr, rel: &Path, meta: &Meta) -> Result<()> {
+        let dir = &self.parent(parent)?.dir;
+        match dir.mkdir(name, meta.mode) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if dir.kind(name).map_err(|e| Error::io("stat", rel, e))? != Some(Kind::Dir) {
+                    dir.remove_all(name)
+                        .map_err(|e| Error::io("remove", rel, e))?;
+                    dir.mkdir(name, meta.mode)
+                        .map_err(|e| Error::io("mkdir", rel, e))?;
+                }
+            }
+            Err(e) => return Err(Error::io("mkdir", rel, e)),
+        }
+        dir.chown(name, meta.uid, meta.gid)
+            .map_err(|e| Error::io("chown", rel, e))?;
+        dir.chmod(name, meta.mode)
+            .map_err(|e| Error::io("chmod", rel, e))?;
+        if !meta.xattrs.is_empty() {
+            let sub = dir
+                .open_subdir(name)
+                .map_err(|e| Error::io("open", rel, e))?;
+            for (k, v) in &meta.xattrs {
+                at::fsetxattr(&sub, k, v).map_err(|e| Error::io("setxattr", rel, e))?;
+            }
+        }
+        self.dir_times.push((rel.to_path_buf(), meta.mtime));
+        self.note_created(rel);
+        Ok(())
+    }
+
+    fn root_dir(&mut self, meta: &Meta) -> Result<()> {
+        let root = self
+            .root
+            .open_dir(Path::new(""))
+            .map_err(|e| Error::io("open", "/", e))?;
+        at::fchown(&root, meta.uid, meta.gid).map_err(|e| Error::io("chown", "/", e))?;
+        at::fchmod(&root, meta.mode).map_err(|e| Error::io("chmod", "/", e))?;
+        for (k, v) in &meta.xattrs {
+            at::fsetxattr(&root, k, v).map_err(|e| Error::io("setxattr", "/", e))?;
+        }
+        self.dir_times.push((PathBuf::new(), meta.mtime));
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        rel: &Path,
+        target: &Path,
+        meta: &Meta,
+    ) -> Result<()> {
+        self.replace(parent, name, rel, |d| d.symlink(name, target))?;
+        let ids = self.ids;
+        let cached = self.parent(parent)?;
+        let setgid = cached.setgid;
+        let dir = &cached.dir;
+        if (meta.uid, meta.gid) != ids || setgid {
+            dir.chown(name, meta.uid, meta.gid)
+                .map_err(|e| Error::io("chown", rel, e))?;
+        }
+        dir.set_times(name, meta.mtime, meta.mtime)
+            .map_err(|e| Error::io("utimens", rel, e))?;
+        self.note_created(rel);
+        Ok(())
+    }
+
+    fn hard_link(&mut self, parent: &Path, name: &OsStr, rel: &Path, target: &Path) -> Result<()> {
+        let (Some(tname), tparent) = (target.file_name(), target.parent().unwrap_or(Path::new("")))
+        else {
+            return Err(layer_err("hard link to the root from", rel, "refused"));
+        };
+        let tdir = self
+            .root
+            .open_dir(tparent)
+            .map_err(|e| layer_err("hard link target of", rel, e))?;
+        let tname = tname.to_os_string();
+        self.replace(parent, name, rel, |d| d.hard_link(name, &tdir, &tname))
+            .map_err(|e| match e {
+                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                    layer_err("hard link target missing for", rel, target.display())
+                }
+                other => other,
+            })?;
+        self.note_created(rel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn node(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        rel: &Path,
+        kind: NodeKind,
+        major: u32,
+        minor: u32,
+        meta: &Meta,
+    ) -> Result<()> {
+        self.replace(parent, name, rel, |d| {
+            d.mknod(name, kind, meta.mode, major, minor)
+        })?;
+        let dir = &self.parent(parent)?.dir;
+        dir.chown(name, meta.uid, meta.gid)
+            .map_err(|e| Error::io("chown", rel, e))?;
+        dir.chmod(name, meta.mode)
+            .map_err(|e| Error::io("chmod", rel, e))?;
+        dir.set_times(name, meta.mtime, meta.mtime)
+            .map_err(|e| Error::io("utimens", rel, e))?;
+        self.note_created(rel);
+        Ok(())
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: &Path,
+        entry: &OsStr,
+        hidden: &OsStr,
+        meta: &Meta,
+    ) -> Result<()> {
+        let rel = parent.join(entry);
+        if entry == OPAQUE_WHITEOUT {
+            return match self.mode {
+                WhiteoutMode::Overlay { userxattr } => {
+                    let name = if userxattr {
+                        "user.overlay.opaque"
+                    } else {
+                        "trusted.overlay.opaque"
+                    };
+                    let dir = &self.parent(parent)?.dir;
+                    at::fsetxattr(dir, name.as_ref(), b"y")
+                        .map_err(|e| Error::io("setxattr", &rel, e))
+                }
+                WhiteoutMode::Native => self.empty_dir(parent),
+            };
+        }
+        let hidden_bytes = hidden.as_bytes();
+        if hidden_bytes.is_empty()
+            || hidden_bytes == b"."
+            || hidden_bytes == b".."
+            || hidden_bytes.starts_with(b".wh.")
+        {
+            return Err(layer_err("bad whiteout", &rel, "refused"));
+        }
+        match self.mode {
+            WhiteoutMode::Overlay { .. } => {
+                let dir = &self.parent(parent)?.dir;
+                let was_dir =
+                    dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))? == Some(Kind::Dir);
+                dir.remove_all(hidden)
+                    .map_err(|e| Error::io("remove", &rel, e))?;
+                dir.mknod(hidden, NodeKind::Char, 0, 0, 0)
+                    .map_err(|e| Error::io("mknod", &rel, e))?;
+                dir.chown(hidden, meta.uid, meta.gid)
+                    .map_err(|e| Error::io("chown", &rel, e))?;
+                if was_dir {
+                    self.dirs.clear();
+                }
+            }
+            WhiteoutMode::Native => {
+                let Some(cached) = self.dir_at(parent, false)? else {
+                    return Ok(());
+                };
+                let dir = &cached.dir;
+                let was_dir =
+                    dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))? == Some(Kind::Dir);
+                dir.remove_all(hidden)
+                    .map_err(|e| Error::io("remove", &rel, e))?;
+                if was_dir {
+                    self.dirs.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Native opaque whiteout: remove what the lower layers put in `parent`.
+    fn empty_dir(&mut self, parent: &Path) -> Result<()> {
+        if self.dir_at(parent, false)?.is_none() {
+            return Ok(());
+        }
+        let dir = &self.dirs[parent].dir;
+        let mut removed_dir = false;
+        for child in dir.names().map_err(|e| Error::io("read", parent, e))? {
+            let child_rel = parent.join(&child);
+            if self.created.contains(&child_rel) {
+                continue;
+            }
+            removed_dir |= dir
+                .kind(&child)
+                .map_err(|e| Error::io("stat", &child_rel, e))?
+                == Some(Kind::Dir);
+            dir.remove_all(&child)
+                .map_err(|e| Error::io("remove", &child_rel, e))?;
+        }
+        if removed_dir {
+            self.dirs.clear();
+        }
+        Ok(())
+    }
+
+    /// Directory times last, deepest first, so creating children does not change them.
+    fn finish(mut self) -> Result<()> {
+        let times = std::mem::take(&mut self.dir_times);
+        for (rel, t) in times.into_iter().rev() {
+            let result = match (rel.parent(), rel.file_name()) {
+                (Some(parent), Some(name)) => match self.dir_at(parent, false)? {
+                    Some(d) => d.dir.set_times(name, t, t),
+                    None => continue,
+                },
+                _ => self
+                    .root
+                    .open_dir(Path::new(""))
+                    .and_then(|d| at::futimens(&d, t, t)),
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("utimens", &rel, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_stays_inside() {
+        assert_eq!(
+            normalize(Path::new("/etc/passwd")),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(normalize(Path::new("../../x")), PathBuf::from("x"));
+        assert_eq!(normalize(Path::new("a/../../b/./c")), PathBuf::from("b/c"));
+        assert_eq!(normalize(Path::new("./")), PathBuf::new());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(pax_time(b"12"), Some((12, 0)));
+        assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(pax_time(b"x"), None);
+    }
+}

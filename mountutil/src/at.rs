@@ -1,0 +1,328 @@
+//! Directory-relative file operations confined to a root directory, for writing untrusted
+//! layers: every path is resolved with `openat2(RESOLVE_IN_ROOT)`, so `..`, absolute names
+//! and symlinks (in the layer or already on disk) resolve inside the root, as if chrooted;
+//! final components are single names acted on without following symlinks.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid};
+
+use crate::fs::NodeKind;
+
+/// What a name in a directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link.
+    Symlink,
+    /// Character device with its device number.
+    CharDevice(u64),
+    /// Anything else (block device, fifo, socket).
+    Other,
+}
+
+/// The root every path is resolved in.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+impl Root {
+    /// Opens `path` as a root.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let fd = rustix::fs::open(path, DIR_FLAGS, Mode::empty())?;
+        Ok(Root { fd })
+    }
+
+    /// Opens directory `rel` (relative, resolved inside the root, symlinks included).
+    pub fn open_dir(&self, rel: &Path) -> io::Result<Dir> {
+        let rel: &Path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            rel,
+            DIR_FLAGS | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        Ok(Dir { fd })
+    }
+}
+
+/// An open directory inside a root; names given to its methods are single components.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+fn check_name(name: &OsStr) -> io::Result<&OsStr> {
+    let b = name.as_encoded_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad name {name:?}"),
+        ));
+    }
+    Ok(name)
+}
+
+fn ts((sec, nsec): (i64, i64)) -> Timespec {
+    Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Dir {
+    /// Creates regular file `name` (it must not exist) for writing.
+    pub fn create_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NOCTTY;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            check_name(name)?,
+            flags,
+            Mode::from_raw_mode(mode & 0o7777),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates directory `name`.
+    pub fn mkdir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::mkdirat(
+            &self.fd,
+            check_name(name)?,
+            Mode::from_raw_mode(mode & 0o7777),
+        )?)
+    }
+
+    /// Opens subdirectory `name`, refusing to follow a symlink.
+    pub fn open_subdir(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            check_name(name)?,
+            DIR_FLAGS | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+        Ok(Dir { fd })
+    }
+
+    /// Creates symlink `name` pointing at `target` (stored verbatim).
+    pub fn symlink(&self, name: &OsStr, target: &Path) -> io::Result<()> {
+        Ok(rustix::fs::symlinkat(target, &self.fd, check_name(name)?)?)
+    }
+
+    /// Creates a device node or fifo.
+    pub fn mknod(
+        &self,
+        name: &OsStr,
+        kind: NodeKind,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
+        let ft = match kind {
+            NodeKind::Char => FileType::CharacterDevice,
+            NodeKind::Block => FileType::BlockDevice,
+            NodeKind::Fifo => FileType::Fifo,
+        };
+        let dev = rustix::fs::makedev(major, minor);
+        Ok(rustix::fs::mknodat(
+            &self.fd,
+            check_name(name)?,
+            ft,
+            Mode::from_raw_mode(mode & 0o7777),
+            dev,
+        )?)
+    }
+
+    /// Creates `name` as a hard link to `from_name` in `from` (a symlink is linked itself).
+    pub fn hard_link(&self, name: &OsStr, from: &Dir, from_name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::linkat(
+            &from.fd,
+            check_name(from_name)?,
+            &self.fd,
+            check_name(name)?,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// What `name` is, without following a symlink; `None` if it does not exist.
+    pub fn kind(&self, name: &OsStr) -> io::Result<Option<Kind>> {
+        match rustix::fs::statat(&self.fd, check_name(name)?, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => Kind::Dir,
+                FileType::RegularFile => Kind::File,
+                FileType::Symlink => Kind::Symlink,
+                FileType::CharacterDevice => Kind::CharDevice(st.st_rdev),
+                _ => Kind::Other,
+            })),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes non-directory `name`.
+    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(
+            &self.fd,
+            check_name(name)?,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Removes `name` whatever it is, directories recursively; absent is fine.
+    pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
+        match self.kind(name)? {
+            None => Ok(()),
+            Some(Kind::Dir) => {
+                let sub = self.open_subdir(name)?;
+                for child in sub.names()? {
+                    sub.remove_all(&child)?;
+                }
+                Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+            }
+            Some(_) => self.unlink(name),
+        }
+    }
+
+    /// Names in this directory (without `.` and `..`).
+    pub fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        let fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?;
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd)? {
+            let entry = entry?;
+            let n = entry.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                out.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n).to_os_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the owner of `name` without following a symlink.
+    pub fn chown(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+        let (u, g) = owner(uid, gid);
+        Ok(rustix::fs::chownat(
+            &self.fd,
+            check_name(name)?,
+            Some(u),
+            Some(g),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Sets the mode of `name`, which must not be a symlink.
+    pub fn chmod(&self, name: &OsStr, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::chmodat(
+            &self.fd,
+            check_name(name)?,
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Sets access and modification times of `name` without following a symlink.
+    pub fn set_times(&self, name: &OsStr, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+        let t = Timestamps {
+            last_access: ts(atime),
+            last_modification: ts(mtime),
+        };
+        Ok(rustix::fs::utimensat(
+            &self.fd,
+            check_name(name)?,
+            &t,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+}
+
+fn owner(uid: u32, gid: u32) -> (Uid, Gid) {
+    (Uid::from_raw(uid), Gid::from_raw(gid))
+}
+
+/// Sets the owner of an open file or directory.
+pub fn fchown(fd: impl AsFd, uid: u32, gid: u32) -> io::Result<()> {
+    let (u, g) = owner(uid, gid);
+    Ok(rustix::fs::fchown(fd, Some(u), Some(g))?)
+}
+
+/// Sets the mode of an open file or directory.
+pub fn fchmod(fd: impl AsFd, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?)
+}
+
+/// Sets the times of an open file or directory.
+pub fn futimens(fd: impl AsFd, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+    let t = Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    Ok(rustix::fs::futimens(fd, &t)?)
+}
+
+/// Sets an extended attribute of an open file or directory.
+pub fn fsetxattr(fd: impl AsFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    Ok(rustix::fs::fsetxattr(
+        fd,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}
+
+/// Seeks an open file forward (leaving a hole when written past) — for sparse data.
+pub fn seek_to(fd: impl AsFd, offset: u64) -> io::Result<()> {
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset))?;
+    Ok(())
+}
+
+/// The effective user and group ids of this process.
+pub fn effective_ids() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
+/// The process umask, read without changing it (`Umask:` of /proc/self/status); 0o022 if
+/// it cannot be read.
+pub fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// Whether an open directory has the setgid bit (new entries then inherit its group).
+pub fn is_setgid_dir(fd: impl AsFd) -> io::Result<bool> {
+    Ok(rustix::fs::fstat(fd)?.st_mode & 0o2000 != 0)
+}
