@@ -2,7 +2,10 @@
 
 const PROTOS: &[&str] = &[
     "containerd/types/mount.proto",
+    "containerd/types/descriptor.proto",
     "containerd/services/snapshots/v1/snapshots.proto",
+    "containerd/services/diff/v1/diff.proto",
+    "containerd/services/content/v1/content.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

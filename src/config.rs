@@ -23,6 +23,46 @@ pub struct Config {
     /// Snapshotter instances; none means one overlayfs instance at `root`.
     #[serde(default)]
     pub snapshotters: Vec<InstanceConfig>,
+    /// Where the Diff service reads and writes layer blobs.
+    #[serde(default)]
+    pub differ: DifferConfig,
+}
+
+/// Where layer blobs live for the Diff service.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DifferConfig {
+    /// A local directory in the OCI layout (`blobs/sha256/<hex>`); when set, it is used
+    /// instead of containerd's Content service.
+    #[serde(default)]
+    pub content_dir: Option<PathBuf>,
+    /// containerd's gRPC socket, for its Content service.
+    #[serde(default = "default_containerd_address")]
+    pub containerd_address: PathBuf,
+    /// Namespace for content calls when neither the request nor the snapshot key names one.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+/// containerd's default socket.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+fn default_containerd_address() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTAINERD_ADDRESS)
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+impl Default for DifferConfig {
+    fn default() -> Self {
+        DifferConfig {
+            content_dir: None,
+            containerd_address: default_containerd_address(),
+            namespace: default_namespace(),
+        }
+    }
 }
 
 /// One named snapshotter instance.
@@ -73,6 +113,7 @@ impl Default for Config {
             root: default_root(),
             address: default_address(),
             snapshotters: Vec::new(),
+            differ: DifferConfig::default(),
         }
     }
 }

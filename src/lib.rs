@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod convert;
 pub mod server;
 pub mod status;
@@ -20,6 +21,20 @@ pub mod api {
     }
     /// `containerd.services.*`.
     pub mod services {
+        /// `containerd.services.diff`.
+        pub mod diff {
+            /// `containerd.services.diff.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.diff.v1");
+            }
+        }
+        /// `containerd.services.content`.
+        pub mod content {
+            /// `containerd.services.content.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
         /// `containerd.services.snapshots`.
         pub mod snapshots {
             /// `containerd.services.snapshots.v1`.

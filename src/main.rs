@@ -45,6 +45,13 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Read and write layer blobs in this OCI-layout directory instead of containerd's
+    /// Content service.
+    #[arg(long)]
+    content_dir: Option<PathBuf>,
+    /// containerd's socket, whose Content service holds the layer blobs.
+    #[arg(long)]
+    containerd_address: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -55,6 +62,7 @@ fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -73,6 +81,12 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     }
     if let Some(address) = address {
         config.address = address;
+    }
+    if let Some(dir) = &args.content_dir {
+        config.differ.content_dir = Some(dir.clone());
+    }
+    if let Some(addr) = &args.containerd_address {
+        config.differ.containerd_address = addr.clone();
     }
     if let Some(kind) = args.snapshotter {
         if config.snapshotters.is_empty() {

@@ -41,6 +41,28 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code, chain(&e))
 }
 
+/// The gRPC code of a differ error.
+pub fn differ_code(e: &differ::Error) -> Code {
+    use differ::Error as D;
+    match e {
+        D::InvalidLayer(_) | D::InvalidArgument(_) => Code::InvalidArgument,
+        D::Mismatch { .. } => Code::FailedPrecondition,
+        D::NotImplemented(_) => Code::Unimplemented,
+        D::NotFound(_) => Code::NotFound,
+        D::Sys(mountutil::Error::InvalidMount(_)) => Code::InvalidArgument,
+        D::Io { .. } | D::Sys(_) => Code::Internal,
+    }
+}
+
+/// Converts a differ error into a status carrying its whole chain as the message.
+pub fn differ_status(e: differ::Error) -> Status {
+    let code = differ_code(&e);
+    if code == Code::Internal {
+        tracing::error!(error = %chain(&e), "internal error");
+    }
+    Status::new(code, chain(&e))
+}
+
 /// Status for a request that is malformed before it reaches a snapshotter.
 pub fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg)

@@ -169,3 +169,9 @@ fn copy_range_buffered(src: &File, dst: &File, mut off: u64, end: u64) -> io::Re
     }
     Ok(())
 }
+
+/// Flushes the filesystem holding `path` to disk (syncfs).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncfs", path, e.into()))
+}

@@ -19,7 +19,10 @@ use heed::RoTxn;
 use mountutil::lock::RootLock;
 
 use crate::metastore::{MetaStore, Record, from_time};
-use crate::{Error, Filters, Info, Kind, Labels, Mount, Result, Snapshotter, Usage, disk_usage};
+use crate::{
+    Error, Filters, Info, Kind, Labels, Mount, OwnedSnapshot, Result, Snapshotter, Usage,
+    WhiteoutStyle, disk_usage,
+};
 
 /// What differs between snapshotters that keep a directory per snapshot.
 pub trait Driver: Send + Sync + 'static {
@@ -32,6 +35,9 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Prepares a snapshot created without a parent to be committed onto `parents`.
     fn rebase(&self, dir: &SnapshotDir, parents: &[PathBuf]) -> Result<()>;
+
+    /// How layers are written into a snapshot's `fs` directory.
+    fn whiteouts(&self) -> WhiteoutStyle;
 
     /// Labels the driver adds to every Info it reports (never stored).
     fn info_labels(&self, _dir: &SnapshotDir) -> Vec<(String, String)> {
@@ -284,6 +290,19 @@ impl Drop for TempDir<'_> {
     }
 }
 
+/// `<id>/fs` → `<id>`.
+trait StripFs {
+    fn strip_suffix_fs(&self) -> Option<&str>;
+}
+
+impl StripFs for Path {
+    fn strip_suffix_fs(&self) -> Option<&str> {
+        let mut parts = self.components();
+        let id = parts.next()?.as_os_str().to_str()?;
+        (parts.next()?.as_os_str() == "fs" && parts.next().is_none()).then_some(id)
+    }
+}
+
 fn remove_tree(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -431,7 +450,7 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 labels,
                 usage: Some(usage),
             };
-            self.store.delete(txn, key)?;
+            self.store.delete(txn, key, &rec)?;
             self.store.remove_child(txn, &rec.parent, key)?;
             self.store.put(txn, name, &committed)?;
             self.store.add_child(txn, new_parent, name)
@@ -446,7 +465,7 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                     "cannot remove snapshot {key} with child"
                 )));
             }
-            self.store.delete(txn, key)?;
+            self.store.delete(txn, key, &rec)?;
             self.store.remove_child(txn, &rec.parent, key)?;
             Ok(rec)
         })?;
@@ -463,6 +482,40 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             .map(|(name, rec)| self.info(name, rec))
             .filter(|info| filters.matches(info))
             .collect())
+    }
+
+    fn recognize(&self, mounts: &[Mount]) -> Result<Option<OwnedSnapshot>> {
+        let [m] = mounts else { return Ok(None) };
+        let fs = match m.fstype.as_str() {
+            "bind" | "rbind" => m.source.as_str(),
+            "overlay" => match m.option_value("upperdir") {
+                Some(upper) => upper,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let fs = Path::new(fs);
+        let Some(id) = fs
+            .strip_prefix(self.snapshots_dir())
+            .ok()
+            .and_then(|rest| rest.strip_suffix_fs())
+            .and_then(|id| id.parse::<u64>().ok())
+        else {
+            return Ok(None);
+        };
+        self.store.read(|txn| {
+            let Some(key) = self.store.key_of(txn, id)? else {
+                return Ok(None);
+            };
+            let rec = self.store.require(txn, &key)?;
+            Ok(Some(OwnedSnapshot {
+                key,
+                kind: rec.kind,
+                fs: self.dir(id).fs(),
+                parents: self.parent_dirs(txn, &rec.parent)?,
+                whiteouts: self.driver.whiteouts(),
+            }))
+        })
     }
 
     fn cleanup(&self) -> Result<()> {

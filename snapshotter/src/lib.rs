@@ -21,6 +21,7 @@ pub mod overlay;
 mod usage;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use dirs::{DirSnapshotter, Driver, Options, SnapshotDir};
@@ -80,6 +81,34 @@ pub struct Usage {
     pub inodes: i64,
 }
 
+/// How layers must be written into a snapshot's directory for its mounts to show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutStyle {
+    /// overlayfs upper directory: whiteout devices and opaque xattrs (`user.` namespace
+    /// with `userxattr`).
+    Overlay {
+        /// Mounts carry `userxattr`.
+        userxattr: bool,
+    },
+    /// A full tree: deletions delete.
+    Delete,
+}
+
+/// A snapshot recognised from mounts this snapshotter returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedSnapshot {
+    /// Its key or name.
+    pub key: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its own directory (the overlay upper directory, or the native tree).
+    pub fs: PathBuf,
+    /// The `fs` directories of its parent chain, nearest first.
+    pub parents: Vec<PathBuf>,
+    /// How layers are written into `fs`.
+    pub whiteouts: WhiteoutStyle,
+}
+
 /// The operations of containerd's snapshotter interface.
 ///
 /// Every method is one atomic step: a crash at any point leaves at worst an orphan directory
@@ -120,4 +149,8 @@ pub trait Snapshotter: Send + Sync {
 
     /// Reclaims directories that have no index entry.
     fn cleanup(&self) -> Result<()>;
+
+    /// The snapshot whose directory `mounts` (as returned by Prepare, View or Mounts) write
+    /// to or show, if it belongs to this snapshotter: lets a differ write straight into it.
+    fn recognize(&self, mounts: &[Mount]) -> Result<Option<OwnedSnapshot>>;
 }

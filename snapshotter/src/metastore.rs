@@ -4,6 +4,7 @@
 //! - `snapshots`: key or name → JSON [`Record`];
 //! - `children`: `len(parent) as u32 BE ‖ parent ‖ child` → (), the parent→child relation
 //!   used to refuse removing a parent;
+//! - `ids`: directory id → key or name, to recognise a snapshot from its mounts;
 //! - `meta`: `version`, `next_id`.
 //!
 //! Every mutation is one write transaction ([`MetaStore::write`]): committed on `Ok`, aborted
@@ -77,6 +78,7 @@ pub(crate) struct MetaStore {
     env: Env<WithoutTls>,
     snapshots: Database<Str, Bytes>,
     children: Database<Bytes, Unit>,
+    ids: Database<U64<BigEndian>, Str>,
     meta: Database<Str, U64<BigEndian>>,
 }
 
@@ -95,10 +97,11 @@ fn child_prefix(parent: &str) -> Vec<u8> {
 
 impl MetaStore {
     pub fn open(lock: &RootLock, dir: &Path) -> Result<Self> {
-        let env = lock.open_index(dir, MAP_SIZE, 4)?;
+        let env = lock.open_index(dir, MAP_SIZE, 8)?;
         let mut txn = env.write_txn()?;
         let snapshots = env.create_database(&mut txn, Some("snapshots"))?;
         let children = env.create_database(&mut txn, Some("children"))?;
+        let ids = env.create_database(&mut txn, Some("ids"))?;
         let meta: Database<Str, U64<BigEndian>> = env.create_database(&mut txn, Some("meta"))?;
         match meta.get(&txn, "version")? {
             None => meta.put(&mut txn, "version", &SCHEMA_VERSION)?,
@@ -114,6 +117,7 @@ impl MetaStore {
             env,
             snapshots,
             children,
+            ids,
             meta,
         })
     }
@@ -154,12 +158,19 @@ impl MetaStore {
 
     pub fn put(&self, txn: &mut RwTxn, key: &str, record: &Record) -> Result<()> {
         let bytes = serde_json::to_vec(record).expect("records always serialize");
+        self.ids.put(txn, &record.id, key)?;
         Ok(self.snapshots.put(txn, key, &bytes)?)
     }
 
-    pub fn delete(&self, txn: &mut RwTxn, key: &str) -> Result<()> {
+    pub fn delete(&self, txn: &mut RwTxn, key: &str, record: &Record) -> Result<()> {
+        self.ids.delete(txn, &record.id)?;
         self.snapshots.delete(txn, key)?;
         Ok(())
+    }
+
+    /// The key or name of the snapshot with directory id `id`.
+    pub fn key_of(&self, txn: &RoTxn, id: u64) -> Result<Option<String>> {
+        Ok(self.ids.get(txn, &id)?.map(str::to_string))
     }
 
     pub fn add_child(&self, txn: &mut RwTxn, parent: &str, child: &str) -> Result<()> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::copy::{copy_tree, merge_lower};
 use crate::dirs::create_dir_mode;
-use crate::{DirSnapshotter, Driver, Kind, Mount, Result, SnapshotDir};
+use crate::{DirSnapshotter, Driver, Kind, Mount, Result, SnapshotDir, WhiteoutStyle};
 
 /// The native snapshotter.
 pub type NativeSnapshotter = DirSnapshotter<Native>;
@@ -28,6 +28,10 @@ impl Driver for Native {
             (Kind::View, Some(parent)) => vec![Mount::bind(parent, true)],
             (kind, _) => vec![Mount::bind(&dir.fs(), kind == Kind::View)],
         }
+    }
+
+    fn whiteouts(&self) -> WhiteoutStyle {
+        WhiteoutStyle::Delete
     }
 
     /// A rebased native snapshot holds only its own layer: flatten the parent under it,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mountutil::probe;
 
 use crate::dirs::create_dir_mode;
-use crate::{DirSnapshotter, Driver, Error, Kind, Mount, Result, SnapshotDir};
+use crate::{DirSnapshotter, Driver, Error, Kind, Mount, Result, SnapshotDir, WhiteoutStyle};
 
 /// The overlayfs snapshotter.
 pub type OverlaySnapshotter = DirSnapshotter<Overlay>;
@@ -118,6 +118,12 @@ impl Driver for Overlay {
     /// and the new parent chain is read from the index when mounting.
     fn rebase(&self, _dir: &SnapshotDir, _parents: &[PathBuf]) -> Result<()> {
         Ok(())
+    }
+
+    fn whiteouts(&self) -> WhiteoutStyle {
+        WhiteoutStyle::Overlay {
+            userxattr: self.userxattr,
+        }
     }
 
     fn info_labels(&self, dir: &SnapshotDir) -> Vec<(String, String)> {

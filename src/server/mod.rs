@@ -1,6 +1,7 @@
 //! The daemon: opens the configured snapshotter instances and serves containerd's gRPC APIs
 //! for them on a unix socket until shut down.
 
+mod diff;
 mod snapshots;
 
 use std::collections::BTreeMap;
@@ -17,9 +18,11 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Status;
 
+use crate::api::services::diff::v1::diff_server::DiffServer;
 use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use crate::config::{Config, ConfigError, InstanceConfig, SnapshotterKind};
 
+pub use diff::DiffService;
 pub use snapshots::SnapshotsService;
 
 /// gRPC message size limit, as containerd's (16 MiB both ways).
@@ -60,7 +63,7 @@ pub struct Instance {
 
 /// The instances a daemon serves, selected by the request's `snapshotter` field.
 pub struct Instances {
-    by_name: BTreeMap<String, Instance>,
+    pub(crate) by_name: BTreeMap<String, Instance>,
 }
 
 impl Instances {
@@ -157,13 +160,18 @@ pub async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn serve(
     listener: UnixListener,
     instances: Arc<Instances>,
+    differ: DiffService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let snapshots = SnapshotsServer::new(SnapshotsService::new(instances))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let diff = DiffServer::new(differ)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()
         .add_service(snapshots)
+        .add_service(diff)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
@@ -183,7 +191,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         tracing::info!("shutting down");
     };
-    let result = serve(listener, Arc::new(instances), shutdown).await;
+    let instances = Arc::new(instances);
+    let scratch = config.root.join("tmp");
+    std::fs::create_dir_all(&scratch).map_err(|e| DaemonError::Socket(scratch.clone(), e))?;
+    let differ = DiffService::new(Arc::clone(&instances), &config.differ, scratch);
+    let result = serve(listener, instances, differ, shutdown).await;
     let _ = std::fs::remove_file(&config.address);
     result
 }

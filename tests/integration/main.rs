@@ -2,6 +2,7 @@
 
 mod containerd;
 mod crash;
+mod diff;
 mod errors;
 mod suite;
 mod tree;

@@ -1,0 +1,324 @@
+//! The Diff service through the socket, with blobs in a local content directory: Apply into
+//! our own overlay and native snapshots (no mount) and into foreign mounts, Diff of an
+//! overlay snapshot (upper-directory walk) and of plain trees, and the error code of each
+//! misuse.
+
+use differ::content::{BlobSink, LocalStore};
+use differ::diff::{Changes, DiffOptions, write_layer};
+use differ::{Compression, Digest};
+use strata::api::services::diff::v1 as dpb;
+use strata::api::services::diff::v1::diff_client::DiffClient;
+use strata::api::types::{Descriptor, Mount};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::suite::without_root;
+use crate::tree::{Op, apply, capture};
+use crate::util::{Daemon, Snap, TempDir, require_root, with_mounted};
+
+struct DiffFixture {
+    s: Snap,
+    d: DiffClient<Channel>,
+    content: LocalStore,
+    mnt: std::path::PathBuf,
+    tmp: TempDir,
+    daemon: Daemon,
+}
+
+async fn fixture(test: &str, kind: &str) -> Option<DiffFixture> {
+    if !require_root(test) {
+        return None;
+    }
+    let tmp = TempDir::new(test);
+    let content_dir = tmp.path().join("content");
+    let daemon = Daemon::start_with(
+        tmp.path(),
+        &[
+            "--snapshotter",
+            kind,
+            "--content-dir",
+            content_dir.to_str().unwrap(),
+        ],
+    );
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    Some(DiffFixture {
+        s: Snap::new(&daemon).await,
+        d: DiffClient::new(channel),
+        content: LocalStore::new(content_dir),
+        mnt,
+        tmp,
+        daemon,
+    })
+}
+
+/// Writes a layer of `ops` (applied to an empty tree) into the content store.
+fn make_layer(
+    f: &DiffFixture,
+    name: &str,
+    ops: &[Op],
+    compression: Compression,
+) -> (Descriptor, Digest) {
+    let src = f.tmp.path().join(format!("src-{name}"));
+    let empty = f.tmp.path().join(format!("empty-{name}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    apply(&src, ops);
+    let mut w = f.content.create().unwrap();
+    let created = write_layer(
+        Changes::Trees {
+            lower: &empty,
+            upper: &src,
+        },
+        &mut w,
+        DiffOptions {
+            compression,
+            source_date_epoch: None,
+        },
+    )
+    .unwrap();
+    w.commit(&created.digest, created.size, &[]).unwrap();
+    let desc = Descriptor {
+        media_type: created.media_type.into(),
+        digest: created.digest.to_string(),
+        size: created.size as i64,
+        annotations: Default::default(),
+    };
+    (desc, created.diff_id)
+}
+
+async fn apply_rpc(
+    d: &mut DiffClient<Channel>,
+    desc: Descriptor,
+    mounts: Vec<Mount>,
+) -> Result<Descriptor, tonic::Status> {
+    let r = dpb::ApplyRequest {
+        diff: Some(desc),
+        mounts,
+        ..Default::default()
+    };
+    Ok(d.apply(r).await?.into_inner().applied.expect("applied"))
+}
+
+async fn diff_rpc(
+    d: &mut DiffClient<Channel>,
+    left: Vec<Mount>,
+    right: Vec<Mount>,
+    media_type: &str,
+) -> Result<Descriptor, tonic::Status> {
+    let r = dpb::DiffRequest {
+        left,
+        right,
+        media_type: media_type.into(),
+        ..Default::default()
+    };
+    Ok(d.diff(r).await?.into_inner().diff.expect("diff"))
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.expect_err("expected an error").code()
+}
+
+async fn apply_then_diff(test: &str, kind: &str) {
+    let Some(mut f) = fixture(test, kind).await else {
+        return;
+    };
+    let base_ops = [
+        Op::Dir("/etc", 0o755),
+        Op::File("/etc/keep", "keep", 0o644),
+        Op::File("/etc/gone", "gone", 0o600),
+        Op::Dir("/opt", 0o750),
+        Op::File("/opt/old", "old", 0o644),
+        Op::Symlink("/etc/keep", "/link"),
+    ];
+    let (desc, diff_id) = make_layer(&f, "base", &base_ops, Compression::Gzip);
+    let mounts = f.s.prepare("base-p", "").await.unwrap();
+    let applied = apply_rpc(&mut f.d, desc.clone(), mounts).await.unwrap();
+    assert_eq!(applied.digest, diff_id.to_string());
+    assert_eq!(applied.media_type, "application/vnd.oci.image.layer.v1.tar");
+    f.s.commit("base", "base-p").await.unwrap();
+
+    // Change things through the mounts of a child, then ask for its diff.
+    let mounts = f.s.prepare("child-p", "base").await.unwrap();
+    let changes = [
+        Op::Remove("/etc/gone"),
+        Op::Remove("/opt"),
+        Op::Dir("/opt", 0o755),
+        Op::File("/opt/new", "new", 0o644),
+        Op::File("/etc/added", "added", 0o644),
+    ];
+    with_mounted(&mounts, &f.mnt, |root| apply(root, &changes));
+    let left = f.s.view("base-view", "base").await.unwrap();
+    let layer = diff_rpc(&mut f.d, left, mounts, "").await.unwrap();
+    assert_eq!(
+        layer.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let blob = f.content.blob_path(&Digest::parse(&layer.digest).unwrap());
+    assert_eq!(std::fs::metadata(&blob).unwrap().len() as i64, layer.size);
+    let uncompressed = layer
+        .annotations
+        .get("containerd.io/uncompressed")
+        .expect("uncompressed label")
+        .clone();
+    f.s.commit("child", "child-p").await.unwrap();
+
+    // Applying that layer on the base again gives the same tree as the child.
+    let mounts = f.s.prepare("replay-p", "base").await.unwrap();
+    let applied = apply_rpc(&mut f.d, layer, mounts).await.unwrap();
+    assert_eq!(applied.digest, uncompressed);
+    f.s.commit("replay", "replay-p").await.unwrap();
+    let want = view(&mut f, "child").await;
+    assert_eq!(view(&mut f, "replay").await, want);
+    assert!(
+        !want.contains_key("/etc/gone")
+            && !want.contains_key("/opt/old")
+            && want.contains_key("/opt/new")
+    );
+    // Our own overlay snapshot is diffed by walking its upper directory only.
+    let walked_upper = f.daemon.log_text().contains("method=\"overlay upper\"");
+    assert_eq!(walked_upper, kind == "overlayfs", "{}", f.daemon.log_text());
+
+    // zstd and uncompressed layers too.
+    for (i, c) in [Compression::Zstd, Compression::None]
+        .into_iter()
+        .enumerate()
+    {
+        let (desc, diff_id) =
+            make_layer(&f, &format!("extra{i}"), &[Op::File("/x", "x", 0o644)], c);
+        let mounts = f.s.prepare(&format!("extra{i}"), "base").await.unwrap();
+        assert_eq!(
+            apply_rpc(&mut f.d, desc, mounts).await.unwrap().digest,
+            diff_id.to_string()
+        );
+    }
+}
+
+async fn view(
+    f: &mut DiffFixture,
+    parent: &str,
+) -> std::collections::BTreeMap<String, crate::tree::Entry> {
+    let key = format!("view-of-{parent}");
+    let mounts = f.s.view(&key, parent).await.unwrap();
+    let tree = with_mounted(&mounts, &f.mnt, |root| without_root(capture(root)));
+    f.s.remove(&key).await.unwrap();
+    tree
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlay_apply_then_diff() {
+    apply_then_diff("diff-overlay", "overlayfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_apply_then_diff() {
+    apply_then_diff("diff-native", "native").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_mounts_and_misuse() {
+    let Some(mut f) = fixture("diff-misuse", "overlayfs").await else {
+        return;
+    };
+    let (desc, diff_id) = make_layer(
+        &f,
+        "l",
+        &[Op::File("/hello", "hi", 0o644)],
+        Compression::Gzip,
+    );
+
+    // Mounts that are not ours: a bind of some directory, mounted and written natively.
+    let foreign = f.tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    let bind = Mount {
+        r#type: "bind".into(),
+        source: foreign.to_string_lossy().into_owned(),
+        target: String::new(),
+        options: vec!["rw".into(), "rbind".into()],
+    };
+    assert_eq!(
+        apply_rpc(&mut f.d, desc.clone(), vec![bind])
+            .await
+            .unwrap()
+            .digest,
+        diff_id.to_string()
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("hello")).unwrap(),
+        "hi"
+    );
+    assert!(
+        crate::util::mounts_under(f.tmp.path()).is_empty(),
+        "temporary mount left behind"
+    );
+
+    let mounts = f.s.prepare("a", "").await.unwrap();
+    let mut wrong = desc.clone();
+    wrong.size += 1;
+    assert_eq!(
+        code(apply_rpc(&mut f.d, wrong, mounts.clone()).await),
+        Code::FailedPrecondition,
+        "size mismatch"
+    );
+    let mut wrong = desc.clone();
+    wrong.annotations.insert(
+        "containerd.io/uncompressed".into(),
+        format!("sha256:{}", "0".repeat(64)),
+    );
+    assert_eq!(
+        code(apply_rpc(&mut f.d, wrong, mounts.clone()).await),
+        Code::FailedPrecondition,
+        "diffID mismatch"
+    );
+    let mut missing = desc.clone();
+    missing.digest = format!("sha256:{}", "1".repeat(64));
+    assert_eq!(
+        code(apply_rpc(&mut f.d, missing, mounts.clone()).await),
+        Code::NotFound
+    );
+    let mut bad = desc.clone();
+    bad.digest = "sha256:nothex".into();
+    assert_eq!(
+        code(apply_rpc(&mut f.d, bad, mounts.clone()).await),
+        Code::InvalidArgument
+    );
+
+    // A blob whose bytes do not match its name: a corrupt copy stored under the digest.
+    let blob = f.content.blob_path(&Digest::parse(&desc.digest).unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let (desc2, _) = make_layer(
+        &f,
+        "l2",
+        &[Op::File("/other", "o", 0o644)],
+        Compression::Gzip,
+    );
+    let blob2 = f.content.blob_path(&Digest::parse(&desc2.digest).unwrap());
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob2, &bytes).unwrap();
+    let c = code(apply_rpc(&mut f.d, desc2, mounts.clone()).await);
+    assert!(
+        matches!(c, Code::InvalidArgument | Code::FailedPrecondition),
+        "corrupt blob: {c:?}"
+    );
+
+    // Committed snapshots are never written.
+    f.s.commit("a-c", "a").await.unwrap();
+    let view = f.s.view("v", "a-c").await.unwrap();
+    assert_eq!(
+        code(apply_rpc(&mut f.d, desc.clone(), view.clone()).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(apply_rpc(&mut f.d, desc.clone(), vec![]).await),
+        Code::InvalidArgument
+    );
+
+    assert_eq!(
+        code(diff_rpc(&mut f.d, vec![], view.clone(), "application/x-bogus").await),
+        Code::Unimplemented
+    );
+    let r = dpb::ApplyRequest::default();
+    assert_eq!(code(f.d.apply(r).await), Code::InvalidArgument);
+}
