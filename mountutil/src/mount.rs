@@ -460,6 +460,63 @@ impl Drop for TempMount {
     }
 }
 
+/// Mount points at or below `dir`, deepest first, from /proc/self/mountinfo (whose paths
+/// escape spaces and other bytes as `\NNN` octal).
+pub fn mount_points_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(out)
+}
+
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// Undoes temporary mounts a crashed process left under `dir` (detaching each), then
+/// removes the emptied mount-point directories. Never deletes anything still mounted.
+pub fn reclaim_temp_mounts(dir: &Path) -> Result<()> {
+    for point in mount_points_under(dir)? {
+        if point != dir {
+            tracing::warn!(mount = %point.display(), "detaching leaked temporary mount");
+            nix::mount::umount2(&point, MntFlags::MNT_DETACH).map_err(|e| Error::Unmount {
+                target: point.clone(),
+                source: e.into(),
+            })?;
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` with `mounts` mounted on a temporary directory under `parent`.
 pub fn with_temp_mount<T>(
     mounts: &[Mount],
@@ -524,6 +581,12 @@ mod tests {
     fn common_prefix_stops_at_difference() {
         assert_eq!(longest_common_prefix(&["/x/10/fs", "/x/1/fs"]), "/x/1");
         assert_eq!(longest_common_prefix(&["abc"]), "abc");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tonic::Status;
 use crate::api::services::diff::v1::diff_server::DiffServer;
 use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use crate::config::{Config, ConfigError, InstanceConfig, SnapshotterKind};
+use crate::status::chain;
 
 pub use diff::DiffService;
 pub use snapshots::SnapshotsService;
@@ -194,6 +195,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let instances = Arc::new(instances);
     let scratch = config.root.join("tmp");
     std::fs::create_dir_all(&scratch).map_err(|e| DaemonError::Socket(scratch.clone(), e))?;
+    if let Err(e) = mountutil::mount::reclaim_temp_mounts(&scratch) {
+        tracing::warn!(error = %chain(&e), "could not reclaim temporary mounts");
+    }
     let differ = DiffService::new(Arc::clone(&instances), &config.differ, scratch);
     let result = serve(listener, instances, differ, shutdown).await;
     let _ = std::fs::remove_file(&config.address);

@@ -366,13 +366,7 @@ pub fn snapshot_dirs(root: &Path) -> Vec<String> {
     v
 }
 
-/// Mount points under `dir` according to /proc/self/mountinfo.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&dir))
-        .collect()
+/// Mount points at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mountutil::mount::mount_points_under(dir).expect("read mountinfo")
 }
