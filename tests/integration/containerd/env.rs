@@ -1,0 +1,572 @@
+//! The end-to-end harness: a Strata daemon and a private containerd (Debian 12's 1.6, or
+//! Debian 13's 1.7.24 from `scripts/e2e/containerd-1.7.sh`) using it, driven with that
+//! release's `ctr`; image import, container run and image removal with the checks every test
+//! shares; both daemons' logs printed when a test fails.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use strata::api::services::snapshots::v1 as pb;
+
+use crate::util::{self, Daemon, Snap, TempDir};
+
+/// The containerd namespace every `ctr` call uses.
+pub const NAMESPACE: &str = "e2e";
+/// The proxy snapshotter name containerd knows Strata by.
+pub const SNAPSHOTTER: &str = "strata";
+/// The proxy differ name containerd 1.7 knows Strata by (it must differ from the snapshotter's).
+const DIFFER: &str = "strata-diff";
+/// Limit for one `ctr` (or script) invocation.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long containerd may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long garbage collection may take to empty Strata after the last reference is gone.
+const GC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Layers of the base test image (see `build-image.sh`).
+pub const BASE_LAYERS: usize = 3;
+/// What Strata's Diff service logs for each layer it applies.
+const APPLIED_LINE: &str = "applied layer";
+
+/// Every path in the container's root filesystem (`find / -xdev`), apart from the busybox
+/// applets under `/bin` and the extra layers' `/extra`, once the base image's three layers are
+/// applied: `/etc/b` and `/data/gone` are whited out, `/data/old` is opaque and holds only `new`.
+const BASE_TREE: &[&str] = &[
+    "/",
+    "/bin",
+    "/data",
+    "/data/keep",
+    "/data/keep/x",
+    "/data/old",
+    "/data/old/new",
+    "/dev",
+    "/etc",
+    "/etc/a",
+    "/etc/c",
+    "/proc",
+    "/run",
+    "/sys",
+    "/tmp",
+];
+
+/// Which containerd runs, and so who applies image layers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Containerd {
+    /// Debian 12's 1.6 from PATH. It knows no proxy differ: its in-process walking differ
+    /// writes layers into Strata's mounts, and Strata's Diff service must stay unused.
+    V1_6,
+    /// 1.7.24 from Debian 13, with Strata also as its proxy differ `strata-diff`: first in the
+    /// diff-service order (client-side unpack) and the differ of the transfer service's
+    /// `strata` unpack entry. Strata reads the layer blobs back through containerd's Content
+    /// API, and must apply every layer itself.
+    V1_7,
+}
+
+/// How `ctr images import` unpacks the image.
+#[derive(Clone, Copy)]
+pub enum Unpack {
+    /// In `ctr` itself, with the first differ of containerd's diff-service order that
+    /// implements the apply (1.6's only way, 1.7's default).
+    Client,
+    /// In containerd, by the transfer service (1.7's `--local=false`), with the differ its
+    /// unpack configuration names for the snapshotter.
+    Transfer,
+}
+
+/// `ctr`'s tables as whitespace-separated cells.
+pub fn table(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+/// A finished command.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    /// Panics unless the command succeeded, naming it `what`.
+    fn check(self, what: &dyn std::fmt::Debug) -> Self {
+        assert!(
+            self.status.success(),
+            "{what:?}: {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cmd` with no input, output captured in files under `scratch`, killed (and the test
+/// failed) after [`COMMAND_TIMEOUT`].
+fn run(cmd: &mut Command, scratch: &Path) -> Output {
+    let (out, err) = (scratch.join("cmd.stdout"), scratch.join("cmd.stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("stdout file"))
+        .stderr(File::create(&err).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read_to_string(out).expect("read stdout"),
+        stderr: std::fs::read_to_string(err).expect("read stderr"),
+    }
+}
+
+/// A script under `scripts/e2e/`.
+fn script(name: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/e2e")
+            .join(name),
+    );
+    cmd
+}
+
+/// A TOML string holding `path`.
+fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.to_str().expect("UTF-8 path").to_owned()).to_string()
+}
+
+/// The configuration of a containerd under `dir` using the Strata daemon at `strata`.
+fn containerd_config(release: Containerd, dir: &Path, socket: &Path, strata: &Path) -> String {
+    let strata = toml_path(strata);
+    let mut config = format!(
+        r#"version = 2
+root = {root}
+state = {state}
+# The CRI plugin is slow to start and unused; the other snapshotters are unused too.
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = {socket}
+
+# No collection at startup, so none runs before the test's first removal (a late startup
+# collection could take `ctr snapshots view`'s snapshot before the test labels it a GC root).
+[plugins."io.containerd.gc.v1.scheduler"]
+  startup_delay = "0s"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[proxy_plugins.{SNAPSHOTTER}]
+  type = "snapshot"
+  address = {strata}
+"#,
+        root = toml_path(&dir.join("root")),
+        state = toml_path(&dir.join("state")),
+        socket = toml_path(socket),
+        opt = toml_path(&dir.join("opt")),
+    );
+    if release == Containerd::V1_7 {
+        let platform = format!("linux/{}", oci_arch());
+        config += &format!(
+            r#"
+[proxy_plugins.{DIFFER}]
+  type = "diff"
+  address = {strata}
+
+# Client-side unpack: differs are tried in order, the next one when a differ answers
+# UNIMPLEMENTED.
+[plugins."io.containerd.service.v1.diff-service"]
+  default = ["{DIFFER}", "walking"]
+
+# Transfer-service unpack: one entry per snapshotter (this list replaces the default one),
+# each naming its differ (1.7 would pick one of several matching differs at random).
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "{platform}"
+  snapshotter = "overlayfs"
+  differ = "walking"
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "{platform}"
+  snapshotter = "{SNAPSHOTTER}"
+  differ = "{DIFFER}"
+"#
+        );
+    }
+    config
+}
+
+/// This machine's architecture as OCI names it.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// A Strata daemon and a private containerd using it, both under one temporary directory.
+/// On drop, leftover tasks are deleted and containerd is killed; if the test is failing,
+/// both daemons' logs are printed first.
+pub struct Env {
+    release: Containerd,
+    /// The directory holding this release's `containerd` and `ctr`; `None` for PATH's.
+    bin: Option<PathBuf>,
+    containerd: Child,
+    /// containerd's gRPC socket.
+    socket: PathBuf,
+    /// containerd's log (stdout and stderr).
+    log: PathBuf,
+    pub strata: Daemon,
+    runtime: tokio::runtime::Runtime,
+    tmp: TempDir,
+}
+
+impl Env {
+    /// Installs what is missing and starts Strata with a `kind` snapshotter and then
+    /// `release`, or returns `None` if `test` must be skipped for want of root.
+    pub fn start(test: &str, kind: &str, release: Containerd) -> Option<Env> {
+        if !util::require_root(test) {
+            return None;
+        }
+        // No colon in the path: it would split overlay lowerdir options.
+        let tmp = TempDir::new(&test.replace("::", "-"));
+        run(&mut script("ensure-deps.sh"), tmp.path()).check(&"ensure-deps.sh");
+        let bin = (release == Containerd::V1_7).then(|| {
+            let out = run(&mut script("containerd-1.7.sh"), tmp.path()).check(&"containerd-1.7.sh");
+            PathBuf::from(out.stdout.trim_end())
+        });
+
+        let dir = tmp.path().join("containerd");
+        std::fs::create_dir(&dir).expect("containerd dir");
+        let socket = dir.join("containerd.sock");
+
+        // Strata first: it dials containerd's Content service only on its first Apply.
+        let strata_dir = tmp.path().join("strata");
+        std::fs::create_dir(&strata_dir).expect("strata dir");
+        let mut strata_args = vec!["--snapshotter", kind];
+        if release == Containerd::V1_7 {
+            strata_args.extend(["--containerd-address", socket.to_str().expect("UTF-8")]);
+        }
+        let strata = Daemon::start_with(&strata_dir, &strata_args);
+
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            containerd_config(release, &dir, &socket, &strata.socket),
+        )
+        .expect("write config");
+        let log = dir.join("containerd.log");
+        let log_file = File::create(&log).expect("containerd log");
+        let mut cmd = Command::new(program(bin.as_deref(), "containerd"));
+        if let Some(bin) = &bin {
+            // containerd finds containerd-shim-runc-v2 in PATH before its own directory.
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let paths = std::iter::once(bin.clone()).chain(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(paths).expect("PATH"));
+        }
+        let containerd = cmd
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start containerd");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut env = Env {
+            release,
+            bin,
+            containerd,
+            socket,
+            log,
+            strata,
+            runtime,
+            tmp,
+        };
+        env.wait_ready();
+        Some(env)
+    }
+
+    /// Waits until containerd answers `ctr version`.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.ctr(&["version"]).status.success() {
+            if let Some(status) = self.containerd.try_wait().expect("wait") {
+                panic!("containerd exited with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start in {START_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ctr --address <socket> -n e2e`, without arguments yet.
+    fn ctr_command(&self) -> Command {
+        let mut cmd = Command::new(program(self.bin.as_deref(), "ctr"));
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE]);
+        cmd
+    }
+
+    /// `ctr --address <socket> -n e2e <args>`.
+    fn ctr(&self, args: &[&str]) -> Output {
+        run(self.ctr_command().args(args), self.tmp.path())
+    }
+
+    /// A `ctr` call that must succeed; its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        self.ctr(args).check(&args).stdout
+    }
+
+    /// A `ctr` call that must fail; its stderr.
+    pub fn ctr_err(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            !out.status.success(),
+            "ctr {args:?} succeeded:\n{}",
+            out.stdout
+        );
+        out.stderr
+    }
+
+    /// Builds the test image with `extra` layers beyond the base ones and imports it as
+    /// `name` into an empty Strata, unpacked as `unpack` says. Then Strata must hold exactly
+    /// the image's layer chain, and its Diff service must have applied each of those layers
+    /// straight into its own snapshots (1.7) or none at all (1.6).
+    pub fn import(&self, name: &str, extra: usize, unpack: Unpack) {
+        assert_eq!(self.strata_snapshots(), [], "Strata must be empty first");
+        let archive = self.tmp.path().join("image.tar");
+        run(
+            script("build-image.sh")
+                .arg(&archive)
+                .arg(name)
+                .arg(extra.to_string()),
+            self.tmp.path(),
+        )
+        .check(&"build-image.sh");
+        let applied_before = self.applied_lines().len();
+
+        let archive = archive.to_str().expect("UTF-8 path");
+        let mut args = vec!["images", "import", "--snapshotter", SNAPSHOTTER];
+        if let Unpack::Transfer = unpack {
+            args.push("--local=false");
+        }
+        args.push(archive);
+        self.ctr_ok(&args);
+        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), format!("{name}\n"));
+
+        let layers = BASE_LAYERS + extra;
+        self.check_layer_chain(layers);
+        let applied = &self.applied_lines()[applied_before..];
+        let expected = match self.release {
+            Containerd::V1_6 => 0,
+            Containerd::V1_7 => layers,
+        };
+        assert_eq!(applied.len(), expected, "Strata's applies: {applied:#?}");
+        // The snapshot field holds the extraction's backend key, "e2e/<seq>/extract-...",
+        // or "(foreign mounts)" if Strata did not recognize the mounts as its own.
+        for line in applied {
+            let snapshot = line
+                .split_once(" snapshot=")
+                .map(|(_, field)| field.trim_start_matches('"'));
+            assert!(
+                !line.contains("(foreign mounts)")
+                    && snapshot.is_some_and(|s| s.starts_with(&format!("{NAMESPACE}/"))),
+                "not applied into a snapshot of ours: {line}"
+            );
+        }
+    }
+
+    /// Strata's log lines for the layers its Diff service applied.
+    fn applied_lines(&self) -> Vec<String> {
+        self.strata
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(APPLIED_LINE))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Strata holds exactly one committed chain of `layers` snapshots, each named by
+    /// containerd after the chain ID it stands for. (`ctr images import` in 1.6 sets no
+    /// `containerd.io/snapshot.ref` label; only the pull unpacker does.)
+    fn check_layer_chain(&self, layers: usize) {
+        let stored = self.strata_snapshots();
+        assert_eq!(stored.len(), layers, "{stored:?}");
+        let mut parent = String::new();
+        for depth in 0..layers {
+            let child = stored
+                .iter()
+                .find(|i| i.parent == parent)
+                .unwrap_or_else(|| panic!("no layer {depth} (parent {parent:?}) in {stored:?}"));
+            assert_eq!(child.kind(), pb::Kind::Committed, "{child:?}");
+            // "e2e/<seq>/sha256:<chain ID>"
+            let chain_id = child.name.rsplit_once("/sha256:").map(|(_, hex)| hex);
+            assert!(
+                child.name.starts_with(&format!("{NAMESPACE}/"))
+                    && chain_id.is_some_and(|h| h.len() == 64),
+                "{child:?}"
+            );
+            parent = child.name.clone();
+        }
+    }
+
+    /// Runs container `id` on `image` (the test image with `extra` layers) with `--rm`: it
+    /// lists its root filesystem, reads the files, then writes to it. Checks all three and
+    /// that no container or task is left.
+    pub fn run_container(&self, image: &str, id: &str, extra: usize) {
+        let extras: Vec<String> = (1..=extra).map(|n| format!("/extra/f{n}")).collect();
+        let script = format!(
+            "find / -xdev; echo ---; cat /etc/a /etc/c /data/keep/x /data/old/new {}; \
+             echo ---; echo written >/data/old/mine && rm /etc/c && cat /data/old/mine && \
+             test ! -e /etc/c && echo removed",
+            extras.join(" ")
+        );
+        let out = self.ctr_ok(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            SNAPSHOTTER,
+            image,
+            id,
+            "/bin/sh",
+            "-c",
+            &script,
+        ]);
+        let sections: Vec<&str> = out.split("---\n").collect();
+        assert_eq!(sections.len(), 3, "container output:\n{out}");
+
+        let mut tree: Vec<&str> = sections[0].lines().collect();
+        tree.sort_unstable();
+        for applet in ["/bin/busybox", "/bin/sh"] {
+            assert!(tree.contains(&applet), "{applet} missing from {tree:?}");
+        }
+        tree.retain(|p| !p.starts_with("/bin/"));
+        let mut expected: Vec<&str> = BASE_TREE.to_vec();
+        if extra > 0 {
+            expected.push("/extra");
+            expected.extend(extras.iter().map(String::as_str));
+        }
+        expected.sort_unstable();
+        assert_eq!(tree, expected);
+
+        let contents: String = (1..=extra).map(|n| format!("extra {n}\n")).collect();
+        assert_eq!(sections[1], format!("a2\nc2\nx1\nnew3\n{contents}"));
+        assert_eq!(sections[2], "written\nremoved\n");
+
+        assert_eq!(self.ctr_ok(&["containers", "ls", "-q"]), "");
+        assert_eq!(self.ctr_ok(&["tasks", "ls", "-q"]), "");
+    }
+
+    /// Removes the image with synchronous garbage collection, then checks that nothing is
+    /// left in Strata, neither snapshots nor their directories.
+    pub fn remove_image(&self, name: &str) {
+        self.ctr_ok(&["images", "rm", "--sync", name]);
+        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), "");
+        self.wait_strata_empty();
+        let left = self.ctr_ok(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+        assert_eq!(table(&left), [vec!["KEY", "PARENT", "KIND"]]);
+    }
+
+    /// Runs containerd's garbage collection now and waits for it, by deleting a lease with
+    /// `--sync`. Needed after `ctr snapshots rm`: 1.6's scheduler ignores removals made while
+    /// a collection is still cleaning up the snapshotter (it drops events older than the end
+    /// of the last collection), so no further collection may ever come on its own.
+    pub fn collect_garbage(&self) {
+        self.ctr_ok(&["leases", "create", "--id", "e2e-gc"]);
+        self.ctr_ok(&["leases", "rm", "--sync", "e2e-gc"]);
+    }
+
+    /// Waits for containerd's garbage collection to remove every snapshot from Strata and
+    /// Strata to delete their directories.
+    pub fn wait_strata_empty(&self) {
+        let deadline = Instant::now() + GC_TIMEOUT;
+        loop {
+            let stored = self.strata_snapshots();
+            let dirs = util::snapshot_dirs(&self.strata.root);
+            if stored.is_empty() && dirs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{GC_TIMEOUT:?} after the last reference went, Strata still holds {:?} in dirs {dirs:?}",
+                stored.iter().map(|i| &i.name).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every snapshot Strata holds, listed over its own socket.
+    pub fn strata_snapshots(&self) -> Vec<pb::Info> {
+        self.runtime.block_on(async {
+            Snap::new(&self.strata)
+                .await
+                .list(&[])
+                .await
+                .expect("list Strata's snapshots")
+        })
+    }
+}
+
+/// `name` in `bin`, or looked up in PATH without it.
+fn program(bin: Option<&Path>, name: &str) -> PathBuf {
+    bin.map_or_else(|| PathBuf::from(name), |bin| bin.join(name))
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- containerd log -----\n{}\n----- strata log -----\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default(),
+                self.strata.log_text()
+            );
+        }
+        if self.containerd.try_wait().ok().flatten().is_none() {
+            // Tasks left by a failed test keep a shim, a runc container and mounts alive.
+            // Nothing here may panic: this can run while unwinding.
+            let base = self.ctr_command();
+            let ctr = |args: &[&str]| {
+                Command::new("timeout")
+                    .arg("10")
+                    .arg(base.get_program())
+                    .args(base.get_args())
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            for id in ctr(&["tasks", "ls", "-q"]).lines() {
+                ctr(&["tasks", "rm", "--force", id]);
+            }
+        }
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+    }
+}
