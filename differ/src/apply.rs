@@ -337,7 +337,7 @@ impl<'r> LayerWriter<'r> {
         match create(dir) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let was_dir =
-                    dir.kind(name).map_err(|e| Error::io("stat", rel, e))? == Some(Kind::Dir);
+                    resolves_as_dir(dir.kind(name).map_err(|e| Error::io("stat", rel, e))?);
                 dir.remove_all(name)
                     .map_err(|e| Error::io("remove", rel, e))?;
                 let out = create(dir).map_err(|e| Error::io("create", rel, e));
@@ -374,8 +374,8 @@ impl<'r> LayerWriter<'r> {
         meta: &Meta,
         sparse: bool,
     ) -> Result<()> {
+        let setgid = self.parent(parent)?.setgid;
         let mut file = self.replace(parent, name, rel, |d| d.create_file(name, meta.mode))?;
-        let setgid = self.dirs.get(parent).is_some_and(|d| d.setgid);
         let io = |e| Error::io("write", rel, e);
         let mut len = 0u64;
         let mut hole = false;
@@ -423,15 +423,20 @@ impl<'r> LayerWriter<'r> {
         match dir.mkdir(name, meta.mode) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if dir.kind(name).map_err(|e| Error::io("stat", rel, e))? != Some(Kind::Dir) {
+                let existing = dir.kind(name).map_err(|e| Error::io("stat", rel, e))?;
+                if existing != Some(Kind::Dir) {
                     dir.remove_all(name)
                         .map_err(|e| Error::io("remove", rel, e))?;
                     dir.mkdir(name, meta.mode)
                         .map_err(|e| Error::io("mkdir", rel, e))?;
+                    if resolves_as_dir(existing) {
+                        self.dirs.clear();
+                    }
                 }
             }
             Err(e) => return Err(Error::io("mkdir", rel, e)),
         }
+        let dir = &self.parent(parent)?.dir;
         dir.chown(name, meta.uid, meta.gid)
             .map_err(|e| Error::io("chown", rel, e))?;
         dir.chmod(name, meta.mode)
@@ -480,6 +485,10 @@ impl<'r> LayerWriter<'r> {
             dir.chown(name, meta.uid, meta.gid)
                 .map_err(|e| Error::io("chown", rel, e))?;
         }
+        for (k, v) in &meta.xattrs {
+            dir.set_xattr(name, k, v)
+                .map_err(|e| Error::io("setxattr", rel, e))?;
+        }
         dir.set_times(name, meta.mtime, meta.mtime)
             .map_err(|e| Error::io("utimens", rel, e))?;
         self.note_created(rel);
@@ -526,6 +535,10 @@ impl<'r> LayerWriter<'r> {
             .map_err(|e| Error::io("chown", rel, e))?;
         dir.chmod(name, meta.mode)
             .map_err(|e| Error::io("chmod", rel, e))?;
+        for (k, v) in &meta.xattrs {
+            dir.set_xattr(name, k, v)
+                .map_err(|e| Error::io("setxattr", rel, e))?;
+        }
         dir.set_times(name, meta.mtime, meta.mtime)
             .map_err(|e| Error::io("utimens", rel, e))?;
         self.note_created(rel);
@@ -567,7 +580,7 @@ impl<'r> LayerWriter<'r> {
             WhiteoutMode::Overlay { .. } => {
                 let dir = &self.parent(parent)?.dir;
                 let was_dir =
-                    dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))? == Some(Kind::Dir);
+                    resolves_as_dir(dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))?);
                 dir.remove_all(hidden)
                     .map_err(|e| Error::io("remove", &rel, e))?;
                 dir.mknod(hidden, NodeKind::Char, 0, 0, 0)
@@ -584,7 +597,7 @@ impl<'r> LayerWriter<'r> {
                 };
                 let dir = &cached.dir;
                 let was_dir =
-                    dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))? == Some(Kind::Dir);
+                    resolves_as_dir(dir.kind(hidden).map_err(|e| Error::io("stat", &rel, e))?);
                 dir.remove_all(hidden)
                     .map_err(|e| Error::io("remove", &rel, e))?;
                 if was_dir {
@@ -595,53 +608,69 @@ impl<'r> LayerWriter<'r> {
         Ok(())
     }
 
-    /// Native opaque whiteout: remove what the lower layers put in `parent`.
+    /// Native opaque whiteout: remove what the lower layers put in `parent`, keeping what
+    /// this layer created (and looking inside directories it re-declared).
     fn empty_dir(&mut self, parent: &Path) -> Result<()> {
-        if self.dir_at(parent, false)?.is_none() {
+        let Ok(dir) = self.root.open_dir(parent) else {
             return Ok(());
-        }
-        let dir = &self.dirs[parent].dir;
+        };
         let mut removed_dir = false;
+        let mut keep_dirs = Vec::new();
         for child in dir.names().map_err(|e| Error::io("read", parent, e))? {
             let child_rel = parent.join(&child);
+            let kind = dir
+                .kind(&child)
+                .map_err(|e| Error::io("stat", &child_rel, e))?;
             if self.created.contains(&child_rel) {
+                if kind == Some(Kind::Dir) {
+                    keep_dirs.push(child_rel);
+                }
                 continue;
             }
-            removed_dir |= dir
-                .kind(&child)
-                .map_err(|e| Error::io("stat", &child_rel, e))?
-                == Some(Kind::Dir);
+            removed_dir |= resolves_as_dir(kind);
             dir.remove_all(&child)
                 .map_err(|e| Error::io("remove", &child_rel, e))?;
         }
         if removed_dir {
             self.dirs.clear();
         }
-        Ok(())
-    }
-
-    /// Directory times last, deepest first, so creating children does not change them.
-    fn finish(mut self) -> Result<()> {
-        let times = std::mem::take(&mut self.dir_times);
-        for (rel, t) in times.into_iter().rev() {
-            let result = match (rel.parent(), rel.file_name()) {
-                (Some(parent), Some(name)) => match self.dir_at(parent, false)? {
-                    Some(d) => d.dir.set_times(name, t, t),
-                    None => continue,
-                },
-                _ => self
-                    .root
-                    .open_dir(Path::new(""))
-                    .and_then(|d| at::futimens(&d, t, t)),
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("utimens", &rel, e)),
-            }
+        for sub in keep_dirs {
+            self.empty_dir(&sub)?;
         }
         Ok(())
     }
+
+    /// Directory times last, deepest first, so creating children does not change them. A
+    /// path the layer later replaced by something else keeps that thing's own time.
+    fn finish(mut self) -> Result<()> {
+        let times = std::mem::take(&mut self.dir_times);
+        for (rel, t) in times.iter().rev() {
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                let root = self
+                    .root
+                    .open_dir(Path::new(""))
+                    .map_err(|e| Error::io("open", "/", e))?;
+                at::futimens(&root, *t, *t).map_err(|e| Error::io("utimens", "/", e))?;
+                continue;
+            };
+            let Ok(Some(cached)) = self.dir_at(parent, false) else {
+                continue;
+            };
+            let dir = &cached.dir;
+            if dir.kind(name).map_err(|e| Error::io("stat", rel, e))? != Some(Kind::Dir) {
+                continue;
+            }
+            dir.set_times(name, *t, *t)
+                .map_err(|e| Error::io("utimens", rel, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether removing an entry of this kind can invalidate cached directory handles (a
+/// directory, or a symlink through which a directory was opened).
+fn resolves_as_dir(kind: Option<Kind>) -> bool {
+    matches!(kind, Some(Kind::Dir | Kind::Symlink))
 }
 
 #[cfg(test)]

@@ -85,10 +85,14 @@ impl Compression {
                 output,
                 flate2::Compression::default(),
             )),
-            Compression::Zstd => Encoder::Zstd(
-                zstd::stream::write::Encoder::new(output, 3)
-                    .map_err(|e| Error::io("zstd", "", e))?,
-            ),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(output, 3)
+                    .map_err(|e| Error::io("zstd", "", e))?;
+                // A frame checksum lets readers detect corrupted blocks.
+                e.include_checksum(true)
+                    .map_err(|e| Error::io("zstd", "", e))?;
+                Encoder::Zstd(e)
+            }
         })
     }
 }

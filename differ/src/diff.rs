@@ -232,11 +232,16 @@ fn tree_changes(lower: &Path, upper: &Path) -> Result<Vec<(PathBuf, Change)>> {
             .strip_prefix(lower)
             .expect("under root")
             .to_path_buf();
-        if fs::symlink_metadata(upper.join(&rel)).is_err() {
-            out.push((rel, Change::Whiteout));
-            if entry.file_type().is_dir() {
-                walk.skip_current_dir();
+        match fs::symlink_metadata(upper.join(&rel)) {
+            Err(_) => {
+                out.push((rel, Change::Whiteout));
+                if entry.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
             }
+            // Replaced by a non-directory: the new entry hides everything below it.
+            Ok(umd) if entry.file_type().is_dir() && !umd.is_dir() => walk.skip_current_dir(),
+            Ok(_) => {}
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -224,6 +224,22 @@ impl Dir {
         Ok(out)
     }
 
+    /// Sets extended attribute `key` of `name` without following a symlink or opening it
+    /// (devices and fifos included): through this directory's `/proc/self/fd` entry, so only
+    /// the final, single-component name is looked up.
+    pub fn set_xattr(&self, name: &OsStr, key: &OsStr, value: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let path = Path::new("/proc/self/fd")
+            .join(self.fd.as_raw_fd().to_string())
+            .join(check_name(name)?);
+        Ok(rustix::fs::lsetxattr(
+            path,
+            key,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )?)
+    }
+
     /// Sets the owner of `name` without following a symlink.
     pub fn chown(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
         let (u, g) = owner(uid, gid);

@@ -1,0 +1,366 @@
+//! `apply_layer` on hand-made layers: every whiteout form in both whiteout modes (checked
+//! against the tree and against a real overlay mount), also an opaque marker that follows
+//! entries of its own layer; the digests and sizes `Applied` reports for plain, gzip and
+//! zstd blobs (also multi-member, multi-frame and record-padded); PAX records; and modes,
+//! owners, times and setgid groups.
+
+mod common;
+
+use std::fs::{self, Permissions};
+use std::io::Cursor;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+use std::path::Path;
+
+use common::*;
+use differ::{Compression, WhiteoutMode, apply_layer};
+
+/// The lower tree whiteouts act on.
+fn build_lower(root: &Path) {
+    fs::create_dir(root).unwrap();
+    for dir in ["dir/sub", "opq/lower-dir"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for (rel, data) in [
+        ("file", "f"),
+        ("keep", "k"),
+        ("dir/a", "a"),
+        ("dir/sub/b", "b"),
+        ("opq/lower-file", "l"),
+        ("opq/lower-dir/x", "x"),
+        ("opq/replaced", "lower"),
+    ] {
+        fs::write(root.join(rel), data).unwrap();
+    }
+}
+
+/// A file whiteout, a whiteout of a directory with content, and an opaque directory with
+/// files of the same layer before and after its marker.
+fn whiteout_layer() -> Vec<u8> {
+    RawTar::default()
+        .file(".wh.file", b"")
+        .file(".wh.dir", b"")
+        .dir("opq")
+        .file("opq/before", b"b")
+        .file("opq/replaced", b"layer")
+        .file("opq/.wh..wh..opq", b"")
+        .file("opq/after", b"a")
+        .finish()
+}
+
+/// The lower tree with [`whiteout_layer`] applied natively.
+fn applied_natively(tmp: &Path, lower: &Path, blob: &[u8]) -> Tree {
+    let native = tmp.join("native");
+    copy_tree(lower, &native);
+    apply(blob, &native, WhiteoutMode::Native).unwrap();
+    capture(&native)
+}
+
+#[test]
+fn whiteouts_native() {
+    let tmp = tempdir();
+    let lower = tmp.path().join("lower");
+    build_lower(&lower);
+    let tree = applied_natively(tmp.path(), &lower, &whiteout_layer());
+    assert_eq!(
+        paths(&tree),
+        ["keep", "opq", "opq/after", "opq/before", "opq/replaced"]
+    );
+    let sum = |p: &str| match &tree[Path::new(p)].kind {
+        Kind::File { sha256, .. } => sha256.clone(),
+        other => panic!("{p} is {other:?}"),
+    };
+    assert_eq!(sum("opq/replaced"), sha256(b"layer"));
+    assert_eq!(sum("opq/before"), sha256(b"b"));
+}
+
+/// Applies [`whiteout_layer`] as an overlay upper in `mode`, checks the upper holds
+/// whiteouts and the opaque xattr `opaque_xattr`, and that the overlay of the lower and that
+/// upper shows what the native application gives.
+fn check_overlay_whiteouts(mode: WhiteoutMode, opaque_xattr: &str, mount_options: &[&str]) {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let lower = t.join("lower");
+    build_lower(&lower);
+    let [upper, work] = mkdirs(t, ["upper", "work"]);
+    let blob = whiteout_layer();
+    apply(&blob, &upper, mode).unwrap();
+
+    assert_eq!(
+        paths(&capture(&upper)),
+        [
+            "dir",
+            "file",
+            "opq",
+            "opq/after",
+            "opq/before",
+            "opq/replaced"
+        ]
+    );
+    assert!(is_whiteout(&upper.join("file")), "file is a 0/0 device");
+    assert!(is_whiteout(&upper.join("dir")), "dir is a 0/0 device");
+    let other = if opaque_xattr.starts_with("user.") {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    };
+    assert_eq!(
+        xattr(&upper.join("opq"), opaque_xattr).as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(xattr(&upper.join("opq"), other), None);
+    for name in ["opq/before", "opq/after", "opq/replaced"] {
+        assert!(upper.join(name).is_file(), "{name} kept");
+    }
+
+    let expected = applied_natively(t, &lower, &blob);
+    let mnt = mount_overlay(&lower, &upper, &work, mount_options, t);
+    let merged = capture(mnt.path());
+    mnt.release().unwrap();
+    assert_same_tree(
+        &expected,
+        &merged,
+        "overlay mount of lower and applied upper",
+    );
+}
+
+#[test]
+fn whiteouts_overlay_trusted_xattr() {
+    if !require_root("whiteouts_overlay_trusted_xattr") {
+        return;
+    }
+    check_overlay_whiteouts(
+        WhiteoutMode::Overlay { userxattr: false },
+        "trusted.overlay.opaque",
+        &[],
+    );
+}
+
+#[test]
+fn whiteouts_overlay_user_xattr() {
+    if !require_root("whiteouts_overlay_user_xattr") {
+        return;
+    }
+    check_overlay_whiteouts(
+        WhiteoutMode::Overlay { userxattr: true },
+        "user.overlay.opaque",
+        &["userxattr"],
+    );
+}
+
+#[test]
+fn opaque_marker_after_a_recreated_subdirectory_hides_its_lower_content() {
+    // The layer re-creates opq/lower-dir (a directory the lower has, with x in it) before
+    // the marker: the directory is the layer's, but x is lower content and is hidden.
+    let tmp = tempdir();
+    let lower = tmp.path().join("lower");
+    build_lower(&lower);
+    let blob = RawTar::default()
+        .dir("opq")
+        .dir("opq/lower-dir")
+        .file("opq/lower-dir/new", b"n")
+        .file("opq/.wh..wh..opq", b"")
+        .finish();
+    let tree = applied_natively(tmp.path(), &lower, &blob);
+    let opq: Vec<String> = paths(&tree)
+        .into_iter()
+        .filter(|p| p.starts_with("opq"))
+        .collect();
+    assert_eq!(opq, ["opq", "opq/lower-dir", "opq/lower-dir/new"]);
+}
+
+#[test]
+fn opaque_root_native() {
+    let tmp = tempdir();
+    let lower = tmp.path().join("lower");
+    build_lower(&lower);
+    let blob = RawTar::default()
+        .file("new", b"n")
+        .file(".wh..wh..opq", b"")
+        .finish();
+    let tree = applied_natively(tmp.path(), &lower, &blob);
+    assert_eq!(paths(&tree), ["new"]);
+}
+
+#[test]
+fn whiteout_of_a_missing_name_is_a_no_op() {
+    let tmp = tempdir();
+    let lower = tmp.path().join("lower");
+    build_lower(&lower);
+    let blob = RawTar::default()
+        .file(".wh.absent", b"")
+        .file("dir/.wh.absent", b"")
+        .finish();
+    let tree = applied_natively(tmp.path(), &lower, &blob);
+    assert_same_tree(&capture(&lower), &tree, "nothing whited out");
+}
+
+/// A layer big enough to span several of the pipeline's chunks.
+fn digest_layer() -> Vec<u8> {
+    RawTar::default()
+        .dir("d")
+        .file("d/big", &noise((1 << 20) + 12345, 3))
+        .file("d/small", b"small")
+        .symlink("d/link", "big")
+        .finish()
+}
+
+fn check_digests(blob: &[u8], tar: &[u8], hint: Option<Compression>, what: &str) {
+    let tmp = tempdir();
+    let applied = apply_layer(
+        Box::new(Cursor::new(blob.to_vec())),
+        hint,
+        tmp.path(),
+        WhiteoutMode::Native,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(applied.diff_id.as_str(), sha256(tar), "{what}: diff_id");
+    assert_eq!(applied.size, tar.len() as u64, "{what}: size");
+    assert_eq!(
+        applied.blob_digest.as_str(),
+        sha256(blob),
+        "{what}: blob digest"
+    );
+    assert_eq!(applied.blob_size, blob.len() as u64, "{what}: blob size");
+    assert_eq!(
+        fs::read(tmp.path().join("d/small")).unwrap(),
+        b"small",
+        "{what}: content"
+    );
+    assert_eq!(
+        fs::metadata(tmp.path().join("d/big")).unwrap().len(),
+        (1 << 20) + 12345,
+        "{what}: big file"
+    );
+}
+
+#[test]
+fn digests_and_sizes_of_plain_gzip_and_zstd_layers() {
+    let tar = digest_layer();
+    for (compression, blob) in [
+        (Compression::None, tar.clone()),
+        (Compression::Gzip, gzip(&tar)),
+        (Compression::Zstd, zstd(&tar)),
+    ] {
+        check_digests(&blob, &tar, None, &format!("{compression:?} sniffed"));
+        check_digests(&blob, &tar, Some(compression), &format!("{compression:?}"));
+    }
+}
+
+#[test]
+fn digests_of_multi_member_gzip_and_multi_frame_zstd() {
+    let tar = digest_layer();
+    let (a, b) = tar.split_at(tar.len() / 2 + 17);
+    let gz = [gzip(a), gzip(b)].concat();
+    let zst = [zstd(a), zstd(b)].concat();
+    check_digests(&gz, &tar, None, "two gzip members");
+    check_digests(&zst, &tar, None, "two zstd frames");
+}
+
+#[test]
+fn diff_id_covers_record_padding_after_the_end_of_archive() {
+    // GNU tar pads archives to 10 KiB records: the padding is part of the diffID.
+    let mut tar = digest_layer();
+    tar.resize(tar.len().div_ceil(10240) * 10240 + 10240, 0);
+    check_digests(&tar, &tar, None, "padded tar");
+    check_digests(&gzip(&tar), &tar, None, "padded tar, gzip");
+}
+
+#[test]
+#[ignore = "tar 0.4 splits PAX records on newlines, so such a layer is refused as InvalidLayer (safe, but the xattr cannot be applied); needs a PAX parser of our own"]
+fn pax_xattr_values_are_read_by_length() {
+    // A PAX record is "<len> key=value\n"; the value may itself hold newlines (binary
+    // values such as security.capability do).
+    let tmp = tempdir();
+    let value: &[u8] = b"line one\nline=two\0\x0a\xff";
+    let blob = RawTar::default()
+        .pax(&[("SCHILY.xattr.user.bin", value)])
+        .file("f", b"data")
+        .finish();
+    apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap();
+    assert_eq!(
+        xattr(&tmp.path().join("f"), "user.bin").as_deref(),
+        Some(value)
+    );
+}
+
+#[test]
+fn pax_metadata_is_applied() {
+    let tmp = tempdir();
+    let long = format!("{}file", "long/".repeat(30));
+    let blob = RawTar::default()
+        .pax(&[
+            ("mtime", b"1234567890.5"),
+            ("SCHILY.xattr.user.a", b"1"),
+            ("path", long.as_bytes()),
+        ])
+        .file("short", b"data")
+        .finish();
+    apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap();
+    let path = tmp.path().join(&long);
+    let md = fs::symlink_metadata(&path).unwrap();
+    assert!(md.is_file());
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_234_567_890, 500_000_000));
+    assert_eq!(xattr(&path, "user.a").as_deref(), Some(&b"1"[..]));
+    assert!(!tmp.path().join("short").exists());
+}
+
+#[test]
+fn file_replacing_a_directory_in_a_setgid_directory_keeps_its_group() {
+    if !require_root("file_replacing_a_directory_in_a_setgid_directory_keeps_its_group") {
+        return;
+    }
+    // The file's group (0, the applier's own) differs from the setgid parent's (1000), so
+    // it must be set explicitly, also when the file replaced a directory.
+    let tmp = tempdir();
+    let sg = tmp.path().join("sg");
+    fs::create_dir_all(sg.join("was-dir/child")).unwrap();
+    chown(&sg, Some(0), Some(1000)).unwrap();
+    fs::set_permissions(&sg, Permissions::from_mode(0o2775)).unwrap();
+    let mut h = Header::new(b'0', "sg/was-dir");
+    (h.uid, h.gid) = (0, 0);
+    let mut fresh = h.clone();
+    fresh.path = b"sg/fresh".to_vec();
+    let blob = RawTar::default()
+        .entry(fresh, b"f")
+        .entry(h, b"file")
+        .finish();
+    apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap();
+    let gid = |p: &str| fs::symlink_metadata(tmp.path().join(p)).unwrap().gid();
+    assert_eq!(gid("sg/fresh"), 0, "new file");
+    assert!(tmp.path().join("sg/was-dir").is_file());
+    assert_eq!(gid("sg/was-dir"), 0, "file that replaced a directory");
+}
+
+#[test]
+fn modes_owners_and_times_are_applied() {
+    if !require_root("modes_owners_and_times_are_applied") {
+        return;
+    }
+    let tmp = tempdir();
+    let mut t = RawTar::default();
+    for (path, kind, mode, uid) in [
+        ("d", b'5', 0o1777, 1000),
+        ("d/suid", b'0', 0o4755, 0),
+        ("d/private", b'0', 0o600, 1000),
+        ("d/link", b'2', 0o777, 1000),
+    ] {
+        let mut h = Header::new(kind, path);
+        (h.mode, h.uid, h.gid, h.mtime) = (mode, uid, uid + 1, 1_000_000_000 + u64::from(uid));
+        if kind == b'2' {
+            h.link = b"suid".to_vec();
+        }
+        t.entry(h, b"");
+    }
+    apply(&t.finish(), tmp.path(), WhiteoutMode::Native).unwrap();
+    for (path, mode, uid) in [
+        ("d", 0o1777, 1000),
+        ("d/suid", 0o4755, 0),
+        ("d/private", 0o600, 1000),
+        ("d/link", 0o777, 1000),
+    ] {
+        let md = fs::symlink_metadata(tmp.path().join(path)).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "{path} mode");
+        assert_eq!((md.uid(), md.gid()), (uid, uid + 1), "{path} owner");
+        assert_eq!(md.mtime(), 1_000_000_000 + i64::from(uid), "{path} mtime");
+    }
+}
