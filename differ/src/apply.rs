@@ -477,13 +477,29 @@ impl<'r> LayerWriter<'r> {
         meta: &Meta,
     ) -> Result<()> {
         self.replace(parent, name, rel, |d| d.symlink(name, target))?;
+        self.finish_name(parent, name, rel, meta, false)
+    }
+
+    /// Owner, mode (unless a symlink), xattrs and times of a just-created non-regular
+    /// entry, by name.
+    fn finish_name(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        rel: &Path,
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
         let ids = self.ids;
         let cached = self.parent(parent)?;
-        let setgid = cached.setgid;
         let dir = &cached.dir;
-        if (meta.uid, meta.gid) != ids || setgid {
+        if (meta.uid, meta.gid) != ids || cached.setgid {
             dir.chown(name, meta.uid, meta.gid)
                 .map_err(|e| Error::io("chown", rel, e))?;
+        }
+        if chmod {
+            dir.chmod(name, meta.mode)
+                .map_err(|e| Error::io("chmod", rel, e))?;
         }
         for (k, v) in &meta.xattrs {
             dir.set_xattr(name, k, v)
@@ -530,19 +546,8 @@ impl<'r> LayerWriter<'r> {
         self.replace(parent, name, rel, |d| {
             d.mknod(name, kind, meta.mode, major, minor)
         })?;
-        let dir = &self.parent(parent)?.dir;
-        dir.chown(name, meta.uid, meta.gid)
-            .map_err(|e| Error::io("chown", rel, e))?;
-        dir.chmod(name, meta.mode)
-            .map_err(|e| Error::io("chmod", rel, e))?;
-        for (k, v) in &meta.xattrs {
-            dir.set_xattr(name, k, v)
-                .map_err(|e| Error::io("setxattr", rel, e))?;
-        }
-        dir.set_times(name, meta.mtime, meta.mtime)
-            .map_err(|e| Error::io("utimens", rel, e))?;
-        self.note_created(rel);
-        Ok(())
+        // mknod's mode went through the umask; set it exactly.
+        self.finish_name(parent, name, rel, meta, true)
     }
 
     fn whiteout(

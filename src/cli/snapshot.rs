@@ -41,25 +41,9 @@ pub enum SnapshotCommand {
         key: String,
     },
     /// Prepare an active snapshot and print its mounts.
-    Prepare {
-        /// New key.
-        key: String,
-        /// Committed parent.
-        parent: Option<String>,
-        /// Labels, `key=value`.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-    },
+    Prepare(NewSnapshot),
     /// Create a read-only view and print its mounts.
-    View {
-        /// New key.
-        key: String,
-        /// Committed parent.
-        parent: Option<String>,
-        /// Labels, `key=value`.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-    },
+    View(NewSnapshot),
     /// Commit an active snapshot under a name.
     Commit {
         /// New committed name.
@@ -101,6 +85,18 @@ pub enum SnapshotCommand {
     },
     /// Reclaim the disk space of removed snapshots.
     Cleanup,
+}
+
+/// Arguments of `prepare` and `view`.
+#[derive(Debug, Args)]
+pub struct NewSnapshot {
+    /// New key.
+    pub key: String,
+    /// Committed parent.
+    pub parent: Option<String>,
+    /// Labels, `key=value`.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
 }
 
 /// Why a command failed.
@@ -263,38 +259,24 @@ pub async fn run(
                 serde_json::to_string_pretty(&info_json(&info)).expect("json")
             )?;
         }
-        SnapshotCommand::Prepare {
-            key,
-            parent,
-            labels,
-        } => {
-            let mounts = client
-                .prepare(pb::PrepareSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: parse_labels(&labels)?,
-                })
-                .await?
-                .into_inner()
-                .mounts;
+        SnapshotCommand::Prepare(new) => {
+            let r = pb::PrepareSnapshotRequest {
+                snapshotter: sn,
+                key: new.key,
+                parent: new.parent.unwrap_or_default(),
+                labels: parse_labels(&new.labels)?,
+            };
+            let mounts = client.prepare(r).await?.into_inner().mounts;
             print_mounts(out, args.json, &mounts)?;
         }
-        SnapshotCommand::View {
-            key,
-            parent,
-            labels,
-        } => {
-            let mounts = client
-                .view(pb::ViewSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: parse_labels(&labels)?,
-                })
-                .await?
-                .into_inner()
-                .mounts;
+        SnapshotCommand::View(new) => {
+            let r = pb::ViewSnapshotRequest {
+                snapshotter: sn,
+                key: new.key,
+                parent: new.parent.unwrap_or_default(),
+                labels: parse_labels(&new.labels)?,
+            };
+            let mounts = client.view(r).await?.into_inner().mounts;
             print_mounts(out, args.json, &mounts)?;
         }
         SnapshotCommand::Commit {

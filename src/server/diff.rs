@@ -119,6 +119,18 @@ impl DiffService {
     }
 }
 
+impl DiffService {
+    fn job(&self, metadata: &MetadataMap) -> Job {
+        Job {
+            instances: Arc::clone(&self.instances),
+            content: Arc::clone(&self.content),
+            scratch: self.scratch.clone(),
+            ctx: CallContext::from(metadata),
+            runtime: Handle::current(),
+        }
+    }
+}
+
 /// Everything a blocking Apply or Diff needs, moved onto its thread.
 struct Job {
     instances: Arc<Instances>,
@@ -171,27 +183,41 @@ impl Job {
             .unwrap_or_else(|| fallback.to_string())
     }
 
-    fn source(&self, key: Option<&str>) -> Box<dyn BlobSource> {
+    /// The content store for this call: the local directory, or containerd's Content
+    /// service in the right namespace with the caller's lease.
+    fn store(&self, key: Option<&str>) -> Store {
         match &*self.content {
-            Content::Local(store) => Box::new(store.clone()),
-            Content::Containerd { channel, .. } => Box::new(ContainerdContent::new(
-                channel.clone(),
-                self.namespace(key),
-                self.ctx.lease.clone(),
-                self.runtime.clone(),
-            )),
+            Content::Local(store) => Store::Local(store.clone()),
+            Content::Containerd { channel, .. } => {
+                Store::Containerd(Box::new(ContainerdContent::new(
+                    channel.clone(),
+                    self.namespace(key),
+                    self.ctx.lease.clone(),
+                    self.runtime.clone(),
+                )))
+            }
+        }
+    }
+}
+
+/// A content store resolved for one call.
+enum Store {
+    Local(LocalStore),
+    Containerd(Box<ContainerdContent>),
+}
+
+impl Store {
+    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn std::io::Read + Send>> {
+        match self {
+            Store::Local(s) => s.open(digest),
+            Store::Containerd(s) => s.open(digest),
         }
     }
 
-    fn sink(&self, key: Option<&str>) -> Box<dyn BlobSink> {
-        match &*self.content {
-            Content::Local(store) => Box::new(store.clone()),
-            Content::Containerd { channel, .. } => Box::new(ContainerdContent::new(
-                channel.clone(),
-                self.namespace(key),
-                self.ctx.lease.clone(),
-                self.runtime.clone(),
-            )),
+    fn create(&self) -> differ::Result<Box<dyn differ::content::BlobWriter>> {
+        match self {
+            Store::Local(s) => s.create(),
+            Store::Containerd(s) => s.create(),
         }
     }
 }
@@ -229,13 +255,7 @@ impl Diff for DiffService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let job = Job {
-            instances: Arc::clone(&self.instances),
-            content: Arc::clone(&self.content),
-            scratch: self.scratch.clone(),
-            ctx: CallContext::from(request.metadata()),
-            runtime: Handle::current(),
-        };
+        let job = self.job(request.metadata());
         let r = request.into_inner();
         let desc = r
             .diff
@@ -258,7 +278,7 @@ impl Diff for DiffService {
                 Target::Mounted(_) => None,
             };
             let blob = job
-                .source(key.as_deref())
+                .store(key.as_deref())
                 .open(&digest)
                 .map_err(differ_status)?;
             let applied = differ::apply_layer(blob, compression, target.path(), mode)
@@ -310,13 +330,7 @@ impl Diff for DiffService {
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
-        let job = Job {
-            instances: Arc::clone(&self.instances),
-            content: Arc::clone(&self.content),
-            scratch: self.scratch.clone(),
-            ctx: CallContext::from(request.metadata()),
-            runtime: Handle::current(),
-        };
+        let job = self.job(request.metadata());
         let r = request.into_inner();
         let media_type = if r.media_type.is_empty() {
             differ::compression::MEDIA_TYPE_TAR_GZIP.to_string()
@@ -341,7 +355,7 @@ impl Diff for DiffService {
         let created = tokio::task::spawn_blocking(move || -> Result<differ::diff::Created, Status> {
             let owner = job.owner(&right)?;
             let key = owner.as_ref().map(|o| o.key.clone());
-            let sink = job.sink(key.as_deref());
+            let sink = job.store(key.as_deref());
             let mut writer = sink.create().map_err(differ_status)?;
             let fast = owner.as_ref().filter(|o| {
                 matches!(o.whiteouts, WhiteoutStyle::Overlay { .. })
