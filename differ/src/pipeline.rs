@@ -1,7 +1,8 @@
-//! The decompression half of the apply pipeline: a thread reads the blob, hashes it,
-//! decompresses it, hashes the result (the diffID) and hands fixed-size chunks over a
-//! bounded channel to the thread writing files, so inflate and file creation overlap.
-//! Chunk buffers are recycled, keeping memory bounded and allocation off the hot path.
+//! The decompression half of the apply pipeline: a thread reads the blob, hashes it and
+//! decompresses it into fixed-size chunks, which go over bounded channels both to the thread
+//! writing files and to a thread hashing the uncompressed stream (the diffID), so inflate,
+//! hashing and file creation overlap. Chunk buffers are recycled, keeping memory bounded and
+//! allocation off the hot path.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use crate::digest::{Hasher, HashingReader};
 use crate::{Compression, Digest, Error, Result};
 
 const CHUNK: usize = 256 << 10;
+
+/// A piece of the uncompressed stream, shared by the writer and the hasher.
+type Chunk = Arc<Vec<u8>>;
 const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// Digests and sizes of both sides of the decompression.
@@ -24,9 +28,9 @@ pub(crate) struct Decoded {
 
 /// The reading end: the uncompressed stream, as `Read`.
 pub(crate) struct DecodedStream {
-    chunks: Receiver<io::Result<Vec<u8>>>,
+    chunks: Receiver<io::Result<Arc<Vec<u8>>>>,
     spare: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
+    current: Arc<Vec<u8>>,
     pos: usize,
     decoder: JoinHandle<Result<Decoded>>,
 }
@@ -82,7 +86,7 @@ pub(crate) fn decode(
     DecodedStream {
         chunks,
         spare,
-        current: Vec::new(),
+        current: Arc::new(Vec::new()),
         pos: 0,
         decoder,
     }
@@ -102,7 +106,7 @@ impl From<io::Error> for DecodeError {
 fn decode_all(
     source: SourceReader,
     compression: Option<Compression>,
-    chunks: &SyncSender<io::Result<Vec<u8>>>,
+    chunks: &SyncSender<io::Result<Arc<Vec<u8>>>>,
     spare: &Receiver<Vec<u8>>,
 ) -> std::result::Result<Decoded, DecodeError> {
     let mut hashed = HashingReader::new(source);
@@ -111,7 +115,7 @@ fn decode_all(
         Some(c) => c,
         None => Compression::sniff(input.fill_buf()?),
     };
-    let mut uncompressed = Hasher::default();
+    let (to_hasher, hasher) = spawn_hasher();
     {
         let mut decoder = compression
             .decoder(&mut input)
@@ -130,12 +134,13 @@ fn decode_all(
                     Err(e) => return Err(e.into()),
                 }
             }
-            buf.truncate(filled);
-            uncompressed.update(&buf);
             if filled == 0 {
                 break;
             }
-            if chunks.send(Ok(buf)).is_err() {
+            buf.truncate(filled);
+            let chunk = Arc::new(buf);
+            let _ = to_hasher.send(Arc::clone(&chunk));
+            if chunks.send(Ok(chunk)).is_err() {
                 // The writer gave up; it reports its own error.
                 return Err(io::Error::other("layer writer stopped").into());
             }
@@ -144,10 +149,28 @@ fn decode_all(
     // Anything after the compressed stream still counts towards the blob's digest.
     io::copy(&mut input, &mut io::sink())?;
     drop(input);
+    drop(to_hasher);
+    let uncompressed = hasher.join().expect("hasher thread does not panic");
     Ok(Decoded {
         compressed: hashed.finish(),
-        uncompressed: uncompressed.finish(),
+        uncompressed,
     })
+}
+
+/// A thread hashing the uncompressed chunks it is sent, until the sender is dropped.
+fn spawn_hasher() -> (SyncSender<Chunk>, JoinHandle<(Digest, u64)>) {
+    let (tx, rx) = sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+    let handle = std::thread::Builder::new()
+        .name("layer-hash".into())
+        .spawn(move || {
+            let mut h = Hasher::default();
+            for chunk in rx {
+                h.update(&chunk);
+            }
+            h.finish()
+        })
+        .expect("spawn hasher thread");
+    (tx, handle)
 }
 
 impl Read for DecodedStream {
@@ -160,8 +183,11 @@ impl Read for DecodedStream {
                 return Ok(n);
             }
             let used = std::mem::take(&mut self.current);
-            if used.capacity() > 0 {
-                let _ = self.spare.try_send(used);
+            // Recycled when the hasher is done with it too.
+            if let Ok(buf) = Arc::try_unwrap(used)
+                && buf.capacity() > 0
+            {
+                let _ = self.spare.try_send(buf);
             }
             self.pos = 0;
             match self.chunks.recv() {

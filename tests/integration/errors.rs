@@ -110,7 +110,7 @@ async fn instances_are_selected_by_name() {
     let config = tmp.path().join("strata.toml");
     std::fs::write(
         &config,
-        "[[snapshotters]]\nname = \"strata\"\ntype = \"overlayfs\"\n\n[[snapshotters]]\nname = \"strata-native\"\ntype = \"native\"\n",
+        "[[snapshotters]]\nname = \"strata\"\ntype = \"overlayfs\"\nupperdir_label = true\n\n[[snapshotters]]\nname = \"strata-native\"\ntype = \"native\"\n",
     )
     .unwrap();
     let d = Daemon::start_with(tmp.path(), &["--config", config.to_str().unwrap()]);
@@ -137,6 +137,33 @@ async fn instances_are_selected_by_name() {
         .into_inner()
         .mounts;
     assert!(m[0].source.contains("/strata-native/snapshots/"), "{m:?}");
+    // The overlay instance reports each snapshot's upper directory, computed, not stored.
+    let stat = |name: &str| strata::api::services::snapshots::v1::StatSnapshotRequest {
+        snapshotter: name.into(),
+        key: "a".into(),
+    };
+    let info = s
+        .client
+        .stat(stat("strata"))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    let upper = &info.labels["containerd.io/snapshot/overlay.upperdir"];
+    assert!(
+        upper.ends_with("/fs") && std::path::Path::new(upper).is_dir(),
+        "{upper}"
+    );
+    let info = s
+        .client
+        .stat(stat("strata-native"))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert!(info.labels.is_empty(), "{:?}", info.labels);
     let e = s.client.prepare(req("nope", "a")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // A second daemon on the same roots is refused.

@@ -173,6 +173,13 @@ async fn basic(test: &str, kind: &'static str) {
         );
         apply(root, &diff);
     });
+    // The child's writes landed in its own layer only: the parent still shows the original.
+    let original = f.reference("original");
+    apply(&original, &initial);
+    assert_eq!(
+        f.view_tree("parent-view", "committed").await,
+        without_root(capture(&original))
+    );
     apply(&reference, &diff);
     f.s.commit_full("nextcommitted", "nextlayer", gc.clone(), "")
         .await
