@@ -1,5 +1,4 @@
-//! `sha256:<hex>` content digests, a hasher that counts bytes as it goes, and a hashing
-//! writer.
+//! `sha256:<hex>` content digests, and a hasher that counts bytes as it goes.
 
 use std::fmt;
 
@@ -74,6 +73,35 @@ impl Hasher {
             hex.push_str(&format!("{b:02x}"));
         }
         (Digest(hex), self.len)
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Hasher::default(),
+        }
+    }
+
+    /// The digest and count of everything read.
+    pub fn finish(self) -> (Digest, u64) {
+        self.hasher.finish()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 

@@ -1,16 +1,16 @@
-//! The decompression half of the apply pipeline: one thread reads and hashes the blob, one
+//! The decompression half of the apply pipeline: a thread reads the blob, hashes it and
 //! decompresses it into fixed-size chunks, which go over bounded channels both to the thread
-//! writing files and to a thread hashing the uncompressed stream (the diffID), so reading,
-//! inflate, hashing and file creation overlap. Chunk buffers are recycled, keeping memory bounded and
+//! writing files and to a thread hashing the uncompressed stream (the diffID), so inflate,
+//! hashing and file creation overlap. Chunk buffers are recycled, keeping memory bounded and
 //! allocation off the hot path.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::digest::Hasher;
+use crate::digest::{Hasher, HashingReader};
 use crate::{Compression, Digest, Error, Result};
 
 const CHUNK: usize = 256 << 10;
@@ -109,7 +109,8 @@ fn decode_all(
     chunks: &SyncSender<io::Result<Arc<Vec<u8>>>>,
     spare: &Receiver<Vec<u8>>,
 ) -> std::result::Result<Decoded, DecodeError> {
-    let mut input = Prefetch::spawn(source);
+    let mut hashed = HashingReader::new(source);
+    let mut input = BufReader::with_capacity(CHUNK, &mut hashed);
     let compression = match compression {
         Some(c) => c,
         None => Compression::sniff(input.fill_buf()?),
@@ -147,97 +148,13 @@ fn decode_all(
     }
     // Anything after the compressed stream still counts towards the blob's digest.
     io::copy(&mut input, &mut io::sink())?;
+    drop(input);
     drop(to_hasher);
     let uncompressed = hasher.join().expect("hasher thread does not panic");
     Ok(Decoded {
-        compressed: input.finish()?,
+        compressed: hashed.finish(),
         uncompressed,
     })
-}
-
-/// The blob, read and hashed ahead on its own thread, as a `BufRead` for the decoder.
-struct Prefetch {
-    blocks: Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    pos: usize,
-    reader: JoinHandle<(Digest, u64)>,
-}
-
-impl Prefetch {
-    fn spawn(mut source: SourceReader) -> Self {
-        let (tx, blocks) = sync_channel(CHUNKS_IN_FLIGHT);
-        let reader = std::thread::Builder::new()
-            .name("layer-read".into())
-            .spawn(move || {
-                let mut hasher = Hasher::default();
-                loop {
-                    let mut buf = vec![0u8; CHUNK];
-                    match source.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            hasher.update(&buf);
-                            if tx.send(Ok(buf)).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            break;
-                        }
-                    }
-                }
-                hasher.finish()
-            })
-            .expect("spawn reader thread");
-        Prefetch {
-            blocks,
-            current: Vec::new(),
-            pos: 0,
-            reader,
-        }
-    }
-
-    /// The digest and size of the whole blob (the stream must have been read to its end).
-    fn finish(self) -> io::Result<(Digest, u64)> {
-        self.reader
-            .join()
-            .map_err(|_| io::Error::other("blob reader thread panicked"))
-    }
-}
-
-impl Read for Prefetch {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let available = self.fill_buf()?;
-            let n = out.len().min(available.len());
-            out[..n].copy_from_slice(&available[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for Prefetch {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.current.len() {
-            match self.blocks.recv() {
-                Ok(Ok(block)) => {
-                    self.current = block;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(&[]),
-            }
-        }
-        Ok(&self.current[self.pos..])
-    }
-
-    fn consume(&mut self, amount: usize) {
-        self.pos = (self.pos + amount).min(self.current.len());
-    }
 }
 
 /// A thread hashing the uncompressed chunks it is sent, until the sender is dropped.
