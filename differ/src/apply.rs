@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use mountutil::at::{self, Dir, Kind, Root};
-use mountutil::fs::NodeKind;
+use mountutil::fs::{NodeKind, OVERLAY_OPAQUE_XATTRS};
 use tar::EntryType;
 
 use crate::pipeline::{self, Decoded};
@@ -561,11 +561,8 @@ impl<'r> LayerWriter<'r> {
         if entry == OPAQUE_WHITEOUT {
             return match self.mode {
                 WhiteoutMode::Overlay { userxattr } => {
-                    let name = if userxattr {
-                        "user.overlay.opaque"
-                    } else {
-                        "trusted.overlay.opaque"
-                    };
+                    let [trusted, user] = OVERLAY_OPAQUE_XATTRS;
+                    let name = if userxattr { user } else { trusted };
                     let dir = &self.parent(parent)?.dir;
                     at::fsetxattr(dir, name.as_ref(), b"y")
                         .map_err(|e| Error::io("setxattr", &rel, e))

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use mountutil::fs::{get_xattr, list_xattrs, split_dev};
+use mountutil::fs::{get_xattr, is_overlay_opaque, is_overlay_whiteout, list_xattrs, split_dev};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
@@ -66,21 +66,30 @@ enum Change {
     Opaque(Metadata),
 }
 
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
 fn walk_err(root: &Path, e: walkdir::Error) -> Error {
     let path = e.path().unwrap_or(root).to_path_buf();
     Error::io("walk", path, e.into())
 }
 
-fn is_whiteout(md: &Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    OPAQUE_XATTRS
-        .iter()
-        .any(|x| get_xattr(path, x.as_ref()).is_ok_and(|v| v == b"y"))
+/// Every entry under `root` in path order, with its path relative to `root` and its
+/// metadata (symlinks not followed).
+fn walk_sorted(
+    root: &Path,
+) -> impl Iterator<Item = Result<(PathBuf, walkdir::DirEntry, Metadata)>> + '_ {
+    WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .map(move |entry| {
+            let entry = entry.map_err(|e| walk_err(root, e))?;
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_path_buf();
+            let md = entry.metadata().map_err(|e| walk_err(root, e))?;
+            Ok((rel, entry, md))
+        })
 }
 
 /// Writes the layer of `changes` to `out`.
@@ -117,17 +126,11 @@ pub fn write_layer(changes: Changes<'_>, out: impl Write, options: DiffOptions) 
 
 fn overlay_changes(upper: &Path) -> Result<Vec<(PathBuf, Change)>> {
     let mut out = Vec::new();
-    for entry in WalkDir::new(upper).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| walk_err(upper, e))?;
-        let rel = entry
-            .path()
-            .strip_prefix(upper)
-            .expect("under root")
-            .to_path_buf();
-        let md = entry.metadata().map_err(|e| walk_err(upper, e))?;
-        let change = if is_whiteout(&md) {
+    for item in walk_sorted(upper) {
+        let (rel, entry, md) = item?;
+        let change = if is_overlay_whiteout(&md) {
             Change::Whiteout
-        } else if md.is_dir() && is_opaque(entry.path()) {
+        } else if md.is_dir() && is_overlay_opaque(entry.path()) {
             Change::Opaque(md)
         } else {
             Change::Upsert(md)
@@ -207,14 +210,8 @@ fn unchanged(lower: &Path, lmd: &Metadata, upper: &Path, umd: &Metadata) -> Resu
 
 fn tree_changes(lower: &Path, upper: &Path) -> Result<Vec<(PathBuf, Change)>> {
     let mut out = Vec::new();
-    for entry in WalkDir::new(upper).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| walk_err(upper, e))?;
-        let rel = entry
-            .path()
-            .strip_prefix(upper)
-            .expect("under root")
-            .to_path_buf();
-        let umd = entry.metadata().map_err(|e| walk_err(upper, e))?;
+    for item in walk_sorted(upper) {
+        let (rel, entry, umd) = item?;
         let lpath = lower.join(&rel);
         match fs::symlink_metadata(&lpath) {
             Ok(lmd) if unchanged(&lpath, &lmd, entry.path(), &umd)? => {}

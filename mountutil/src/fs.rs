@@ -175,3 +175,20 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncfs", path, e.into()))
 }
+
+/// The xattrs overlayfs reads as "this directory is opaque" (`trusted.` as real root, `user.`
+/// with `userxattr`), set to `y`.
+pub const OVERLAY_OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+
+/// Whether `md` is an overlayfs whiteout: a character device with device number 0/0.
+pub fn is_overlay_whiteout(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+/// Whether directory `dir` carries an overlayfs opaque marker.
+pub fn is_overlay_opaque(dir: &Path) -> bool {
+    OVERLAY_OPAQUE_XATTRS
+        .iter()
+        .any(|name| get_xattr(dir, name.as_ref()).is_ok_and(|v| v == b"y"))
+}

@@ -9,8 +9,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mountutil::fs::{
-    NodeKind, copy_sparse, get_xattr, list_xattrs, mknod, remove_xattr, set_times_nofollow,
-    set_xattr, split_dev,
+    NodeKind, OVERLAY_OPAQUE_XATTRS, copy_sparse, get_xattr, is_overlay_opaque,
+    is_overlay_whiteout, list_xattrs, mknod, remove_xattr, set_times_nofollow, set_xattr,
+    split_dev,
 };
 use walkdir::WalkDir;
 
@@ -52,7 +53,8 @@ pub(crate) fn merge_lower(lower: &Path, upper: &Path) -> Result<()> {
             }
             Err(e) => return Err(Error::io("stat", &target, e)),
             Ok(md) => {
-                let merge_into = md.is_dir() && entry.file_type().is_dir() && !is_opaque(&target);
+                let merge_into =
+                    md.is_dir() && entry.file_type().is_dir() && !is_overlay_opaque(&target);
                 if !merge_into && entry.file_type().is_dir() {
                     walk.skip_current_dir();
                 }
@@ -63,28 +65,15 @@ pub(crate) fn merge_lower(lower: &Path, upper: &Path) -> Result<()> {
     remove_overlay_markers(upper)
 }
 
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
-fn is_opaque(dir: &Path) -> bool {
-    OPAQUE_XATTRS
-        .iter()
-        .any(|name| get_xattr(dir, name.as_ref()).is_ok_and(|v| v == b"y"))
-}
-
-fn is_whiteout(md: &fs::Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
 /// Deletes whiteouts and opaque markers once they have done their job.
 fn remove_overlay_markers(root: &Path) -> Result<()> {
     for entry in WalkDir::new(root) {
         let entry = walk_entry(entry, root)?;
         let md = entry_metadata(entry.path())?;
-        if is_whiteout(&md) {
+        if is_overlay_whiteout(&md) {
             fs::remove_file(entry.path()).map_err(|e| Error::io("remove", entry.path(), e))?;
-        } else if md.is_dir() && is_opaque(entry.path()) {
-            for name in OPAQUE_XATTRS {
+        } else if md.is_dir() && is_overlay_opaque(entry.path()) {
+            for name in OVERLAY_OPAQUE_XATTRS {
                 remove_xattr(entry.path(), name.as_ref())?;
             }
         }
