@@ -100,6 +100,23 @@ async fn restart_keeps_committed_state() {
     }
 }
 
+/// After `delay_ms` of `tasks` working against the daemon, SIGKILLs it, lets the tasks fail,
+/// starts it again and checks the index and directories agree.
+async fn crash_and_recover(
+    f: &mut Fixture,
+    delay_ms: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) {
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    f.daemon.kill();
+    for t in tasks {
+        let _ = t.await;
+    }
+    f.daemon.respawn();
+    f.s = Snap::new(&f.daemon).await;
+    assert_consistent(&mut f.s, &f.daemon.root).await;
+}
+
 /// Fills a committed snapshot with many files so copying or deleting it takes a while.
 async fn big_layer(f: &mut Fixture, name: &str, files: usize) {
     let mounts = f.s.prepare(&format!("{name}-p"), "").await.unwrap();
@@ -133,14 +150,7 @@ async fn kill_during_native_prepare_and_remove() {
                 let _ = s.remove(&key).await;
             }));
         }
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        f.daemon.kill();
-        for t in tasks {
-            let _ = t.await;
-        }
-        f.daemon.respawn();
-        f.s = Snap::new(&f.daemon).await;
-        assert_consistent(&mut f.s, &f.daemon.root).await;
+        crash_and_recover(&mut f, delay_ms, tasks).await;
         // Whatever survived is complete.
         for info in f.s.list(&["kind==active"]).await.unwrap() {
             let mounts = f.s.mounts(&info.name).await.unwrap();
@@ -187,14 +197,7 @@ async fn kill_during_overlay_storm() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(20 + 37 * round)).await;
-        f.daemon.kill();
-        for t in tasks {
-            let _ = t.await;
-        }
-        f.daemon.respawn();
-        f.s = Snap::new(&f.daemon).await;
-        assert_consistent(&mut f.s, &f.daemon.root).await;
+        crash_and_recover(&mut f, 20 + 37 * round, tasks).await;
     }
     let reclaimed = f.daemon.log_text().matches("reclaiming orphan").count();
     eprintln!("overlay kills left {reclaimed} orphans to reclaim");
