@@ -76,35 +76,6 @@ impl Hasher {
     }
 }
 
-/// A reader that hashes what passes through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R> HashingReader<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Hasher::default(),
-        }
-    }
-
-    /// The digest and count of everything read.
-    pub fn finish(self) -> (Digest, u64) {
-        self.hasher.finish()
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// A writer that hashes what passes through it.
 pub struct HashingWriter<W> {
     inner: W,

@@ -1,51 +1,148 @@
-//! The decompression half of the apply pipeline: a thread reads the blob, hashes it and
-//! decompresses it into fixed-size chunks, which go over bounded channels both to the thread
-//! writing files and to a thread hashing the uncompressed stream (the diffID), so inflate,
-//! hashing and file creation overlap. Chunk buffers are recycled, keeping memory bounded and
+//! The decompression half of the apply pipeline. A thread reads the blob in fixed-size chunks
+//! and decompresses it into more chunks; every chunk, compressed and uncompressed, also goes to
+//! a second thread that computes both digests (the blob's and the diffID), and the
+//! uncompressed ones go to the caller, which writes files. Reading, inflate, hashing and file
+//! creation overlap, and the thread on the critical path (inflate) does nothing else. Chunk
+//! buffers return to a pool when their last holder drops them, keeping memory bounded and
 //! allocation off the hot path.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::digest::{Hasher, HashingReader};
+use crate::digest::Hasher;
 use crate::{Compression, Digest, Error, Result};
 
 const CHUNK: usize = 256 << 10;
-
-/// A piece of the uncompressed stream, shared by the writer and the hasher.
-type Chunk = Arc<Vec<u8>>;
 const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// A chunk buffer that goes back to its pool when its last holder drops it.
+struct Pooled {
+    /// Always `CHUNK` bytes long, so reuse never re-initializes it.
+    buf: Vec<u8>,
+    len: usize,
+    home: SyncSender<Vec<u8>>,
+}
+
+impl Deref for Pooled {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // A full pool means the buffer is surplus: let it go.
+        let _ = self.home.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// A piece of a stream, shared by the threads that need it.
+type Chunk = Arc<Pooled>;
+
+/// Buffers for one kind of chunk.
+struct Pool {
+    home: SyncSender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
+}
+
+impl Pool {
+    fn new() -> Self {
+        let (home, spare) = sync_channel(CHUNKS_IN_FLIGHT * 2 + 2);
+        Pool { home, spare }
+    }
+
+    /// Fills a buffer with `fill` (which returns how much it wrote) and shares it.
+    fn fill(&self, fill: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<Chunk> {
+        let mut buf = self.spare.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        let len = fill(&mut buf)?;
+        Ok(Arc::new(Pooled {
+            buf,
+            len,
+            home: self.home.clone(),
+        }))
+    }
+}
+
+/// What the hashing thread is sent.
+enum ToHash {
+    Blob(Chunk),
+    Layer(Chunk),
+}
+
+/// A digest and the number of bytes it covers.
+type Hashed = (Digest, u64);
 
 /// Digests and sizes of both sides of the decompression.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoded {
-    pub compressed: (Digest, u64),
-    pub uncompressed: (Digest, u64),
+    pub compressed: Hashed,
+    pub uncompressed: Hashed,
 }
 
 /// The reading end: the uncompressed stream, as `Read`.
 pub(crate) struct DecodedStream {
-    chunks: Receiver<io::Result<Arc<Vec<u8>>>>,
-    spare: SyncSender<Vec<u8>>,
-    current: Arc<Vec<u8>>,
+    chunks: Receiver<io::Result<Chunk>>,
+    current: Option<Chunk>,
     pos: usize,
     decoder: JoinHandle<Result<Decoded>>,
 }
 
-/// Remembers whether the error came from the blob source rather than the decoder.
-struct SourceReader {
-    inner: Box<dyn Read + Send>,
+/// The blob, read in pooled chunks that are also sent to the hasher; `BufRead` so the
+/// decompressor reads straight from the chunks.
+struct BlobChunks {
+    source: Box<dyn Read + Send>,
+    /// Set when reading the source failed (as opposed to decoding what it gave).
     failed: Arc<AtomicBool>,
+    pool: Pool,
+    hasher: SyncSender<ToHash>,
+    current: Option<Chunk>,
+    pos: usize,
 }
 
-impl Read for SourceReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner
-            .read(buf)
-            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+impl BufRead for BlobChunks {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let exhausted = self.current.as_ref().is_none_or(|c| self.pos == c.len());
+        if exhausted {
+            self.current = None;
+            self.pos = 0;
+            let source = &mut self.source;
+            let chunk = self
+                .pool
+                .fill(|buf| {
+                    loop {
+                        match source.read(buf) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            r => return r,
+                        }
+                    }
+                })
+                .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
+            if !chunk.is_empty() {
+                let _ = self.hasher.send(ToHash::Blob(Arc::clone(&chunk)));
+            }
+            self.current = Some(chunk);
+        }
+        Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+}
+
+impl Read for BlobChunks {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = out.len().min(available.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
@@ -55,16 +152,11 @@ pub(crate) fn decode(
     compression: Option<Compression>,
 ) -> DecodedStream {
     let (chunk_tx, chunks) = sync_channel(CHUNKS_IN_FLIGHT);
-    let (spare, spare_rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
     let decoder = std::thread::Builder::new()
         .name("layer-decode".into())
         .spawn(move || {
             let failed = Arc::new(AtomicBool::new(false));
-            let source = SourceReader {
-                inner: source,
-                failed: Arc::clone(&failed),
-            };
-            let result = decode_all(source, compression, &chunk_tx, &spare_rx);
+            let result = decode_all(source, Arc::clone(&failed), compression, &chunk_tx);
             if let Err(e) = &result {
                 let msg = match e {
                     DecodeError::Io(e) => e.to_string(),
@@ -85,8 +177,7 @@ pub(crate) fn decode(
         .expect("spawn decoder thread");
     DecodedStream {
         chunks,
-        spare,
-        current: Arc::new(Vec::new()),
+        current: None,
         pos: 0,
         decoder,
     }
@@ -104,42 +195,46 @@ impl From<io::Error> for DecodeError {
 }
 
 fn decode_all(
-    source: SourceReader,
+    source: Box<dyn Read + Send>,
+    failed: Arc<AtomicBool>,
     compression: Option<Compression>,
-    chunks: &SyncSender<io::Result<Arc<Vec<u8>>>>,
-    spare: &Receiver<Vec<u8>>,
+    chunks: &SyncSender<io::Result<Chunk>>,
 ) -> std::result::Result<Decoded, DecodeError> {
-    let mut hashed = HashingReader::new(source);
-    let mut input = BufReader::with_capacity(CHUNK, &mut hashed);
+    let (to_hasher, hasher) = spawn_hasher();
+    let mut input = BlobChunks {
+        source,
+        failed,
+        pool: Pool::new(),
+        hasher: to_hasher.clone(),
+        current: None,
+        pos: 0,
+    };
     let compression = match compression {
         Some(c) => c,
         None => Compression::sniff(input.fill_buf()?),
     };
-    let (to_hasher, hasher) = spawn_hasher();
+    let pool = Pool::new();
     {
         let mut decoder = compression
             .decoder(&mut input)
             .map_err(DecodeError::Layer)?;
         loop {
-            let mut buf = spare
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-            buf.resize(CHUNK, 0);
-            let mut filled = 0;
-            while filled < CHUNK {
-                match decoder.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
+            let chunk = pool.fill(|buf| {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match decoder.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-            }
-            if filled == 0 {
+                Ok(filled)
+            })?;
+            if chunk.is_empty() {
                 break;
             }
-            buf.truncate(filled);
-            let chunk = Arc::new(buf);
-            let _ = to_hasher.send(Arc::clone(&chunk));
+            let _ = to_hasher.send(ToHash::Layer(Arc::clone(&chunk)));
             if chunks.send(Ok(chunk)).is_err() {
                 // The writer gave up; it reports its own error.
                 return Err(io::Error::other("layer writer stopped").into());
@@ -150,24 +245,28 @@ fn decode_all(
     io::copy(&mut input, &mut io::sink())?;
     drop(input);
     drop(to_hasher);
-    let uncompressed = hasher.join().expect("hasher thread does not panic");
+    let (compressed, uncompressed) = hasher.join().expect("hasher thread does not panic");
     Ok(Decoded {
-        compressed: hashed.finish(),
+        compressed,
         uncompressed,
     })
 }
 
-/// A thread hashing the uncompressed chunks it is sent, until the sender is dropped.
-fn spawn_hasher() -> (SyncSender<Chunk>, JoinHandle<(Digest, u64)>) {
-    let (tx, rx) = sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+/// A thread hashing the blob and the uncompressed stream from the chunks it is sent, until
+/// every sender is dropped.
+fn spawn_hasher() -> (SyncSender<ToHash>, JoinHandle<(Hashed, Hashed)>) {
+    let (tx, rx) = sync_channel::<ToHash>(CHUNKS_IN_FLIGHT * 2);
     let handle = std::thread::Builder::new()
         .name("layer-hash".into())
         .spawn(move || {
-            let mut h = Hasher::default();
-            for chunk in rx {
-                h.update(&chunk);
+            let (mut blob, mut layer) = (Hasher::default(), Hasher::default());
+            for piece in rx {
+                match piece {
+                    ToHash::Blob(chunk) => blob.update(&chunk),
+                    ToHash::Layer(chunk) => layer.update(&chunk),
+                }
             }
-            h.finish()
+            (blob.finish(), layer.finish())
         })
         .expect("spawn hasher thread");
     (tx, handle)
@@ -176,22 +275,18 @@ fn spawn_hasher() -> (SyncSender<Chunk>, JoinHandle<(Digest, u64)>) {
 impl Read for DecodedStream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pos < self.current.len() {
-                let n = out.len().min(self.current.len() - self.pos);
-                out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+            if let Some(chunk) = &self.current
+                && self.pos < chunk.len()
+            {
+                let n = out.len().min(chunk.len() - self.pos);
+                out[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
                 self.pos += n;
                 return Ok(n);
             }
-            let used = std::mem::take(&mut self.current);
-            // Recycled when the hasher is done with it too.
-            if let Ok(buf) = Arc::try_unwrap(used)
-                && buf.capacity() > 0
-            {
-                let _ = self.spare.try_send(buf);
-            }
+            self.current = None;
             self.pos = 0;
             match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Ok(chunk)) => self.current = Some(chunk),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(0),
             }
