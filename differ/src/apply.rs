@@ -10,15 +10,17 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::{NodeKind, OVERLAY_OPAQUE_XATTRS};
-use tar::EntryType;
 
 use crate::pipeline::{self, Decoded};
+use crate::tarstream::{EntryKind, Header, SparseMap, TarStream};
 use crate::{Compression, Digest, Error, Result};
 
 /// How whiteouts (`.wh.NAME`, `.wh..wh..opq`) are applied.
@@ -50,7 +52,6 @@ pub struct Applied {
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
-const COPY_BUFFER: usize = 256 << 10;
 
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
 /// directory `target`. Decompression runs on its own thread; this thread writes files.
@@ -105,20 +106,6 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-/// Parses a PAX `mtime` (`seconds[.fraction]`).
-fn pax_time(v: &[u8]) -> Option<(i64, i64)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let digits: String = frac.chars().take(9).collect();
-    let nanos = if digits.is_empty() {
-        0
-    } else {
-        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
-    };
-    Some((secs, if s.starts_with('-') { -nanos } else { nanos }))
-}
-
 struct CachedDir {
     dir: Dir,
     setgid: bool,
@@ -133,7 +120,6 @@ struct LayerWriter<'r> {
     created: HashSet<PathBuf>,
     ids: (u32, u32),
     umask: u32,
-    buf: Vec<u8>,
 }
 
 impl<'r> LayerWriter<'r> {
@@ -146,37 +132,21 @@ impl<'r> LayerWriter<'r> {
             created: HashSet::new(),
             ids: at::effective_ids(),
             umask: at::current_umask(),
-            buf: vec![0; COPY_BUFFER],
         }
     }
 
-    fn write_all(mut self, input: &mut impl Read) -> Result<()> {
-        let mut archive = tar::Archive::new(input);
-        let entries = archive
-            .entries()
-            .map_err(|e| layer_err("read", Path::new(""), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| layer_err("read entry after", Path::new(""), e))?;
-            self.entry(entry)?;
+    fn write_all(mut self, input: impl BufRead) -> Result<()> {
+        let mut tar = TarStream::new(input);
+        while let Some(header) = tar.next_entry()? {
+            self.entry(header, &mut tar)?;
         }
         self.finish()
     }
 
-    fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
-        let kind = e.header().entry_type();
-        if kind.is_pax_global_extensions()
-            || kind.is_pax_local_extensions()
-            || kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-        {
-            return Ok(());
-        }
-        let raw = e
-            .path()
-            .map_err(|err| layer_err("path of", Path::new("?"), err))?
-            .into_owned();
+    fn entry(&mut self, h: Header, tar: &mut TarStream<impl BufRead>) -> Result<()> {
+        let raw = PathBuf::from(OsString::from_vec(h.path));
         let rel = normalize(&raw);
-        let meta = self.meta(&mut e, &rel)?;
+        let meta = Self::meta(&rel, h.mode, h.uid, h.gid, h.mtime, h.xattrs)?;
         let name = rel.file_name().map(OsStr::to_os_string);
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -187,8 +157,8 @@ impl<'r> LayerWriter<'r> {
         }
         let Some(name) = name else {
             // The root itself ("./"): only a directory entry makes sense.
-            return match kind {
-                EntryType::Directory => self.root_dir(&meta),
+            return match h.kind {
+                EntryKind::Dir => self.root_dir(&meta),
                 _ => Err(layer_err(
                     "non-directory entry for the root",
                     &raw,
@@ -196,85 +166,58 @@ impl<'r> LayerWriter<'r> {
                 )),
             };
         };
-        match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => self.file(
-                &parent,
-                &name,
-                &rel,
-                &mut e,
-                &meta,
-                kind == EntryType::GNUSparse,
-            ),
-            EntryType::Directory => self.dir(&parent, &name, &rel, &meta),
-            EntryType::Symlink => {
-                let target = e
-                    .link_name()
-                    .map_err(|err| layer_err("link of", &rel, err))?
-                    .ok_or_else(|| layer_err("symlink without target", &rel, "refused"))?
-                    .into_owned();
-                self.symlink(&parent, &name, &rel, &target, &meta)
+        let link = || PathBuf::from(OsString::from_vec(h.link.clone()));
+        match h.kind {
+            EntryKind::Regular => self.file(&parent, &name, &rel, tar, &meta, h.sparse.as_ref()),
+            EntryKind::Dir => self.dir(&parent, &name, &rel, &meta),
+            EntryKind::Symlink if h.link.is_empty() => {
+                Err(layer_err("symlink without target", &rel, "refused"))
             }
-            EntryType::Link => {
-                let target = e
-                    .link_name()
-                    .map_err(|err| layer_err("link of", &rel, err))?
-                    .ok_or_else(|| layer_err("hard link without target", &rel, "refused"))?
-                    .into_owned();
-                self.hard_link(&parent, &name, &rel, &normalize(&target))
+            EntryKind::Symlink => self.symlink(&parent, &name, &rel, &link(), &meta),
+            EntryKind::HardLink if h.link.is_empty() => {
+                Err(layer_err("hard link without target", &rel, "refused"))
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let node = match kind {
-                    EntryType::Char => NodeKind::Char,
-                    EntryType::Block => NodeKind::Block,
+            EntryKind::HardLink => self.hard_link(&parent, &name, &rel, &normalize(&link())),
+            EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
+                let node = match h.kind {
+                    EntryKind::Char => NodeKind::Char,
+                    EntryKind::Block => NodeKind::Block,
                     _ => NodeKind::Fifo,
                 };
-                let major = e.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = e.header().device_minor().ok().flatten().unwrap_or(0);
+                let (major, minor) = h.dev;
                 self.node(&parent, &name, &rel, node, major, minor, &meta)
             }
-            other => {
-                tracing::debug!(path = %rel.display(), kind = ?other, "skipping unsupported entry type");
+            EntryKind::Other(flag) => {
+                tracing::debug!(path = %rel.display(), typeflag = flag, "skipping unsupported entry type");
                 Ok(())
             }
         }
     }
 
-    fn meta<R: Read>(&self, e: &mut tar::Entry<'_, R>, rel: &Path) -> Result<Meta> {
-        let h = e.header();
-        let bad = |what, err: io::Error| layer_err(what, rel, err);
-        let mut meta = Meta {
-            mode: h.mode().map_err(|err| bad("mode of", err))? & 0o7777,
-            uid: h.uid().map_err(|err| bad("uid of", err))? as u32,
-            gid: h.gid().map_err(|err| bad("gid of", err))? as u32,
-            mtime: (h.mtime().map_err(|err| bad("mtime of", err))? as i64, 0),
-            xattrs: Vec::new(),
+    fn meta(
+        rel: &Path,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: (i64, i64),
+        xattrs: Vec<(OsString, Vec<u8>)>,
+    ) -> Result<Meta> {
+        let id = |v: u64, what| {
+            u32::try_from(v).map_err(|_| layer_err(what, rel, format!("{v} out of range")))
         };
-        if let Some(exts) = e
-            .pax_extensions()
-            .map_err(|err| bad("pax headers of", err))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(|err| bad("pax header of", err))?;
-                let key = ext.key_bytes();
-                if key == b"mtime" {
-                    meta.mtime = pax_time(ext.value_bytes())
-                        .ok_or_else(|| layer_err("pax mtime of", rel, "unparsable"))?;
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
-                        return Err(layer_err(
-                            "overlay xattr on",
-                            rel,
-                            String::from_utf8_lossy(name),
-                        ));
-                    }
-                    meta.xattrs.push((
-                        OsStr::from_bytes(name).to_os_string(),
-                        ext.value_bytes().to_vec(),
-                    ));
-                }
+        for (name, _) in &xattrs {
+            let n = name.as_bytes();
+            if n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.") {
+                return Err(layer_err("overlay xattr on", rel, name.to_string_lossy()));
             }
         }
-        Ok(meta)
+        Ok(Meta {
+            mode,
+            uid: id(uid, "uid of")?,
+            gid: id(gid, "gid of")?,
+            mtime,
+            xattrs,
+        })
     }
 
     /// The open parent directory `rel`, created (0755) with its ancestors if `create`.
@@ -364,40 +307,37 @@ impl<'r> LayerWriter<'r> {
         meta.mode & 0o7000 != 0 || meta.mode & self.umask != 0
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn file<R: Read>(
+    fn file(
         &mut self,
         parent: &Path,
         name: &OsStr,
         rel: &Path,
-        data: &mut R,
+        tar: &mut TarStream<impl BufRead>,
         meta: &Meta,
-        sparse: bool,
+        sparse: Option<&SparseMap>,
     ) -> Result<()> {
         let setgid = self.parent(parent)?.setgid;
-        let mut file = self.replace(parent, name, rel, |d| d.create_file(name, meta.mode))?;
+        let file = self.replace(parent, name, rel, |d| d.create_file(name, meta.mode))?;
         let io = |e| Error::io("write", rel, e);
-        let mut len = 0u64;
-        let mut hole = false;
-        loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => return Err(layer_err("data of", rel, e)),
-            };
-            if sparse && self.buf[..n].iter().all(|b| *b == 0) {
-                hole = true;
-            } else {
-                if hole {
-                    at::seek_to(&file, len).map_err(io)?;
-                    hole = false;
+        match sparse {
+            // Written straight from the decoder's buffers.
+            None => {
+                let mut out = &file;
+                while let Some(piece) = tar.data()? {
+                    out.write_all(piece).map_err(io)?;
                 }
-                file.write_all(&self.buf[..n]).map_err(io)?;
             }
-            len += n as u64;
-        }
-        if hole {
-            file.set_len(len).map_err(io)?;
+            Some(map) => {
+                for &(offset, len) in &map.extents {
+                    let mut at = offset;
+                    tar.data_exact(len, |piece| {
+                        file.write_all_at(piece, at).map_err(io)?;
+                        at += piece.len() as u64;
+                        Ok(())
+                    })?;
+                }
+                file.set_len(map.real_size).map_err(io)?;
+            }
         }
         self.finish_fd(&file, rel, meta, setgid)?;
         self.note_created(rel);
@@ -688,16 +628,5 @@ mod tests {
         assert_eq!(normalize(Path::new("../../x")), PathBuf::from("x"));
         assert_eq!(normalize(Path::new("a/../../b/./c")), PathBuf::from("b/c"));
         assert_eq!(normalize(Path::new("./")), PathBuf::new());
-    }
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(
-            pax_time(b"1700000000.5"),
-            Some((1_700_000_000, 500_000_000))
-        );
-        assert_eq!(pax_time(b"12"), Some((12, 0)));
-        assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
-        assert_eq!(pax_time(b"x"), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod diff;
 pub mod digest;
 mod error;
 mod pipeline;
+mod tarstream;
 
 pub use apply::{Applied, WhiteoutMode, apply_layer};
 pub use compression::Compression;

@@ -85,7 +85,7 @@ pub(crate) struct Decoded {
     pub uncompressed: Hashed,
 }
 
-/// The reading end: the uncompressed stream, as `Read`.
+/// The reading end: the uncompressed stream, as `BufRead` (read in place).
 pub(crate) struct DecodedStream {
     chunks: Receiver<io::Result<Chunk>>,
     current: Option<Chunk>,
@@ -138,12 +138,17 @@ impl BufRead for BlobChunks {
 
 impl Read for BlobChunks {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = out.len().min(available.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, out)
     }
+}
+
+/// `Read` for a reader whose `BufRead` side is the real one.
+fn read_buffered(r: &mut impl BufRead, out: &mut [u8]) -> io::Result<usize> {
+    let available = r.fill_buf()?;
+    let n = out.len().min(available.len());
+    out[..n].copy_from_slice(&available[..n]);
+    r.consume(n);
+    Ok(n)
 }
 
 /// Starts decoding `source` on its own thread.
@@ -272,25 +277,29 @@ fn spawn_hasher() -> (SyncSender<ToHash>, JoinHandle<(Hashed, Hashed)>) {
     (tx, handle)
 }
 
-impl Read for DecodedStream {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(chunk) = &self.current
-                && self.pos < chunk.len()
-            {
-                let n = out.len().min(chunk.len() - self.pos);
-                out[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
+impl BufRead for DecodedStream {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let exhausted = self.current.as_ref().is_none_or(|c| self.pos == c.len());
+        if exhausted {
             self.current = None;
             self.pos = 0;
             match self.chunks.recv() {
                 Ok(Ok(chunk)) => self.current = Some(chunk),
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
+        Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+}
+
+impl Read for DecodedStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        read_buffered(self, out)
     }
 }
 

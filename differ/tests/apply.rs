@@ -1,7 +1,8 @@
 //! `apply_layer` on hand-made layers: every whiteout form in both whiteout modes (checked
 //! against the tree and against a real overlay mount), also an opaque marker that follows
 //! entries of its own layer; the digests and sizes `Applied` reports for plain, gzip and
-//! zstd blobs (also multi-member, multi-frame and record-padded); PAX records; and modes,
+//! zstd blobs (also multi-member, multi-frame and record-padded); PAX records (values holding
+//! newlines, a size overriding the header), capped extension headers, GNU sparse files; modes,
 //! owners, times and setgid groups.
 
 mod common;
@@ -266,7 +267,6 @@ fn diff_id_covers_record_padding_after_the_end_of_archive() {
 }
 
 #[test]
-#[ignore = "tar 0.4 splits PAX records on newlines, so such a layer is refused as InvalidLayer (safe, but the xattr cannot be applied); needs a PAX parser of our own"]
 fn pax_xattr_values_are_read_by_length() {
     // A PAX record is "<len> key=value\n"; the value may itself hold newlines (binary
     // values such as security.capability do).
@@ -280,6 +280,88 @@ fn pax_xattr_values_are_read_by_length() {
     assert_eq!(
         xattr(&tmp.path().join("f"), "user.bin").as_deref(),
         Some(value)
+    );
+}
+
+#[test]
+fn pax_size_overrides_the_header_size() {
+    // Go's archive/tar (and so containerd) writes sizes over 8 GiB only as a PAX record; the
+    // header's own field then says something else, here 0.
+    let tmp = tempdir();
+    let mut h = Header::new(b'0', "big");
+    h.size = 0;
+    let blob = RawTar::default()
+        .pax(&[("size", b"700")])
+        .raw(&h.block())
+        .raw(&[b'x'; 700])
+        .raw(&[0; 1024 - 700])
+        .file("next", b"after")
+        .finish();
+    apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap();
+    assert_eq!(fs::read(tmp.path().join("big")).unwrap(), vec![b'x'; 700]);
+    assert_eq!(fs::read(tmp.path().join("next")).unwrap(), b"after");
+}
+
+#[test]
+fn oversized_extension_headers_are_refused() {
+    // Extension data is held in memory until the entry it describes: capped at 1 MiB.
+    let tmp = tempdir();
+    for kind in [b'x', b'L'] {
+        let blob = RawTar::default()
+            .entry(Header::new(kind, "ext"), &vec![b'a'; (1 << 20) + 1])
+            .file("f", b"data")
+            .finish();
+        let err = apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap_err();
+        assert!(
+            matches!(&err, differ::Error::InvalidLayer(m) if m.contains("at most")),
+            "{}: {err}",
+            kind as char
+        );
+        assert!(!tmp.path().join("f").exists());
+    }
+}
+
+#[test]
+fn gnu_sparse_files_are_expanded_with_their_holes() {
+    // GNU tar's --sparse (old GNU format, type 'S', with extension blocks for > 4 extents).
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let path = src.join("sparse");
+    let f = fs::File::create(&path).unwrap();
+    let mut expected = vec![0u8; 12 << 20];
+    for (i, at) in (0..expected.len()).step_by(1 << 20).enumerate() {
+        let data = noise(4096 + i, i as u64);
+        std::os::unix::fs::FileExt::write_all_at(&f, &data, at as u64).unwrap();
+        expected[at..at + data.len()].copy_from_slice(&data);
+    }
+    f.set_len(expected.len() as u64).unwrap();
+    drop(f);
+    let layer = tmp.path().join("layer.tar");
+    let status = std::process::Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-C"])
+        .arg(&src)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("sparse")
+        .status()
+        .expect("GNU tar runs");
+    assert!(status.success());
+    let blob = fs::read(&layer).unwrap();
+    assert!(
+        blob.len() < 1 << 20,
+        "tar stored the holes ({} bytes)",
+        blob.len()
+    );
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    apply(&blob, &out, WhiteoutMode::Native).unwrap();
+    let got = out.join("sparse");
+    assert!(fs::read(&got).unwrap() == expected, "content differs");
+    let allocated = fs::metadata(&got).unwrap().blocks() * 512;
+    assert!(
+        allocated < 2 << 20,
+        "holes were filled: {allocated} bytes allocated"
     );
 }
 

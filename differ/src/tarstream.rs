@@ -1,0 +1,563 @@
+//! Reading a tar stream for apply: headers (v7, ustar, GNU), PAX records parsed by their
+//! length prefix (so values may hold any byte, newlines included, as binary
+//! `security.capability` xattrs do), GNU long names and old-style GNU sparse maps, with each
+//! entry's data handed out in place from the decoder's buffers.
+//!
+//! What it accepts follows Go's `archive/tar`, which containerd's own applier uses: a PAX
+//! `size` overrides the header's, later PAX headers add to earlier ones, global headers are
+//! ignored, and a v7 regular file whose name ends in `/` is a directory. Extension entries are
+//! capped at 1 MiB, so a hostile header cannot make apply buffer without bound.
+
+use std::ffi::OsString;
+use std::io::{self, BufRead};
+use std::os::unix::ffi::OsStringExt;
+
+use crate::{Error, Result};
+
+const BLOCK: usize = 512;
+/// Largest PAX header or GNU long name accepted (as Go's `archive/tar`).
+const MAX_SPECIAL: u64 = 1 << 20;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Regular,
+    Dir,
+    Symlink,
+    HardLink,
+    Char,
+    Block,
+    Fifo,
+    /// A type apply skips (tar's volume labels, multi-volume continuations, ...).
+    Other(u8),
+}
+
+/// Where the data of an old-style GNU sparse file goes: `(offset, length)` extents, stored
+/// one after another in the archive, and the file's full length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SparseMap {
+    pub extents: Vec<(u64, u64)>,
+    pub real_size: u64,
+}
+
+/// One entry's header with its PAX and GNU extensions folded in.
+#[derive(Debug, Clone)]
+pub(crate) struct Header {
+    pub kind: EntryKind,
+    pub path: Vec<u8>,
+    pub link: Vec<u8>,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: (i64, i64),
+    pub dev: (u32, u32),
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+    pub sparse: Option<SparseMap>,
+}
+
+/// Extensions that apply to the next ordinary entry.
+#[derive(Default)]
+struct Pending {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<(i64, i64)>,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// A tar stream read entry by entry.
+pub(crate) struct TarStream<R> {
+    input: R,
+    /// Bytes of the current entry's data not yet handed out.
+    remaining: u64,
+    /// Padding after the current entry's data.
+    padding: u64,
+    /// Bytes handed out by the last [`TarStream::data`] call, consumed on the next call.
+    handed_out: usize,
+}
+
+fn bad(what: impl std::fmt::Display) -> Error {
+    Error::InvalidLayer(format!("bad tar: {what}"))
+}
+
+fn read_err(e: io::Error) -> Error {
+    Error::InvalidLayer(format!("reading the tar stream: {e}"))
+}
+
+impl<R: BufRead> TarStream<R> {
+    pub(crate) fn new(input: R) -> Self {
+        TarStream {
+            input,
+            remaining: 0,
+            padding: 0,
+            handed_out: 0,
+        }
+    }
+
+    /// The next entry's header, after skipping whatever the caller left of the previous
+    /// entry's data; `None` at the end of the archive (a zero block, or the end of the
+    /// stream on a block boundary).
+    pub(crate) fn next_entry(&mut self) -> Result<Option<Header>> {
+        let mut pending = Pending::default();
+        loop {
+            self.skip_rest()?;
+            let mut block = [0u8; BLOCK];
+            if !self.read_block(&mut block)? || block.iter().all(|b| *b == 0) {
+                return Ok(None);
+            }
+            verify_checksum(&block)?;
+            let typeflag = block[156];
+            let mut size = number(&block[124..136]).map_err(|e| bad(format!("size: {e}")))?;
+            let extension = matches!(typeflag, b'x' | b'g' | b'L' | b'K');
+            if !extension && let Some(s) = pending.size {
+                size = s;
+            }
+            self.start_data(size)?;
+            match typeflag {
+                b'x' => {
+                    let records = self.special_data(size, "PAX header")?;
+                    parse_pax(&records, &mut pending)?;
+                    continue;
+                }
+                b'g' => continue,
+                b'L' => {
+                    pending.path = Some(trim_nul(&self.special_data(size, "GNU long name")?));
+                    continue;
+                }
+                b'K' => {
+                    pending.link = Some(trim_nul(&self.special_data(size, "GNU long link")?));
+                    continue;
+                }
+                _ => {}
+            }
+            return self.header(&block, size, pending).map(Some);
+        }
+    }
+
+    fn header(&mut self, block: &[u8; BLOCK], size: u64, pending: Pending) -> Result<Header> {
+        let field = |range: std::ops::Range<usize>, what: &str| {
+            number(&block[range]).map_err(|e| bad(format!("{what}: {e}")))
+        };
+        let ustar = &block[257..265] == b"ustar\x0000";
+        let gnu = &block[257..265] == b"ustar  \x00";
+        let path = match pending.path {
+            Some(p) => p,
+            None => {
+                let name = cstr(&block[0..100]);
+                let prefix = if ustar { cstr(&block[345..500]) } else { &[] };
+                if prefix.is_empty() {
+                    name.to_vec()
+                } else {
+                    [prefix, b"/", name].concat()
+                }
+            }
+        };
+        let typeflag = block[156];
+        let kind = match typeflag {
+            b'0' | b'7' => EntryKind::Regular,
+            0 if path.ends_with(b"/") => EntryKind::Dir,
+            0 => EntryKind::Regular,
+            b'1' => EntryKind::HardLink,
+            b'2' => EntryKind::Symlink,
+            b'3' => EntryKind::Char,
+            b'4' => EntryKind::Block,
+            b'5' => EntryKind::Dir,
+            b'6' => EntryKind::Fifo,
+            b'S' if gnu => EntryKind::Regular,
+            other => EntryKind::Other(other),
+        };
+        let sparse = if typeflag == b'S' && gnu {
+            Some(self.gnu_sparse_map(block, size)?)
+        } else {
+            None
+        };
+        let mtime = match pending.mtime {
+            Some(t) => t,
+            None => (field(136..148, "mtime")? as i64, 0),
+        };
+        let uid = match pending.uid {
+            Some(u) => u,
+            None => field(108..116, "uid")?,
+        };
+        let gid = match pending.gid {
+            Some(g) => g,
+            None => field(116..124, "gid")?,
+        };
+        let dev = if matches!(kind, EntryKind::Char | EntryKind::Block) {
+            (
+                field(329..337, "device major")? as u32,
+                field(337..345, "device minor")? as u32,
+            )
+        } else {
+            (0, 0)
+        };
+        Ok(Header {
+            kind,
+            path,
+            link: pending
+                .link
+                .unwrap_or_else(|| cstr(&block[157..257]).to_vec()),
+            mode: field(100..108, "mode")? as u32 & 0o7777,
+            uid,
+            gid,
+            mtime,
+            dev,
+            xattrs: pending.xattrs,
+            sparse,
+        })
+    }
+
+    /// The extents of an old GNU sparse file: four in the header, 21 per extension block
+    /// that follows it (before the data).
+    fn gnu_sparse_map(&mut self, block: &[u8; BLOCK], size: u64) -> Result<SparseMap> {
+        let mut extents = Vec::new();
+        let mut push = |raw: &[u8]| -> Result<()> {
+            let offset = number(&raw[0..12]).map_err(|e| bad(format!("sparse offset: {e}")))?;
+            let len = number(&raw[12..24]).map_err(|e| bad(format!("sparse length: {e}")))?;
+            if offset != 0 || len != 0 {
+                extents.push((offset, len));
+            }
+            Ok(())
+        };
+        for i in 0..4 {
+            push(&block[386 + i * 24..386 + (i + 1) * 24])?;
+        }
+        let real_size = number(&block[483..495]).map_err(|e| bad(format!("sparse size: {e}")))?;
+        let mut extended = block[482] != 0;
+        // Extension blocks sit between the header and the data, outside `size`.
+        self.remaining = 0;
+        self.padding = 0;
+        while extended {
+            let mut ext = [0u8; BLOCK];
+            if !self.read_block(&mut ext)? {
+                return Err(bad("truncated sparse map"));
+            }
+            for i in 0..21 {
+                push(&ext[i * 24..(i + 1) * 24])?;
+            }
+            extended = ext[504] != 0;
+        }
+        self.start_data(size)?;
+        let mut stored = 0u64;
+        let mut end = 0u64;
+        for &(offset, len) in &extents {
+            if offset < end {
+                return Err(bad("sparse extents overlap or go backwards"));
+            }
+            end = offset
+                .checked_add(len)
+                .filter(|e| *e <= real_size)
+                .ok_or_else(|| bad("sparse extent past the file's end"))?;
+            stored += len;
+        }
+        if stored != size {
+            return Err(bad(format!(
+                "sparse extents hold {stored} bytes, the entry {size}"
+            )));
+        }
+        Ok(SparseMap { extents, real_size })
+    }
+
+    /// The next piece of the current entry's data, in place; `None` when it is all handed
+    /// out. A piece is valid until the next call.
+    pub(crate) fn data(&mut self) -> Result<Option<&[u8]>> {
+        self.input.consume(self.handed_out);
+        self.handed_out = 0;
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let buf = self.input.fill_buf().map_err(read_err)?;
+        if buf.is_empty() {
+            return Err(bad("truncated entry data"));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        self.handed_out = n;
+        Ok(Some(&buf[..n]))
+    }
+
+    /// Exactly `n` bytes of the current entry's data, into `out` (for sparse extents).
+    pub(crate) fn data_exact(
+        &mut self,
+        mut n: u64,
+        mut out: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        while n > 0 {
+            self.input.consume(self.handed_out);
+            self.handed_out = 0;
+            let buf = self.input.fill_buf().map_err(read_err)?;
+            if buf.is_empty() || self.remaining == 0 {
+                return Err(bad("truncated entry data"));
+            }
+            let take = buf
+                .len()
+                .min(usize::try_from(n.min(self.remaining)).unwrap_or(usize::MAX));
+            out(&buf[..take])?;
+            self.input.consume(take);
+            self.remaining -= take as u64;
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    fn start_data(&mut self, size: u64) -> Result<()> {
+        self.remaining = size;
+        self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
+        Ok(())
+    }
+
+    /// Skips what is left of the current entry and its padding.
+    fn skip_rest(&mut self) -> Result<()> {
+        self.input.consume(self.handed_out);
+        self.handed_out = 0;
+        let mut left = self.remaining + self.padding;
+        while left > 0 {
+            let buf = self.input.fill_buf().map_err(read_err)?;
+            if buf.is_empty() {
+                return Err(bad("truncated entry data"));
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.input.consume(n);
+            left -= n as u64;
+        }
+        self.remaining = 0;
+        self.padding = 0;
+        Ok(())
+    }
+
+    /// Reads one block; `false` at a clean end of stream.
+    fn read_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool> {
+        let mut filled = 0;
+        while filled < BLOCK {
+            let buf = self.input.fill_buf().map_err(read_err)?;
+            if buf.is_empty() {
+                return if filled == 0 {
+                    Ok(false)
+                } else {
+                    Err(bad("truncated header"))
+                };
+            }
+            let n = buf.len().min(BLOCK - filled);
+            block[filled..filled + n].copy_from_slice(&buf[..n]);
+            self.input.consume(n);
+            filled += n;
+        }
+        Ok(true)
+    }
+
+    /// The whole data of an extension entry.
+    fn special_data(&mut self, size: u64, what: &str) -> Result<Vec<u8>> {
+        if size > MAX_SPECIAL {
+            return Err(bad(format!(
+                "{what} of {size} bytes (at most {MAX_SPECIAL})"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        self.data_exact(size, |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok(data)
+    }
+}
+
+/// The header checksum: the sum of its bytes with the checksum field read as spaces,
+/// unsigned (POSIX) or signed (some old tars), as Go accepts either.
+fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
+    let want = number(&block[148..156]).map_err(|e| bad(format!("checksum: {e}")))?;
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { *b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    if want == unsigned || i64::try_from(want).is_ok_and(|w| w == signed) {
+        Ok(())
+    } else {
+        Err(bad("header checksum mismatch"))
+    }
+}
+
+/// A numeric field: octal text (space or NUL terminated, leading spaces allowed) or
+/// base-256 (high bit of the first byte set; negative values refused).
+fn number(field: &[u8]) -> std::result::Result<u64, String> {
+    if let Some(&first) = field.first()
+        && first & 0x80 != 0
+    {
+        if first & 0x40 != 0 {
+            return Err("negative base-256 number".into());
+        }
+        let mut v = u64::from(first & 0x3f);
+        for &b in &field[1..] {
+            if v >> 56 != 0 {
+                return Err("base-256 number overflows".into());
+            }
+            v = (v << 8) | u64::from(b);
+        }
+        return Ok(v);
+    }
+    let text = field
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| **b != 0 && **b != b' ');
+    let mut v = 0u64;
+    for &b in text {
+        if !(b'0'..=b'7').contains(&b) {
+            return Err(format!("{:?} is not octal", String::from_utf8_lossy(field)));
+        }
+        v = v
+            .checked_mul(8)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .ok_or("octal number overflows")?;
+    }
+    Ok(v)
+}
+
+/// A NUL-terminated field's text.
+fn cstr(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
+fn trim_nul(data: &[u8]) -> Vec<u8> {
+    cstr(data).to_vec()
+}
+
+/// Parses PAX records (`LENGTH KEY=VALUE\n`, LENGTH counting the whole record) into
+/// `pending`; a later header's value for a key replaces an earlier one's.
+fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<()> {
+    while !data.is_empty() {
+        // Some writers pad the records with NULs.
+        if data.iter().all(|b| *b == 0) {
+            break;
+        }
+        let space = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or_else(|| bad("PAX record without a length"))?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("PAX record length"))?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad("malformed PAX record"));
+        }
+        let record = &data[space + 1..len - 1];
+        data = &data[len..];
+        let eq = record
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or_else(|| bad("PAX record without '='"))?;
+        let (key, value) = (&record[..eq], &record[eq + 1..]);
+        let decimal = |what: &str| -> Result<u64> {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad(format!("PAX {what} {:?}", String::from_utf8_lossy(value))))
+        };
+        match key {
+            b"path" => pending.path = Some(value.to_vec()),
+            b"linkpath" => pending.link = Some(value.to_vec()),
+            b"size" => pending.size = Some(decimal("size")?),
+            b"uid" => pending.uid = Some(decimal("uid")?),
+            b"gid" => pending.gid = Some(decimal("gid")?),
+            b"mtime" => {
+                pending.mtime = Some(pax_time(value).ok_or_else(|| bad("PAX mtime"))?);
+            }
+            _ if key.starts_with(b"SCHILY.xattr.") => {
+                let name = OsString::from_vec(key[b"SCHILY.xattr.".len()..].to_vec());
+                pending.xattrs.retain(|(n, _)| *n != name);
+                pending.xattrs.push((name, value.to_vec()));
+            }
+            _ if key.starts_with(b"GNU.sparse.") => {
+                return Err(Error::NotImplemented(
+                    "PAX sparse files (GNU.sparse.*) in a layer".into(),
+                ));
+            }
+            // atime, ctime, uname, gname, comment, charset, ...: not applied.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a PAX time (`seconds[.fraction]`, possibly negative) as (seconds, nanoseconds).
+fn pax_time(v: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+    };
+    Some((secs, if s.starts_with('-') { -nanos } else { nanos }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(number(b"0000644\0"), Ok(0o644));
+        assert_eq!(number(b"  755 \0"), Ok(0o755));
+        assert_eq!(number(b"\0\0\0\0"), Ok(0));
+        assert_eq!(
+            number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
+            Ok(2 << 32)
+        );
+        assert!(number(b"0009\0").is_err());
+        assert!(number(&[0xff; 12]).is_err());
+    }
+
+    #[test]
+    fn pax_records_are_split_by_length() {
+        let value = b"a\nb=c";
+        let rec = |k: &str, v: &[u8]| {
+            let body = [k.as_bytes(), b"=", v, b"\n"].concat();
+            // The length counts its own digits.
+            let len = (1..)
+                .map(|digits| body.len() + 1 + digits)
+                .find(|l| l.to_string().len() + 1 + body.len() == *l)
+                .unwrap();
+            [len.to_string().as_bytes(), b" ", &body].concat()
+        };
+        let data = [
+            rec("SCHILY.xattr.security.capability", value),
+            rec("path", b"x/y"),
+            rec("size", b"12"),
+        ]
+        .concat();
+        let mut p = Pending::default();
+        parse_pax(&data, &mut p).unwrap();
+        assert_eq!(p.path.as_deref(), Some(&b"x/y"[..]));
+        assert_eq!(p.size, Some(12));
+        assert_eq!(
+            p.xattrs,
+            vec![(OsString::from("security.capability"), value.to_vec())]
+        );
+        assert!(parse_pax(b"5 a=b\n", &mut Pending::default()).is_err());
+        assert!(parse_pax(b"99 path=x\n", &mut Pending::default()).is_err());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(pax_time(b"12"), Some((12, 0)));
+        assert_eq!(pax_time(b"1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(pax_time(b"x"), None);
+        assert_eq!(pax_time(b"1.x"), None);
+    }
+}
