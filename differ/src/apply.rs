@@ -55,15 +55,26 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
 /// directory `target`. Decompression runs on its own thread; this thread writes files.
+///
+/// `lowers` (overlay mode) are the directories of the layers below `target`, nearest first.
+/// A directory the layer writes into without declaring it, missing from `target`, is
+/// created with the owner, mode, times and non-`trusted.` xattrs of the same path in the
+/// nearest lower layer that has it as a directory, as containerd's overlay applier does,
+/// so the merged view keeps them.
 pub fn apply_layer(
     source: Box<dyn Read + Send>,
     compression: Option<Compression>,
     target: &Path,
     mode: WhiteoutMode,
+    lowers: &[PathBuf],
 ) -> Result<Applied> {
     let root = Root::open(target).map_err(|e| Error::io("open", target, e))?;
+    let lowers = lowers
+        .iter()
+        .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
+        .collect::<Result<Vec<_>>>()?;
     let mut stream = pipeline::decode(source, compression);
-    let written = LayerWriter::new(&root, mode).write_all(&mut stream);
+    let written = LayerWriter::new(&root, mode, lowers).write_all(&mut stream);
     let decoded: Decoded = match written {
         Ok(()) => stream.finish()?,
         // A corrupt stream shows up to the writer as a short read; say what it really was.
@@ -114,6 +125,8 @@ struct CachedDir {
 struct LayerWriter<'r> {
     root: &'r Root,
     mode: WhiteoutMode,
+    /// The layers below `root`, nearest first (overlay mode).
+    lowers: Vec<Root>,
     dirs: HashMap<PathBuf, CachedDir>,
     dir_times: Vec<(PathBuf, (i64, i64))>,
     /// Paths this layer created (native mode: what an opaque whiteout must keep).
@@ -123,10 +136,11 @@ struct LayerWriter<'r> {
 }
 
 impl<'r> LayerWriter<'r> {
-    fn new(root: &'r Root, mode: WhiteoutMode) -> Self {
+    fn new(root: &'r Root, mode: WhiteoutMode, lowers: Vec<Root>) -> Self {
         LayerWriter {
             root,
             mode,
+            lowers,
             dirs: HashMap::new(),
             dir_times: Vec::new(),
             created: HashSet::new(),
@@ -225,14 +239,14 @@ impl<'r> LayerWriter<'r> {
         if !self.dirs.contains_key(rel) {
             let dir = match self.root.open_dir(rel) {
                 Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(2) && create => {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     self.mkdir_all(rel)?;
                     self.root
                         .open_dir(rel)
                         .map_err(|e| Error::io("open", rel, e))?
                 }
-                Err(e) if e.raw_os_error() == Some(2) => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(20) => {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
                     return Err(layer_err("parent is not a directory:", rel, e));
                 }
                 Err(e) => return Err(Error::io("open", rel, e)),
@@ -258,14 +272,51 @@ impl<'r> LayerWriter<'r> {
                 .root
                 .open_dir(&prefix)
                 .map_err(|e| Error::io("open", &prefix, e))?;
-            match parent.mkdir(c.as_os_str(), 0o755) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("mkdir", prefix.join(c), e)),
-            }
             prefix.push(c);
+            match parent.mkdir(c.as_os_str(), 0o755) {
+                Ok(()) => {
+                    let inherited = self.inherit_from_lowers(&parent, c.as_os_str(), &prefix)?;
+                    // 0755 whatever the daemon's umask: it must not leak into images.
+                    if !inherited && self.umask & 0o755 != 0 {
+                        parent
+                            .chmod(c.as_os_str(), 0o755)
+                            .map_err(|e| Error::io("chmod", &prefix, e))?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("mkdir", prefix, e)),
+            }
         }
         Ok(())
+    }
+
+    /// Gives directory `name` (at `rel`, just created to hold an entry) the owner, mode,
+    /// non-`trusted.` xattrs and times of `rel` in the nearest lower layer that has it,
+    /// resolving symlinks inside that layer; a non-directory there (a whiteout, say) ends
+    /// the search and the defaults stay. Whether a lower layer had it.
+    fn inherit_from_lowers(&self, parent: &Dir, name: &OsStr, rel: &Path) -> Result<bool> {
+        for lower in &self.lowers {
+            let found = match lower.open_dir(rel) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(false),
+                Err(e) => return Err(Error::io("open in lower layer", rel, e)),
+            };
+            let io = |op| move |e| Error::io(op, rel, e);
+            let from = at::attrs(&found).map_err(io("stat in lower layer"))?;
+            let xattrs = at::fxattrs(&found).map_err(io("read xattrs in lower layer"))?;
+            let created = parent.open_subdir(name).map_err(io("open"))?;
+            at::fchown(&created, from.uid, from.gid).map_err(io("chown"))?;
+            at::fchmod(&created, from.mode).map_err(io("chmod"))?;
+            for (key, value) in xattrs {
+                if !key.as_bytes().starts_with(b"trusted.") {
+                    at::fsetxattr(&created, &key, &value).map_err(io("setxattr"))?;
+                }
+            }
+            at::futimens(&created, from.atime, from.mtime).map_err(io("utimens"))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Runs `create`; if the name is taken, removes what is there and tries again.

@@ -212,6 +212,7 @@ fn check_digests(blob: &[u8], tar: &[u8], hint: Option<Compression>, what: &str)
         hint,
         tmp.path(),
         WhiteoutMode::Native,
+        &[],
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(applied.diff_id.as_str(), sha256(tar), "{what}: diff_id");
@@ -281,6 +282,86 @@ fn pax_xattr_values_are_read_by_length() {
         xattr(&tmp.path().join("f"), "user.bin").as_deref(),
         Some(value)
     );
+}
+
+#[test]
+fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
+    if !require_root("undeclared_parent_directories_take_their_metadata_from_the_lower_layers") {
+        return;
+    }
+    // As containerd's overlay applier (archive.Apply WithParents): a directory missing from
+    // the upper directory is created with the nearest lower layer's owner, mode, times and
+    // non-trusted xattrs, following symlinks inside that layer; a whiteout stops the search.
+    let tmp = tempdir();
+    let [near, far, upper] = mkdirs(tmp.path(), ["near", "far", "upper"]);
+    let [home, lib, gone_far] = [far.join("home/user"), far.join("usr/lib"), far.join("gone")];
+    for d in [&home, &lib, &gone_far] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::set_permissions(&home, Permissions::from_mode(0o700)).unwrap();
+    chown(&home, Some(1000), Some(1001)).unwrap();
+    mountutil::fs::set_xattr(&home, "user.note".as_ref(), b"kept").unwrap();
+    mountutil::fs::set_xattr(&home, "trusted.private".as_ref(), b"not copied").unwrap();
+    mountutil::fs::set_times_nofollow(&home, (1_500_000_000, 0), (1_500_000_000, 7)).unwrap();
+    fs::set_permissions(&lib, Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(&gone_far, Permissions::from_mode(0o700)).unwrap();
+    // A usrmerge base: /lib -> usr/lib in the same layer (each layer resolves its own
+    // symlinks, as containerd's RootPath in each parent does).
+    std::os::unix::fs::symlink("usr/lib", far.join("lib")).unwrap();
+    // The nearer layer whites out /gone.
+    mountutil::fs::mknod(&near.join("gone"), mountutil::fs::NodeKind::Char, 0, 0, 0).unwrap();
+
+    let blob = RawTar::default()
+        .file("home/user/.profile", b"x")
+        .file("lib/tool", b"y")
+        .file("gone/again", b"z")
+        .file("new/dir/file", b"w")
+        .finish();
+    apply_layer(
+        Box::new(Cursor::new(blob)),
+        None,
+        &upper,
+        WhiteoutMode::Overlay { userxattr: false },
+        &[near.clone(), far.clone()],
+    )
+    .unwrap();
+
+    let md = |p: &str| fs::symlink_metadata(upper.join(p)).unwrap();
+    let home_md = md("home/user");
+    assert_eq!(
+        (home_md.mode() & 0o7777, home_md.uid(), home_md.gid()),
+        (0o700, 1000, 1001),
+        "home/user"
+    );
+    assert_eq!(
+        xattr(&upper.join("home/user"), "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(xattr(&upper.join("home/user"), "trusted.private"), None);
+    // Its own time was copied, then creating .profile in it moved the mtime on (containerd
+    // does the same); the parent `home` kept the lower's time untouched by children other
+    // than `user`, so check the access time, which creating entries does not change.
+    assert_eq!((home_md.atime(), home_md.atime_nsec()), (1_500_000_000, 0));
+    assert!(
+        md("lib").is_dir(),
+        "lib is created as a directory in the upper layer"
+    );
+    assert_eq!(
+        md("lib").mode() & 0o7777,
+        0o750,
+        "lib takes usr/lib's mode via the symlink"
+    );
+    assert_eq!(
+        md("gone").mode() & 0o7777,
+        0o755,
+        "a whiteout stops the search"
+    );
+    assert_eq!(
+        md("new/dir").mode() & 0o7777,
+        0o755,
+        "defaults where no layer has it"
+    );
+    assert_eq!(fs::read(upper.join("lib/tool")).unwrap(), b"y");
 }
 
 #[test]

@@ -186,7 +186,7 @@ fn single_layer_round_trips_for_each_compression_and_whiteout_mode() {
             // Once with the compression named, once sniffed.
             let hint = (i == 0).then_some(compression);
             let applied =
-                apply_layer(Box::new(Cursor::new(blob.clone())), hint, &dst, mode).unwrap();
+                apply_layer(Box::new(Cursor::new(blob.clone())), hint, &dst, mode, &[]).unwrap();
             assert_eq!(applied.diff_id, created.diff_id, "{what}");
             assert_eq!(applied.size, created.uncompressed_size, "{what}");
             assert_eq!(applied.blob_digest, created.digest, "{what}");

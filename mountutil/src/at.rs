@@ -3,10 +3,11 @@
 //! and symlinks (in the layer or already on disk) resolve inside the root, as if chrooted;
 //! final components are single names acted on without following symlinks.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid};
@@ -311,10 +312,70 @@ pub fn fsetxattr(fd: impl AsFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
     )?)
 }
 
-/// Seeks an open file forward (leaving a hole when written past) — for sparse data.
-pub fn seek_to(fd: impl AsFd, offset: u64) -> io::Result<()> {
-    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(offset))?;
-    Ok(())
+/// Owner, permission bits and times of a file, as `stat` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attrs {
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Permission bits, setuid/setgid/sticky included.
+    pub mode: u32,
+    /// Access time (seconds, nanoseconds).
+    pub atime: (i64, i64),
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+}
+
+/// Owner, mode and times of an open file or directory.
+pub fn attrs(fd: impl AsFd) -> io::Result<Attrs> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(Attrs {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+        atime: (st.st_atime, st.st_atime_nsec as i64),
+        mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+    })
+}
+
+/// Every extended attribute of an open file or directory, names and values.
+pub fn fxattrs(fd: impl AsFd) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+    let fd = fd.as_fd();
+    let names = match grow_until_it_fits(|buf| rustix::fs::flistxattr(fd, buf)) {
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        r => r?,
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        match grow_until_it_fits(|buf| rustix::fs::fgetxattr(fd, name, buf)) {
+            // Removed since it was listed.
+            Err(rustix::io::Errno::NODATA) => {}
+            r => out.push((name.to_os_string(), r?)),
+        }
+    }
+    Ok(out)
+}
+
+/// Calls `get` with ever larger buffers until the answer fits (ERANGE means it did not).
+pub(crate) fn grow_until_it_fits(
+    mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match get(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 24 => {
+                let len = buf.len() * 4;
+                buf.resize(len, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The effective user and group ids of this process.

@@ -10,48 +10,26 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, SeekFrom, Timespec, Timestamps};
 
+use crate::at::grow_until_it_fits;
 use crate::{Error, Result};
 
 /// Names of the extended attributes of `path` (not following a final symlink).
 pub fn list_xattrs(path: &Path) -> Result<Vec<OsString>> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(n) => {
-                return Ok(buf[..n]
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| OsStr::from_bytes(s).to_os_string())
-                    .collect());
-            }
-            Err(rustix::io::Errno::RANGE) => {
-                let need = rustix::fs::llistxattr_query(path)
-                    .map_err(|e| Error::io("listxattr", path, e.into()))?;
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("listxattr", path, e.into())),
-        }
+    match grow_until_it_fits(|buf| rustix::fs::llistxattr(path, buf)) {
+        Ok(names) => Ok(names
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsStr::from_bytes(s).to_os_string())
+            .collect()),
+        Err(rustix::io::Errno::NOTSUP) => Ok(Vec::new()),
+        Err(e) => Err(Error::io("listxattr", path, e.into())),
     }
 }
 
 /// The value of extended attribute `name` of `path` (not following a final symlink).
 pub fn get_xattr(path: &Path, name: &OsStr) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(rustix::io::Errno::RANGE) => {
-                let need = rustix::fs::lgetxattr_query(path, name)
-                    .map_err(|e| Error::io("getxattr", path, e.into()))?;
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(Error::io("getxattr", path, e.into())),
-        }
-    }
+    grow_until_it_fits(|buf| rustix::fs::lgetxattr(path, name, buf))
+        .map_err(|e| Error::io("getxattr", path, e.into()))
 }
 
 /// Sets extended attribute `name` of `path` (not following a final symlink).

@@ -42,6 +42,10 @@ pub enum LayerCommand {
         /// Whiteout mode.
         #[arg(long, value_enum, default_value = "native")]
         mode: Mode,
+        /// Overlay mode: a lower layer's directory (repeat, nearest first); directories
+        /// the layer needs but does not declare take their metadata from there.
+        #[arg(long = "lower")]
+        lowers: Vec<PathBuf>,
         /// The blob.
         blob: PathBuf,
         /// Target directory (created if missing).
@@ -70,14 +74,22 @@ pub enum LayerCommand {
 /// Runs a layer command.
 pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
     match args.command {
-        LayerCommand::Apply { mode, blob, dir } => {
+        LayerCommand::Apply {
+            mode,
+            lowers,
+            blob,
+            dir,
+        } => {
+            if matches!(mode, Mode::Native) && !lowers.is_empty() {
+                return Err("--lower needs --mode overlay".into());
+            }
             std::fs::create_dir_all(&dir)?;
             let mode = match mode {
                 Mode::Overlay => WhiteoutMode::Overlay { userxattr: false },
                 Mode::Native => WhiteoutMode::Native,
             };
             let file = std::fs::File::open(&blob)?;
-            let applied = differ::apply_layer(Box::new(file), None, &dir, mode)?;
+            let applied = differ::apply_layer(Box::new(file), None, &dir, mode, &lowers)?;
             println!("{} {}", applied.diff_id, applied.size);
         }
         LayerCommand::Diff {

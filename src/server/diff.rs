@@ -273,15 +273,15 @@ impl Diff for DiffService {
         let applied = tokio::task::spawn_blocking(move || -> Result<differ::Applied, Status> {
             let started = Instant::now();
             let (target, mode) = job.target(&mounts)?;
-            let key = match &target {
-                Target::Own(o) => Some(o.key.clone()),
-                Target::Mounted(_) => None,
+            let (key, lowers) = match &target {
+                Target::Own(o) => (Some(o.key.clone()), o.parents.clone()),
+                Target::Mounted(_) => (None, Vec::new()),
             };
             let blob = job
                 .store(key.as_deref())
                 .open(&digest)
                 .map_err(differ_status)?;
-            let applied = differ::apply_layer(blob, compression, target.path(), mode)
+            let applied = differ::apply_layer(blob, compression, target.path(), mode, &lowers)
                 .map_err(differ_status)?;
             if sync_fs {
                 mountutil::fs::sync_filesystem(target.path())

@@ -1,7 +1,9 @@
 //! The Diff service through the socket, with blobs in a local content directory: Apply into
 //! our own overlay and native snapshots (no mount) and into foreign mounts, Diff of an
-//! overlay snapshot (upper-directory walk) and of plain trees, and the error code of each
-//! misuse.
+//! overlay snapshot (upper-directory walk) and of plain trees, a layer that writes into a
+//! parent's directory without declaring it, and the error code of each misuse.
+
+use std::io::Write;
 
 use differ::content::{BlobSink, LocalStore};
 use differ::diff::{Changes, DiffOptions, write_layer};
@@ -86,6 +88,32 @@ fn make_layer(
         annotations: Default::default(),
     };
     (desc, created.diff_id)
+}
+
+/// Writes a plain tar of regular files (mode 0644, no directory entries) into the content
+/// store, as hand-made layers often are.
+fn files_only_layer(f: &DiffFixture, files: &[(&str, &[u8])]) -> Descriptor {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        tar.append_data(&mut h, path, *data).unwrap();
+    }
+    let blob = tar.into_inner().unwrap();
+    let mut hasher = differ::digest::Hasher::default();
+    hasher.update(&blob);
+    let (digest, _) = hasher.finish();
+    let mut w = f.content.create().unwrap();
+    w.write_all(&blob).unwrap();
+    w.commit(&digest, blob.len() as u64, &[]).unwrap();
+    Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        digest: digest.to_string(),
+        size: blob.len() as i64,
+        annotations: Default::default(),
+    }
 }
 
 async fn apply_rpc(
@@ -176,6 +204,22 @@ async fn apply_then_diff(test: &str, kind: &str) {
             && !want.contains_key("/opt/old")
             && want.contains_key("/opt/new")
     );
+    // A layer writing into /opt without declaring it: /opt keeps the base's 0750 in the
+    // merged view (on overlayfs the new upper directory takes it from the parent layer, as
+    // containerd's overlay applier does), and /opt/deep, which no layer has, gets 0755.
+    let desc = files_only_layer(&f, &[("opt/deep/file", b"deep")]);
+    let mounts = f.s.prepare("undeclared-p", "base").await.unwrap();
+    apply_rpc(&mut f.d, desc, mounts).await.unwrap();
+    f.s.commit("undeclared", "undeclared-p").await.unwrap();
+    let tree = view(&mut f, "undeclared").await;
+    assert_eq!(tree["/opt"].mode & 0o7777, 0o750, "{kind}: /opt");
+    assert_eq!(tree["/opt/deep"].mode & 0o7777, 0o755, "{kind}: /opt/deep");
+    assert_eq!(tree["/opt/deep/file"].data, b"deep");
+    assert!(
+        tree.contains_key("/opt/old"),
+        "{kind}: the base's /opt shows through"
+    );
+
     // Our own overlay snapshot is diffed by walking its upper directory only.
     let walked_upper = f.daemon.log_text().contains("method=\"overlay upper\"");
     assert_eq!(walked_upper, kind == "overlayfs", "{}", f.daemon.log_text());

@@ -76,7 +76,13 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// Applies `blob` (compression sniffed) to `target`.
 pub fn apply(blob: &[u8], target: &Path, mode: WhiteoutMode) -> differ::Result<Applied> {
-    apply_layer(Box::new(Cursor::new(blob.to_vec())), None, target, mode)
+    apply_layer(
+        Box::new(Cursor::new(blob.to_vec())),
+        None,
+        target,
+        mode,
+        &[],
+    )
 }
 
 /// Modification time given to the entries [`RawTar`] writes.
