@@ -127,10 +127,12 @@ struct LayerWriter<'r> {
     mode: WhiteoutMode,
     /// The layers below `root`, nearest first (overlay mode).
     lowers: Vec<Root>,
-    dirs: HashMap<PathBuf, CachedDir>,
+    /// Open directories by normalised relative path (hashed as bytes: a `Path` hashes
+    /// component by component, which showed in profiles).
+    dirs: HashMap<OsString, CachedDir>,
     dir_times: Vec<(PathBuf, (i64, i64))>,
     /// Paths this layer created (native mode: what an opaque whiteout must keep).
-    created: HashSet<PathBuf>,
+    created: HashSet<OsString>,
     ids: (u32, u32),
     umask: u32,
 }
@@ -236,7 +238,7 @@ impl<'r> LayerWriter<'r> {
 
     /// The open parent directory `rel`, created (0755) with its ancestors if `create`.
     fn dir_at(&mut self, rel: &Path, create: bool) -> Result<Option<&CachedDir>> {
-        if !self.dirs.contains_key(rel) {
+        if !self.dirs.contains_key(rel.as_os_str()) {
             let dir = match self.root.open_dir(rel) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
@@ -256,9 +258,9 @@ impl<'r> LayerWriter<'r> {
                 self.dirs.clear();
             }
             self.dirs
-                .insert(rel.to_path_buf(), CachedDir { dir, setgid });
+                .insert(rel.as_os_str().to_os_string(), CachedDir { dir, setgid });
         }
-        Ok(self.dirs.get(rel))
+        Ok(self.dirs.get(rel.as_os_str()))
     }
 
     fn parent(&mut self, rel: &Path) -> Result<&CachedDir> {
@@ -346,7 +348,7 @@ impl<'r> LayerWriter<'r> {
 
     fn note_created(&mut self, rel: &Path) {
         if self.mode == WhiteoutMode::Native {
-            self.created.insert(rel.to_path_buf());
+            self.created.insert(rel.as_os_str().to_os_string());
         }
     }
 
@@ -614,7 +616,7 @@ impl<'r> LayerWriter<'r> {
             let kind = dir
                 .kind(&child)
                 .map_err(|e| Error::io("stat", &child_rel, e))?;
-            if self.created.contains(&child_rel) {
+            if self.created.contains(child_rel.as_os_str()) {
                 if kind == Some(Kind::Dir) {
                     keep_dirs.push(child_rel);
                 }

@@ -369,13 +369,20 @@ impl<R: BufRead> TarStream<R> {
 /// unsigned (POSIX) or signed (some old tars), as Go accepts either.
 fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
     let want = number(&block[148..156]).map_err(|e| bad(format!("checksum: {e}")))?;
-    let (mut unsigned, mut signed) = (0u64, 0i64);
-    for (i, b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { *b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
+    let field = 8 * u64::from(b' ');
+    let unsigned = block.iter().map(|b| u64::from(*b)).sum::<u64>()
+        - block[148..156].iter().map(|b| u64::from(*b)).sum::<u64>()
+        + field;
+    if want == unsigned {
+        return Ok(());
     }
-    if want == unsigned || i64::try_from(want).is_ok_and(|w| w == signed) {
+    let signed = block.iter().map(|b| i64::from(*b as i8)).sum::<i64>()
+        - block[148..156]
+            .iter()
+            .map(|b| i64::from(*b as i8))
+            .sum::<i64>()
+        + field as i64;
+    if i64::try_from(want).is_ok_and(|w| w == signed) {
         Ok(())
     } else {
         Err(bad("header checksum mismatch"))
@@ -517,6 +524,32 @@ mod tests {
         );
         assert!(number(b"0009\0").is_err());
         assert!(number(&[0xff; 12]).is_err());
+    }
+
+    #[test]
+    fn checksums_unsigned_or_signed() {
+        let mut block = [0u8; BLOCK];
+        block[..4].copy_from_slice(b"n\xe9\xff/");
+        block[156] = b'0';
+        let sum = |signed: bool| -> i64 {
+            block
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match (i, signed) {
+                    (148..156, _) => i64::from(b' '),
+                    (_, true) => i64::from(*b as i8),
+                    (_, false) => i64::from(*b),
+                })
+                .sum()
+        };
+        for signed in [false, true] {
+            let v = sum(signed);
+            let mut b = block;
+            b[148..155].copy_from_slice(format!("{v:06o}\0").as_bytes());
+            assert!(verify_checksum(&b).is_ok(), "signed={signed}");
+            b[0] ^= 1;
+            assert!(verify_checksum(&b).is_err(), "signed={signed}, corrupted");
+        }
     }
 
     #[test]
