@@ -17,6 +17,9 @@ use crate::{Error, Result};
 const BLOCK: usize = 512;
 /// Largest PAX header or GNU long name accepted (as Go's `archive/tar`).
 const MAX_SPECIAL: u64 = 1 << 20;
+/// Most extension blocks of an old GNU sparse map (21 extents each): 1 MiB of map, like
+/// `MAX_SPECIAL`, so a hostile map cannot grow memory with the stream.
+const MAX_SPARSE_BLOCKS: usize = 2048;
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,10 +229,17 @@ impl<R: BufRead> TarStream<R> {
         }
         let real_size = number(&block[483..495]).map_err(|e| bad(format!("sparse size: {e}")))?;
         let mut extended = block[482] != 0;
+        let mut blocks = 0;
         // Extension blocks sit between the header and the data, outside `size`.
         self.remaining = 0;
         self.padding = 0;
         while extended {
+            blocks += 1;
+            if blocks > MAX_SPARSE_BLOCKS {
+                return Err(bad(format!(
+                    "sparse map of more than {MAX_SPARSE_BLOCKS} extension blocks"
+                )));
+            }
             let mut ext = [0u8; BLOCK];
             if !self.read_block(&mut ext)? {
                 return Err(bad("truncated sparse map"));
@@ -250,7 +260,9 @@ impl<R: BufRead> TarStream<R> {
                 .checked_add(len)
                 .filter(|e| *e <= real_size)
                 .ok_or_else(|| bad("sparse extent past the file's end"))?;
-            stored += len;
+            stored = stored
+                .checked_add(len)
+                .ok_or_else(|| bad("sparse extents overflow"))?;
         }
         if stored != size {
             return Err(bad(format!(
@@ -314,7 +326,7 @@ impl<R: BufRead> TarStream<R> {
     fn skip_rest(&mut self) -> Result<()> {
         self.input.consume(self.handed_out);
         self.handed_out = 0;
-        let mut left = self.remaining + self.padding;
+        let mut left = self.remaining.saturating_add(self.padding);
         while left > 0 {
             let buf = self.input.fill_buf().map_err(read_err)?;
             if buf.is_empty() {
@@ -524,6 +536,49 @@ mod tests {
         );
         assert!(number(b"0009\0").is_err());
         assert!(number(&[0xff; 12]).is_err());
+    }
+
+    /// A header block with a correct checksum.
+    fn block_with(typeflag: u8, size_field: &[u8]) -> [u8; BLOCK] {
+        let mut b = [0u8; BLOCK];
+        b[..4].copy_from_slice(b"file");
+        b[100..107].copy_from_slice(b"0000644");
+        b[124..124 + size_field.len()].copy_from_slice(size_field);
+        b[156] = typeflag;
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|x| u64::from(*x)).sum();
+        b[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        b
+    }
+
+    #[test]
+    fn huge_sizes_end_in_an_error_not_an_overflow() {
+        let mut size = [0xffu8; 12];
+        size[..4].copy_from_slice(&[0x80, 0, 0, 0]);
+        let mut tar = block_with(b'0', &size).to_vec();
+        tar.extend_from_slice(&[b'x'; 1024]);
+        let mut t = TarStream::new(&tar[..]);
+        let h = t.next_entry().unwrap().unwrap();
+        assert_eq!(h.kind, EntryKind::Regular);
+        assert!(matches!(t.next_entry(), Err(Error::InvalidLayer(_))));
+    }
+
+    #[test]
+    fn endless_sparse_maps_are_refused() {
+        let mut header = block_with(b'S', b"00000000000");
+        header[257..265].copy_from_slice(b"ustar  \0");
+        header[482] = 1;
+        header[148..156].fill(b' ');
+        let sum: u64 = header.iter().map(|x| u64::from(*x)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut ext = [0u8; BLOCK];
+        ext[504] = 1;
+        let mut tar = header.to_vec();
+        for _ in 0..MAX_SPARSE_BLOCKS + 1 {
+            tar.extend_from_slice(&ext);
+        }
+        let err = TarStream::new(&tar[..]).next_entry().unwrap_err();
+        assert!(err.to_string().contains("extension blocks"), "{err}");
     }
 
     #[test]
