@@ -51,6 +51,8 @@ pub struct Applied {
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
+/// Linux's errno for too many symlinks (`io::ErrorKind::FilesystemLoop` is unstable).
+const ELOOP: i32 = 40;
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
@@ -242,7 +244,10 @@ impl<'r> LayerWriter<'r> {
             let dir = match self.root.open_dir(rel) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    self.mkdir_all(rel)?;
+                    // Through the symlinks that exist (dangling ones too, as containerd's
+                    // RootPath), then create what is missing.
+                    let resolved = self.resolve(rel)?;
+                    self.mkdir_all(&resolved)?;
                     self.root
                         .open_dir(rel)
                         .map_err(|e| Error::io("open", rel, e))?
@@ -250,6 +255,9 @@ impl<'r> LayerWriter<'r> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
                     return Err(layer_err("parent is not a directory:", rel, e));
+                }
+                Err(e) if e.raw_os_error() == Some(ELOOP) => {
+                    return Err(layer_err("symlink loop in the parent path", rel, e));
                 }
                 Err(e) => return Err(Error::io("open", rel, e)),
             };
@@ -265,6 +273,56 @@ impl<'r> LayerWriter<'r> {
 
     fn parent(&mut self, rel: &Path) -> Result<&CachedDir> {
         Ok(self.dir_at(rel, true)?.expect("created on demand"))
+    }
+
+    /// `rel` with every symlink on it that exists resolved inside the root (a target that
+    /// does not exist yet is followed lexically, `..` never above the root); what does not
+    /// exist is kept as it is.
+    fn resolve(&self, rel: &Path) -> Result<PathBuf> {
+        const MAX_LINKS: usize = 40;
+        let mut todo: Vec<OsString> = rel
+            .components()
+            .rev()
+            .map(|c| c.as_os_str().to_os_string())
+            .collect();
+        let mut done = PathBuf::new();
+        let mut links = 0;
+        while let Some(name) = todo.pop() {
+            if name == ".." {
+                done.pop();
+                continue;
+            }
+            let kind = match self.root.open_dir(&done) {
+                Ok(dir) => dir
+                    .kind(&name)
+                    .map_err(|e| Error::io("stat", done.join(&name), e))?
+                    .map(|k| (k, dir)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("open", &done, e)),
+            };
+            let Some((Kind::Symlink, dir)) = kind else {
+                done.push(&name);
+                continue;
+            };
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(layer_err("too many symlinks resolving", rel, "refused"));
+            }
+            let target = dir
+                .read_link(&name)
+                .map_err(|e| Error::io("readlink", done.join(&name), e))?;
+            if target.is_absolute() {
+                done = PathBuf::new();
+            }
+            for c in target.components().rev() {
+                match c {
+                    Component::Normal(n) => todo.push(n.to_os_string()),
+                    Component::ParentDir => todo.push("..".into()),
+                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                }
+            }
+        }
+        Ok(done)
     }
 
     fn mkdir_all(&mut self, rel: &Path) -> Result<()> {

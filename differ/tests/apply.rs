@@ -365,6 +365,41 @@ fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
 }
 
 #[test]
+fn entries_through_dangling_symlinks_create_the_targets_inside_the_root() {
+    // As containerd (RootPath, then mkparent): the parent path is resolved through the
+    // symlinks that exist, even when their targets do not yet, and the targets are created,
+    // absolute and `..` targets staying inside the root.
+    let tmp = tempdir();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink("b/c", root.join("rel")).unwrap();
+    std::os::unix::fs::symlink("/x/d", root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../y", root.join("up")).unwrap();
+    let blob = RawTar::default()
+        .file("rel/f", b"1")
+        .file("abs/f", b"2")
+        .file("up/f", b"3")
+        .finish();
+    apply(&blob, &root, WhiteoutMode::Native).unwrap();
+    assert_eq!(fs::read(root.join("b/c/f")).unwrap(), b"1");
+    assert_eq!(fs::read(root.join("x/d/f")).unwrap(), b"2");
+    assert_eq!(fs::read(root.join("y/f")).unwrap(), b"3");
+    assert!(!tmp.path().join("y").exists(), "nothing outside the root");
+    for link in ["rel", "abs", "up"] {
+        assert!(fs::symlink_metadata(root.join(link)).unwrap().is_symlink());
+    }
+
+    // A loop is refused.
+    std::os::unix::fs::symlink("l2", root.join("l1")).unwrap();
+    std::os::unix::fs::symlink("l1", root.join("l2")).unwrap();
+    let blob = RawTar::default().file("l1/f", b"x").finish();
+    assert!(matches!(
+        apply(&blob, &root, WhiteoutMode::Native),
+        Err(differ::Error::InvalidLayer(_))
+    ));
+}
+
+#[test]
 fn pax_size_overrides_the_header_size() {
     // Go's archive/tar (and so containerd) writes sizes over 8 GiB only as a PAX record; the
     // header's own field then says something else, here 0.

@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid};
@@ -185,6 +185,14 @@ impl Dir {
             Err(rustix::io::Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The target of symlink `name`, as stored.
+    pub fn read_link(&self, name: &OsStr) -> io::Result<std::path::PathBuf> {
+        let target = rustix::fs::readlinkat(&self.fd, check_name(name)?, Vec::new())?;
+        Ok(std::path::PathBuf::from(OsString::from_vec(
+            target.into_bytes(),
+        )))
     }
 
     /// Removes non-directory `name`.
