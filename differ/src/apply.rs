@@ -174,15 +174,9 @@ impl<'r> LayerWriter<'r> {
             return self.whiteout(&parent, n, OsStr::from_bytes(hidden), &meta);
         }
         let Some(name) = name else {
-            // The root itself ("./"): only a directory entry makes sense.
-            return match h.kind {
-                EntryKind::Dir => self.root_dir(&meta),
-                _ => Err(layer_err(
-                    "non-directory entry for the root",
-                    &raw,
-                    "refused",
-                )),
-            };
+            // The root itself ("./"): containerd ignores it ("resolved to root"), so the
+            // snapshot's root keeps its own owner, mode and times.
+            return Ok(());
         };
         let link = || PathBuf::from(OsString::from_vec(h.link.clone()));
         match h.kind {
@@ -205,24 +199,17 @@ impl<'r> LayerWriter<'r> {
                 let (major, minor) = h.dev;
                 self.node(&parent, &name, &rel, node, major, minor, &meta)
             }
-            EntryKind::Other(flag) => {
-                tracing::debug!(path = %rel.display(), typeflag = flag, "skipping unsupported entry type");
-                Ok(())
-            }
         }
     }
 
     fn meta(
         rel: &Path,
         mode: u32,
-        uid: u64,
-        gid: u64,
+        uid: u32,
+        gid: u32,
         mtime: (i64, i64),
         xattrs: Vec<(OsString, Vec<u8>)>,
     ) -> Result<Meta> {
-        let id = |v: u64, what| {
-            u32::try_from(v).map_err(|_| layer_err(what, rel, format!("{v} out of range")))
-        };
         for (name, _) in &xattrs {
             let n = name.as_bytes();
             if n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.") {
@@ -231,8 +218,8 @@ impl<'r> LayerWriter<'r> {
         }
         Ok(Meta {
             mode,
-            uid: id(uid, "uid of")?,
-            gid: id(gid, "gid of")?,
+            uid,
+            gid,
             mtime,
             xattrs,
         })
@@ -369,7 +356,10 @@ impl<'r> LayerWriter<'r> {
             at::fchown(&created, from.uid, from.gid).map_err(io("chown"))?;
             at::fchmod(&created, from.mode).map_err(io("chmod"))?;
             for (key, value) in xattrs {
-                if !key.as_bytes().starts_with(b"trusted.") {
+                // Not trusted.* (as containerd), nor user.overlay.*: an inherited
+                // opaque or redirect marker would hide the lower layers.
+                let k = key.as_bytes();
+                if !k.starts_with(b"trusted.") && !k.starts_with(b"user.overlay.") {
                     at::fsetxattr(&created, &key, &value).map_err(io("setxattr"))?;
                 }
             }
@@ -505,20 +495,6 @@ impl<'r> LayerWriter<'r> {
         Ok(())
     }
 
-    fn root_dir(&mut self, meta: &Meta) -> Result<()> {
-        let root = self
-            .root
-            .open_dir(Path::new(""))
-            .map_err(|e| Error::io("open", "/", e))?;
-        at::fchown(&root, meta.uid, meta.gid).map_err(|e| Error::io("chown", "/", e))?;
-        at::fchmod(&root, meta.mode).map_err(|e| Error::io("chmod", "/", e))?;
-        for (k, v) in &meta.xattrs {
-            at::fsetxattr(&root, k, v).map_err(|e| Error::io("setxattr", "/", e))?;
-        }
-        self.dir_times.push((PathBuf::new(), meta.mtime));
-        Ok(())
-    }
-
     fn symlink(
         &mut self,
         parent: &Path,
@@ -622,11 +598,12 @@ impl<'r> LayerWriter<'r> {
             };
         }
         let hidden_bytes = hidden.as_bytes();
-        if hidden_bytes.is_empty()
-            || hidden_bytes == b"."
-            || hidden_bytes == b".."
-            || hidden_bytes.starts_with(b".wh.")
-        {
+        if hidden_bytes.starts_with(b".wh.") {
+            // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): nothing to apply.
+            tracing::debug!(path = %rel.display(), "skipping aufs metadata entry");
+            return Ok(());
+        }
+        if hidden_bytes.is_empty() || hidden_bytes == b"." || hidden_bytes == b".." {
             return Err(layer_err("bad whiteout", &rel, "refused"));
         }
         match self.mode {

@@ -111,17 +111,12 @@ impl BufRead for BlobChunks {
         if exhausted {
             self.current = None;
             self.pos = 0;
+            // Whole chunks, also from a stream that delivers a few bytes at a time: the
+            // compression is sniffed from the first one.
             let source = &mut self.source;
             let chunk = self
                 .pool
-                .fill(|buf| {
-                    loop {
-                        match source.read(buf) {
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            r => return r,
-                        }
-                    }
-                })
+                .fill(|buf| fill_from(source, buf))
                 .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
             if !chunk.is_empty() {
                 let _ = self.hasher.send(ToHash::Blob(Arc::clone(&chunk)));
@@ -140,6 +135,20 @@ impl Read for BlobChunks {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         read_buffered(self, out)
     }
+}
+
+/// Reads until `buf` is full or the reader ends; how much it read.
+fn fill_from(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// `Read` for a reader whose `BufRead` side is the real one.
@@ -224,18 +233,7 @@ fn decode_all(
             .decoder(&mut input)
             .map_err(DecodeError::Layer)?;
         loop {
-            let chunk = pool.fill(|buf| {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match decoder.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(filled)
-            })?;
+            let chunk = pool.fill(|buf| fill_from(&mut decoder, buf))?;
             if chunk.is_empty() {
                 break;
             }

@@ -8,6 +8,7 @@
 //! ignored, and a v7 regular file whose name ends in `/` is a directory. Extension entries are
 //! capped at 1 MiB, so a hostile header cannot make apply buffer without bound.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead};
 use std::os::unix::ffi::OsStringExt;
@@ -31,8 +32,6 @@ pub(crate) enum EntryKind {
     Char,
     Block,
     Fifo,
-    /// A type apply skips (tar's volume labels, multi-volume continuations, ...).
-    Other(u8),
 }
 
 /// Where the data of an old-style GNU sparse file goes: `(offset, length)` extents, stored
@@ -50,24 +49,33 @@ pub(crate) struct Header {
     pub path: Vec<u8>,
     pub link: Vec<u8>,
     pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
+    pub uid: u32,
+    pub gid: u32,
     pub mtime: (i64, i64),
     pub dev: (u32, u32),
     pub xattrs: Vec<(OsString, Vec<u8>)>,
     pub sparse: Option<SparseMap>,
 }
 
-/// Extensions that apply to the next ordinary entry.
+/// What one PAX header (`x`) says; a later one replaces it, as in Go's reader.
 #[derive(Default)]
-struct Pending {
+struct Pax {
     path: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
     size: Option<u64>,
-    uid: Option<u64>,
-    gid: Option<u64>,
+    uid: Option<i64>,
+    gid: Option<i64>,
     mtime: Option<(i64, i64)>,
-    xattrs: Vec<(OsString, Vec<u8>)>,
+    xattrs: BTreeMap<OsString, Vec<u8>>,
+}
+
+/// Extensions that apply to the next ordinary entry.
+#[derive(Default)]
+struct Pending {
+    pax: Pax,
+    /// GNU `L` / `K` names: they win over PAX `path` / `linkpath`, whatever the order.
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
 }
 
 /// A tar stream read entry by entry.
@@ -107,56 +115,77 @@ impl<R: BufRead> TarStream<R> {
         loop {
             self.skip_rest()?;
             let mut block = [0u8; BLOCK];
-            if !self.read_block(&mut block)? || block.iter().all(|b| *b == 0) {
+            if !self.read_block(&mut block)? || !self.is_header(&block)? {
                 return Ok(None);
             }
             verify_checksum(&block)?;
             let typeflag = block[156];
-            let mut size = number(&block[124..136]).map_err(|e| bad(format!("size: {e}")))?;
-            let extension = matches!(typeflag, b'x' | b'g' | b'L' | b'K');
-            if !extension && let Some(s) = pending.size {
-                size = s;
-            }
-            self.start_data(size)?;
+            let size = u64::try_from(numeric(&block[124..136], "size")?)
+                .map_err(|_| bad("negative size"))?;
             match typeflag {
                 b'x' => {
+                    self.start_data(size);
                     let records = self.special_data(size, "PAX header")?;
-                    parse_pax(&records, &mut pending)?;
-                    continue;
+                    pending.pax = parse_pax(&records)?;
                 }
-                b'g' => continue,
+                // Go hands a global header to its caller as an entry, which containerd
+                // ignores; what was pending for the next entry is dropped with it.
+                b'g' => {
+                    self.start_data(size);
+                    pending = Pending::default();
+                }
                 b'L' => {
-                    pending.path = Some(trim_nul(&self.special_data(size, "GNU long name")?));
-                    continue;
+                    self.start_data(size);
+                    pending.long_name = Some(trim_nul(&self.special_data(size, "GNU long name")?));
                 }
                 b'K' => {
-                    pending.link = Some(trim_nul(&self.special_data(size, "GNU long link")?));
-                    continue;
+                    self.start_data(size);
+                    pending.long_link = Some(trim_nul(&self.special_data(size, "GNU long link")?));
                 }
-                _ => {}
+                _ => return self.header(&block, size, pending).map(Some),
             }
-            return self.header(&block, size, pending).map(Some);
         }
     }
 
+    /// Whether `block` starts an entry: a zero block ends the archive when the next block is
+    /// zero too or the stream ends; a zero block followed by anything else is an error, as
+    /// in Go.
+    fn is_header(&mut self, block: &[u8; BLOCK]) -> Result<bool> {
+        if block.iter().any(|b| *b != 0) {
+            return Ok(true);
+        }
+        let mut next = [0u8; BLOCK];
+        if self.read_block(&mut next)? && next.iter().any(|b| *b != 0) {
+            return Err(bad("a zero block followed by more entries"));
+        }
+        Ok(false)
+    }
+
     fn header(&mut self, block: &[u8; BLOCK], size: u64, pending: Pending) -> Result<Header> {
-        let field = |range: std::ops::Range<usize>, what: &str| {
-            number(&block[range]).map_err(|e| bad(format!("{what}: {e}")))
+        let field = |range: std::ops::Range<usize>, what: &str| numeric(&block[range], what);
+        let magic = &block[257..263];
+        let gnu = magic == b"ustar " && &block[263..265] == b" \x00";
+        // Go: "ustar\0" is USTAR/PAX whatever the version bytes; with "tar\0" at the end of
+        // the block it is star, whose prefix is shorter.
+        let prefix = match (magic == b"ustar\x00", &block[508..512] == b"tar\x00") {
+            (true, false) => cstr(&block[345..500]),
+            (true, true) => cstr(&block[345..476]),
+            (false, _) => &[],
         };
-        let ustar = &block[257..265] == b"ustar\x0000";
-        let gnu = &block[257..265] == b"ustar  \x00";
-        let path = match pending.path {
+        let Pending {
+            pax,
+            long_name,
+            long_link,
+        } = pending;
+        let path = match long_name.or(pax.path) {
             Some(p) => p,
-            None => {
-                let name = cstr(&block[0..100]);
-                let prefix = if ustar { cstr(&block[345..500]) } else { &[] };
-                if prefix.is_empty() {
-                    name.to_vec()
-                } else {
-                    [prefix, b"/", name].concat()
-                }
-            }
+            None if prefix.is_empty() => cstr(&block[0..100]).to_vec(),
+            None => [prefix, b"/", cstr(&block[0..100])].concat(),
         };
+        let link = long_link
+            .or(pax.link)
+            .unwrap_or_else(|| cstr(&block[157..257]).to_vec());
+        let size = pax.size.unwrap_or(size);
         let typeflag = block[156];
         let kind = match typeflag {
             b'0' | b'7' => EntryKind::Regular,
@@ -169,25 +198,33 @@ impl<R: BufRead> TarStream<R> {
             b'5' => EntryKind::Dir,
             b'6' => EntryKind::Fifo,
             b'S' if gnu => EntryKind::Regular,
-            other => EntryKind::Other(other),
+            // containerd refuses what it cannot create ("unhandled tar header type").
+            other => {
+                return Err(bad(format!(
+                    "unsupported entry type {:?} for {}",
+                    other as char,
+                    String::from_utf8_lossy(&path)
+                )));
+            }
         };
         let sparse = if typeflag == b'S' && gnu {
             Some(self.gnu_sparse_map(block, size)?)
         } else {
             None
         };
-        let mtime = match pending.mtime {
+        // Links, devices, fifos and directories have no data, whatever their size says
+        // (Go's isHeaderOnlyType): reading one's "data" would skip real entries.
+        let header_only = !matches!(kind, EntryKind::Regular);
+        self.start_data(if header_only { 0 } else { size });
+        let mtime = match pax.mtime {
             Some(t) => t,
-            None => (field(136..148, "mtime")? as i64, 0),
+            None => (field(136..148, "mtime")?, 0),
         };
-        let uid = match pending.uid {
-            Some(u) => u,
-            None => field(108..116, "uid")?,
+        let id = |v: i64, what: &str| {
+            u32::try_from(v).map_err(|_| bad(format!("{what} {v} out of range")))
         };
-        let gid = match pending.gid {
-            Some(g) => g,
-            None => field(116..124, "gid")?,
-        };
+        let uid = id(pax.uid.map_or_else(|| field(108..116, "uid"), Ok)?, "uid")?;
+        let gid = id(pax.gid.map_or_else(|| field(116..124, "gid"), Ok)?, "gid")?;
         let dev = if matches!(kind, EntryKind::Char | EntryKind::Block) {
             (
                 field(329..337, "device major")? as u32,
@@ -199,15 +236,18 @@ impl<R: BufRead> TarStream<R> {
         Ok(Header {
             kind,
             path,
-            link: pending
-                .link
-                .unwrap_or_else(|| cstr(&block[157..257]).to_vec()),
+            link,
             mode: field(100..108, "mode")? as u32 & 0o7777,
             uid,
             gid,
-            mtime,
+            // containerd's boundTime: a time before 1970 becomes 1970.
+            mtime: if mtime.0 < 0 || mtime.1 < 0 {
+                (0, 0)
+            } else {
+                mtime
+            },
             dev,
-            xattrs: pending.xattrs,
+            xattrs: pax.xattrs.into_iter().collect(),
             sparse,
         })
     }
@@ -216,9 +256,12 @@ impl<R: BufRead> TarStream<R> {
     /// that follows it (before the data).
     fn gnu_sparse_map(&mut self, block: &[u8; BLOCK], size: u64) -> Result<SparseMap> {
         let mut extents = Vec::new();
+        let unsigned = |raw: &[u8], what: &str| {
+            u64::try_from(numeric(raw, what)?).map_err(|_| bad(format!("negative {what}")))
+        };
         let mut push = |raw: &[u8]| -> Result<()> {
-            let offset = number(&raw[0..12]).map_err(|e| bad(format!("sparse offset: {e}")))?;
-            let len = number(&raw[12..24]).map_err(|e| bad(format!("sparse length: {e}")))?;
+            let offset = unsigned(&raw[0..12], "sparse offset")?;
+            let len = unsigned(&raw[12..24], "sparse length")?;
             if offset != 0 || len != 0 {
                 extents.push((offset, len));
             }
@@ -227,12 +270,11 @@ impl<R: BufRead> TarStream<R> {
         for i in 0..4 {
             push(&block[386 + i * 24..386 + (i + 1) * 24])?;
         }
-        let real_size = number(&block[483..495]).map_err(|e| bad(format!("sparse size: {e}")))?;
+        let real_size = unsigned(&block[483..495], "sparse size")?;
         let mut extended = block[482] != 0;
         let mut blocks = 0;
-        // Extension blocks sit between the header and the data, outside `size`.
-        self.remaining = 0;
-        self.padding = 0;
+        // Extension blocks sit between the header and the data, outside `size` (the
+        // previous entry is fully skipped by now).
         while extended {
             blocks += 1;
             if blocks > MAX_SPARSE_BLOCKS {
@@ -249,7 +291,6 @@ impl<R: BufRead> TarStream<R> {
             }
             extended = ext[504] != 0;
         }
-        self.start_data(size)?;
         let mut stored = 0u64;
         let mut end = 0u64;
         for &(offset, len) in &extents {
@@ -316,10 +357,9 @@ impl<R: BufRead> TarStream<R> {
         Ok(())
     }
 
-    fn start_data(&mut self, size: u64) -> Result<()> {
+    fn start_data(&mut self, size: u64) {
         self.remaining = size;
         self.padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
-        Ok(())
     }
 
     /// Skips what is left of the current entry and its padding.
@@ -380,7 +420,7 @@ impl<R: BufRead> TarStream<R> {
 /// The header checksum: the sum of its bytes with the checksum field read as spaces,
 /// unsigned (POSIX) or signed (some old tars), as Go accepts either.
 fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
-    let want = number(&block[148..156]).map_err(|e| bad(format!("checksum: {e}")))?;
+    let want = octal(&block[148..156]).map_err(|e| bad(format!("checksum: {e}")))?;
     let field = 8 * u64::from(b' ');
     let unsigned = block.iter().map(|b| u64::from(*b)).sum::<u64>()
         - block[148..156].iter().map(|b| u64::from(*b)).sum::<u64>()
@@ -401,28 +441,41 @@ fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
     }
 }
 
-/// A numeric field: octal text (space or NUL terminated, leading spaces allowed) or
-/// base-256 (high bit of the first byte set; negative values refused).
-fn number(field: &[u8]) -> std::result::Result<u64, String> {
-    if let Some(&first) = field.first()
-        && first & 0x80 != 0
-    {
-        if first & 0x40 != 0 {
-            return Err("negative base-256 number".into());
-        }
-        let mut v = u64::from(first & 0x3f);
-        for &b in &field[1..] {
-            if v >> 56 != 0 {
-                return Err("base-256 number overflows".into());
-            }
-            v = (v << 8) | u64::from(b);
-        }
-        return Ok(v);
+/// A numeric field as Go's reader parses it: base-256 when the first byte's high bit is set
+/// (negative with the next bit), else octal text.
+fn numeric(field: &[u8], what: &str) -> Result<i64> {
+    let Some(&first) = field.first() else {
+        return Ok(0);
+    };
+    if first & 0x80 == 0 {
+        let v = octal(field).map_err(|e| bad(format!("{what}: {e}")))?;
+        return i64::try_from(v).map_err(|_| bad(format!("{what}: {v} overflows")));
     }
-    let text = field
-        .iter()
-        .skip_while(|b| **b == b' ')
-        .take_while(|b| **b != 0 && **b != b' ');
+    // -a-1 == !a: invert a negative number's bytes and read it as unsigned.
+    let invert = if first & 0x40 != 0 { 0xff } else { 0 };
+    let mut v = 0u64;
+    for (i, &b) in field.iter().enumerate() {
+        let b = if i == 0 {
+            (b ^ invert) & 0x7f
+        } else {
+            b ^ invert
+        };
+        if v >> 56 != 0 {
+            return Err(bad(format!("{what}: base-256 number overflows")));
+        }
+        v = (v << 8) | u64::from(b);
+    }
+    let v = i64::try_from(v).map_err(|_| bad(format!("{what}: base-256 number overflows")))?;
+    Ok(if invert == 0xff { !v } else { v })
+}
+
+/// Octal text as Go's `parseOctal`: spaces and NULs trimmed from both ends, cut at the
+/// first NUL left, then nothing but octal digits.
+fn octal(field: &[u8]) -> std::result::Result<u64, String> {
+    let pad = |b: &u8| *b == b' ' || *b == 0;
+    let start = field.iter().position(|b| !pad(b)).unwrap_or(field.len());
+    let end = field.iter().rposition(|b| !pad(b)).map_or(start, |e| e + 1);
+    let text = cstr(&field[start..end]);
     let mut v = 0u64;
     for &b in text {
         if !(b'0'..=b'7').contains(&b) {
@@ -446,9 +499,11 @@ fn trim_nul(data: &[u8]) -> Vec<u8> {
     cstr(data).to_vec()
 }
 
-/// Parses PAX records (`LENGTH KEY=VALUE\n`, LENGTH counting the whole record) into
-/// `pending`; a later header's value for a key replaces an earlier one's.
-fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<()> {
+/// Parses PAX records (`LENGTH KEY=VALUE\n`, LENGTH counting the whole record) as Go does:
+/// a later record for a key wins, an empty value keeps the header's own field (xattrs
+/// excepted: containerd sets them from the raw records), a NUL in a key or a path is an error.
+fn parse_pax(mut data: &[u8]) -> Result<Pax> {
+    let mut pax = Pax::default();
     while !data.is_empty() {
         // Some writers pad the records with NULs.
         if data.iter().all(|b| *b == 0) {
@@ -462,7 +517,7 @@ fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<()> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("PAX record length"))?;
-        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+        if len < 5 || len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
             return Err(bad("malformed PAX record"));
         }
         let record = &data[space + 1..len - 1];
@@ -472,36 +527,46 @@ fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<()> {
             .position(|b| *b == b'=')
             .ok_or_else(|| bad("PAX record without '='"))?;
         let (key, value) = (&record[..eq], &record[eq + 1..]);
-        let decimal = |what: &str| -> Result<u64> {
+        if key.is_empty() || key.contains(&0) {
+            return Err(bad("PAX record with a bad key"));
+        }
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            pax.xattrs
+                .insert(OsString::from_vec(name.to_vec()), value.to_vec());
+            continue;
+        }
+        if key.starts_with(b"GNU.sparse.") {
+            return Err(Error::NotImplemented(
+                "PAX sparse files (GNU.sparse.*) in a layer".into(),
+            ));
+        }
+        if matches!(key, b"path" | b"linkpath") && value.contains(&0) {
+            return Err(bad("NUL in a PAX path"));
+        }
+        if value.is_empty() {
+            continue;
+        }
+        let decimal = |what: &str| -> Result<i64> {
             std::str::from_utf8(value)
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| bad(format!("PAX {what} {:?}", String::from_utf8_lossy(value))))
         };
         match key {
-            b"path" => pending.path = Some(value.to_vec()),
-            b"linkpath" => pending.link = Some(value.to_vec()),
-            b"size" => pending.size = Some(decimal("size")?),
-            b"uid" => pending.uid = Some(decimal("uid")?),
-            b"gid" => pending.gid = Some(decimal("gid")?),
-            b"mtime" => {
-                pending.mtime = Some(pax_time(value).ok_or_else(|| bad("PAX mtime"))?);
+            b"path" => pax.path = Some(value.to_vec()),
+            b"linkpath" => pax.link = Some(value.to_vec()),
+            b"size" => {
+                pax.size =
+                    Some(u64::try_from(decimal("size")?).map_err(|_| bad("negative PAX size"))?);
             }
-            _ if key.starts_with(b"SCHILY.xattr.") => {
-                let name = OsString::from_vec(key[b"SCHILY.xattr.".len()..].to_vec());
-                pending.xattrs.retain(|(n, _)| *n != name);
-                pending.xattrs.push((name, value.to_vec()));
-            }
-            _ if key.starts_with(b"GNU.sparse.") => {
-                return Err(Error::NotImplemented(
-                    "PAX sparse files (GNU.sparse.*) in a layer".into(),
-                ));
-            }
+            b"uid" => pax.uid = Some(decimal("uid")?),
+            b"gid" => pax.gid = Some(decimal("gid")?),
+            b"mtime" => pax.mtime = Some(pax_time(value).ok_or_else(|| bad("PAX mtime"))?),
             // atime, ctime, uname, gname, comment, charset, ...: not applied.
             _ => {}
         }
     }
-    Ok(())
+    Ok(pax)
 }
 
 /// Parses a PAX time (`seconds[.fraction]`, possibly negative) as (seconds, nanoseconds).
@@ -526,16 +591,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers() {
-        assert_eq!(number(b"0000644\0"), Ok(0o644));
-        assert_eq!(number(b"  755 \0"), Ok(0o755));
-        assert_eq!(number(b"\0\0\0\0"), Ok(0));
+    fn numbers_parse_as_go_does() {
+        let n = |f: &[u8]| numeric(f, "field").ok();
+        assert_eq!(n(b"0000644\0"), Some(0o644));
+        assert_eq!(n(b"  755 \0"), Some(0o755));
+        assert_eq!(n(b"\0\0\0\0"), Some(0));
+        // Leading NULs are padding too: Go reads 512 here.
+        assert_eq!(n(b"\x000000001000\0"), Some(512));
+        assert_eq!(n(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]), Some(2 << 32));
+        assert_eq!(n(&[0xff; 12]), Some(-1));
         assert_eq!(
-            number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
-            Ok(2 << 32)
+            n(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]),
+            Some(-2)
         );
-        assert!(number(b"0009\0").is_err());
-        assert!(number(&[0xff; 12]).is_err());
+        assert_eq!(n(b"0009\0"), None);
+        assert_eq!(n(b"644 junk"), None);
+        assert_eq!(
+            n(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
     }
 
     /// A header block with a correct checksum.
@@ -553,8 +627,9 @@ mod tests {
 
     #[test]
     fn huge_sizes_end_in_an_error_not_an_overflow() {
+        // i64::MAX, the largest size Go accepts.
         let mut size = [0xffu8; 12];
-        size[..4].copy_from_slice(&[0x80, 0, 0, 0]);
+        size[..5].copy_from_slice(&[0x80, 0, 0, 0, 0x7f]);
         let mut tar = block_with(b'0', &size).to_vec();
         tar.extend_from_slice(&[b'x'; 1024]);
         let mut t = TarStream::new(&tar[..]);
@@ -625,16 +700,17 @@ mod tests {
             rec("size", b"12"),
         ]
         .concat();
-        let mut p = Pending::default();
-        parse_pax(&data, &mut p).unwrap();
+        let p = parse_pax(&data).unwrap();
         assert_eq!(p.path.as_deref(), Some(&b"x/y"[..]));
         assert_eq!(p.size, Some(12));
         assert_eq!(
-            p.xattrs,
+            p.xattrs.into_iter().collect::<Vec<_>>(),
             vec![(OsString::from("security.capability"), value.to_vec())]
         );
-        assert!(parse_pax(b"5 a=b\n", &mut Pending::default()).is_err());
-        assert!(parse_pax(b"99 path=x\n", &mut Pending::default()).is_err());
+        assert!(parse_pax(b"5 a=b\n").is_err());
+        assert!(parse_pax(b"99 path=x\n").is_err());
+        // An empty value keeps the header's field.
+        assert_eq!(parse_pax(b"8 path=\n").unwrap().path, None);
     }
 
     #[test]

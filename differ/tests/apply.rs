@@ -249,6 +249,32 @@ fn digests_and_sizes_of_plain_gzip_and_zstd_layers() {
 }
 
 #[test]
+fn compression_is_sniffed_from_a_source_that_trickles() {
+    // A network source may hand over a byte at a time; sniffing must still see the magic.
+    struct Trickle(Cursor<Vec<u8>>);
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+    let tar = digest_layer();
+    for blob in [gzip(&tar), zstd(&tar)] {
+        let tmp = tempdir();
+        let applied = apply_layer(
+            Box::new(Trickle(Cursor::new(blob.clone()))),
+            None,
+            tmp.path(),
+            WhiteoutMode::Native,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(applied.diff_id.as_str(), sha256(&tar));
+        assert_eq!(applied.blob_digest.as_str(), sha256(&blob));
+    }
+}
+
+#[test]
 fn digests_of_multi_member_gzip_and_multi_frame_zstd() {
     let tar = digest_layer();
     let (a, b) = tar.split_at(tar.len() / 2 + 17);
@@ -397,6 +423,83 @@ fn entries_through_dangling_symlinks_create_the_targets_inside_the_root() {
         apply(&blob, &root, WhiteoutMode::Native),
         Err(differ::Error::InvalidLayer(_))
     ));
+}
+
+#[test]
+fn entries_are_split_as_go_archive_tar_splits_them() {
+    // The applier must see the same entries as containerd's (Go) reader, or a layer could
+    // show one thing to scanners and unpack as another.
+    let tmp = tempdir();
+    let go = |name: &str, blob: Vec<u8>| {
+        let root = tmp.path().join(name);
+        fs::create_dir(&root).unwrap();
+        apply(&blob, &root, WhiteoutMode::Native).map(|_| root)
+    };
+    // A directory's size is ignored: what follows its header is the next header.
+    let mut smuggled = Header::new(b'0', "smuggled").block().to_vec();
+    smuggled.resize(1024, 0);
+    let mut dir = Header::new(b'5', "d");
+    dir.size = 1024;
+    let root = go(
+        "header-only",
+        RawTar::default()
+            .raw(&dir.block())
+            .file("innocent", &smuggled)
+            .finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(root.join("innocent")).unwrap(), smuggled);
+    assert!(root.join("d").is_dir() && !root.join("smuggled").exists());
+
+    // A later PAX header replaces an earlier one; a global header drops what was pending;
+    // GNU long names win over PAX paths.
+    let root = go(
+        "pax-replaced",
+        RawTar::default()
+            .pax(&[("path", b"evil")])
+            .pax(&[("mtime", b"1")])
+            .file("good", b"1")
+            .pax(&[("path", b"evil2")])
+            .entry(Header::new(b'g', "global"), b"11 comment=x\n")
+            .file("good2", b"2")
+            .long_name("gnu-wins")
+            .pax(&[("path", b"pax-loses")])
+            .file("short", b"3")
+            .finish(),
+    )
+    .unwrap();
+    let mut names: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["gnu-wins", "good", "good2"]);
+    assert_eq!(fs::metadata(root.join("good")).unwrap().mtime(), 1);
+
+    // Times before 1970 become 1970, as containerd's boundTime makes them.
+    let root = go(
+        "old-times",
+        RawTar::default()
+            .pax(&[("mtime", b"-86400.5")])
+            .file("old", b"o")
+            .finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(root.join("old")).unwrap().mtime(), 0);
+
+    // Refused, as by Go or containerd: a zero block followed by more entries, and an
+    // entry type containerd cannot create.
+    let mut zero_then_more = vec![0u8; 512];
+    zero_then_more.extend_from_slice(&RawTar::default().file("late", b"x").finish());
+    let volume = RawTar::default()
+        .entry(Header::new(b'V', "label"), b"")
+        .finish();
+    for (name, blob) in [("zero-block", zero_then_more), ("volume", volume)] {
+        assert!(
+            matches!(go(name, blob), Err(differ::Error::InvalidLayer(_))),
+            "{name}"
+        );
+    }
 }
 
 #[test]

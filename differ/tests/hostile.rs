@@ -501,13 +501,26 @@ fn whiteout_of_empty_name() {
 }
 
 #[test]
-fn whiteout_of_a_whiteout_name() {
+fn aufs_metadata_whiteouts_are_skipped() {
+    // `.wh..wh.*` other than the opaque marker is aufs bookkeeping: containerd applies
+    // nothing for it, and it must not fail the layer.
     hostile(
-        "whiteout_of_a_whiteout_name",
-        Expect::Refused,
+        "aufs_metadata_whiteouts_are_skipped",
+        Expect::Applied,
         &no_setup,
-        &|_| RawTar::default().file("d/.wh..wh.x", b"").finish(),
-        &no_check,
+        &|_| {
+            RawTar::default()
+                .file("d/.wh..wh.plnk", b"")
+                .file("d/kept", b"k")
+                .finish()
+        },
+        &|root, _| {
+            let names: Vec<_> = fs::read_dir(root.join("d"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["kept"]);
+        },
     );
 }
 
@@ -870,32 +883,29 @@ fn symlink_owner_and_times_are_not_followed() {
 }
 
 #[test]
-fn directory_entry_naming_the_root_changes_only_the_root() {
-    hostile(
-        "directory_entry_naming_the_root_changes_only_the_root",
-        Expect::Applied,
-        &no_setup,
-        &|_| {
+fn entries_naming_the_root_are_ignored() {
+    // As containerd ("resolved to root"): a layer cannot change the snapshot root's owner,
+    // mode or times, nor replace it with a file.
+    for (what, layer) in [
+        ("directory", {
             let mut h = Header::new(b'5', "../");
             h.mode = 0o777;
             RawTar::default().entry(h, b"").finish()
-        },
-        &|root, _| {
-            let md = fs::metadata(root).unwrap();
-            assert_eq!(md.mode() & 0o7777, 0o777);
-        },
-    );
-}
-
-#[test]
-fn file_entry_naming_the_root() {
-    hostile(
-        "file_entry_naming_the_root",
-        Expect::Refused,
-        &no_setup,
-        &|_| RawTar::default().file("..", b"pwned").finish(),
-        &no_check,
-    );
+        }),
+        ("file", RawTar::default().file("..", b"pwned").finish()),
+    ] {
+        hostile(
+            &format!("{what} entry naming the root"),
+            Expect::Applied,
+            &no_setup,
+            &|_| layer.clone(),
+            &|root, _| {
+                let md = fs::symlink_metadata(root).unwrap();
+                assert!(md.is_dir());
+                assert_ne!(md.mode() & 0o7777, 0o777, "{what}");
+            },
+        );
+    }
 }
 
 #[test]

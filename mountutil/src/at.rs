@@ -204,19 +204,35 @@ impl Dir {
         )?)
     }
 
-    /// Removes `name` whatever it is, directories recursively; absent is fine.
+    /// Removes `name` whatever it is, directories recursively; absent is fine. Depth first
+    /// with a stack on the heap, not recursion: a layer can nest directories deeper than a
+    /// thread's stack would allow (one descriptor per level is held; too deep a tree runs
+    /// out of descriptors and fails cleanly).
     pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         match self.kind(name)? {
-            None => Ok(()),
-            Some(Kind::Dir) => {
-                let sub = self.open_subdir(name)?;
-                for child in sub.names()? {
-                    sub.remove_all(&child)?;
-                }
-                Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
-            }
-            Some(_) => self.unlink(name),
+            None => return Ok(()),
+            Some(Kind::Dir) => {}
+            Some(_) => return self.unlink(name),
         }
+        let mut stack = vec![Emptying::open(self, name)?];
+        while let Some(top) = stack.last_mut() {
+            if let Some(child) = top.left.pop() {
+                match top.dir.kind(&child)? {
+                    Some(Kind::Dir) => {
+                        let sub = Emptying::open(&top.dir, &child)?;
+                        stack.push(sub);
+                    }
+                    Some(_) => top.dir.unlink(&child)?,
+                    None => {}
+                }
+                continue;
+            }
+            let done = stack.pop().expect("the loop saw a top frame");
+            let parent = stack.last().map_or(self, |f| &f.dir);
+            drop(done.dir);
+            rustix::fs::unlinkat(&parent.fd, &done.name, AtFlags::REMOVEDIR)?;
+        }
+        Ok(())
     }
 
     /// Names in this directory (without `.` and `..`).
@@ -320,6 +336,26 @@ pub fn fsetxattr(fd: impl AsFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
     )?)
 }
 
+/// A directory being emptied by [`Dir::remove_all`]: its name in its parent and the names
+/// in it still to remove.
+struct Emptying {
+    dir: Dir,
+    name: OsString,
+    left: Vec<OsString>,
+}
+
+impl Emptying {
+    fn open(parent: &Dir, name: &OsStr) -> io::Result<Self> {
+        let dir = parent.open_subdir(name)?;
+        let left = dir.names()?;
+        Ok(Emptying {
+            dir,
+            name: name.to_os_string(),
+            left,
+        })
+    }
+}
+
 /// Owner, permission bits and times of a file, as `stat` gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attrs {
@@ -410,4 +446,33 @@ pub fn current_umask() -> u32 {
 /// Whether an open directory has the setgid bit (new entries then inherit its group).
 pub fn is_setgid_dir(fd: impl AsFd) -> io::Result<bool> {
     Ok(rustix::fs::fstat(fd)?.st_mode & 0o2000 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_all_empties_deep_and_wide_trees() {
+        let base = std::env::temp_dir().join(format!("mountutil-rm-{}", std::process::id()));
+        std::fs::create_dir(&base).unwrap();
+        let root = Root::open(&base).unwrap();
+        let top = root.open_dir(Path::new("")).unwrap();
+        top.mkdir("t".as_ref(), 0o755).unwrap();
+        // 3,000 levels (deeper than any path can name), files and a symlink on the way.
+        let mut dir = top.open_subdir("t".as_ref()).unwrap();
+        for i in 0..3000 {
+            if i % 500 == 0 {
+                dir.create_file("f".as_ref(), 0o644).unwrap();
+                dir.symlink("l".as_ref(), Path::new("/")).unwrap();
+            }
+            dir.mkdir("d".as_ref(), 0o700).unwrap();
+            dir = dir.open_subdir("d".as_ref()).unwrap();
+        }
+        drop(dir);
+        top.remove_all("t".as_ref()).unwrap();
+        assert_eq!(top.kind("t".as_ref()).unwrap(), None);
+        top.remove_all("absent".as_ref()).unwrap();
+        std::fs::remove_dir(&base).unwrap();
+    }
 }
