@@ -6,7 +6,8 @@
 //! Debian 12's containerd 1.6 has no proxy differs: its walking differ unpacks images into
 //! Strata's mounts. containerd 1.7.24 (Debian 13's, see `scripts/e2e/containerd-1.7.sh`) also
 //! uses Strata as its differ `strata-diff`, both for unpacking in `ctr` and in containerd's
-//! transfer service, and Strata must then apply every layer straight into its own snapshots.
+//! transfer service, and Strata must then apply every layer straight into its own snapshots;
+//! `ctr snapshots diff` must get its layer from Strata too, through containerd's content store.
 //!
 //! Needs root. `scripts/e2e/ensure-deps.sh` installs containerd, runc and busybox-static if
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
@@ -59,6 +60,7 @@ fn strata_differ_1_7() {
         return;
     };
     snapshot_commands(&env, "overlayfs");
+    diff_through_containerd(&env);
 
     let image = "strata.test/e2e/client-unpack:1";
     env.import(image, 0, Unpack::Client);
@@ -173,6 +175,67 @@ fn snapshot_commands(env: &Env, kind: &str) {
     assert!(err.contains("child"), "{err}");
     snap(&["rm", "k2", "v1", "n1"]);
     assert_eq!(table(&snap(&["ls"])), [vec!["KEY", "PARENT", "KIND"]]);
+    env.collect_garbage();
+    env.wait_strata_empty();
+}
+
+/// `ctr snapshots diff`, which containerd's diff service routes to Strata (first in 1.7's
+/// order): Strata walks the active snapshot's upper directory and writes the layer through
+/// containerd's Content service in the snapshot's namespace; ctr then reads it back from
+/// containerd's content store.
+fn diff_through_containerd(env: &Env) {
+    let snap = |args: &[&str]| {
+        env.ctr_ok(&[&["snapshots", "--snapshotter", SNAPSHOTTER][..], args].concat())
+    };
+    let dir_of = |mounts: &str| -> std::path::PathBuf {
+        let mounts: serde_json::Value = serde_json::from_str(mounts).expect("mounts JSON");
+        let m = &mounts[0];
+        let dir = if m["Type"] == "bind" {
+            m["Source"].as_str().expect("source").to_string()
+        } else {
+            m["Options"]
+                .as_array()
+                .expect("options")
+                .iter()
+                .find_map(|o| o.as_str()?.strip_prefix("upperdir=").map(str::to_string))
+                .expect("upperdir")
+        };
+        dir.into()
+    };
+    let base = dir_of(&snap(&["prepare", "--mounts", "diff-base"]));
+    std::fs::write(base.join("keep"), "keep").unwrap();
+    std::fs::write(base.join("gone"), "gone").unwrap();
+    snap(&["commit", "diff-base-c", "diff-base"]);
+    let upper = dir_of(&snap(&["prepare", "--mounts", "diff-top", "diff-base-c"]));
+    std::fs::write(upper.join("added"), "added").unwrap();
+    mountutil::fs::mknod(&upper.join("gone"), mountutil::fs::NodeKind::Char, 0, 0, 0).unwrap();
+
+    let before = env.strata.log_text().matches("created layer").count();
+    let layer = env.ctr_bytes(&[
+        "snapshots",
+        "--snapshotter",
+        SNAPSHOTTER,
+        "diff",
+        "--media-type",
+        "application/vnd.oci.image.layer.v1.tar",
+        "diff-top",
+    ]);
+    let mut names: Vec<String> = tar::Archive::new(&layer[..])
+        .entries()
+        .expect("a tar from ctr")
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".wh.gone", "added"], "{}", env.strata.log_text());
+    let log = env.strata.log_text();
+    assert_eq!(
+        log.matches("created layer").count(),
+        before + 1,
+        "Strata's Diff service must have made the layer:\n{log}"
+    );
+    assert!(log.contains("method=\"overlay upper\""), "{log}");
+
+    snap(&["rm", "diff-top", "diff-base-c"]);
     env.collect_garbage();
     env.wait_strata_empty();
 }

@@ -85,6 +85,7 @@ pub fn table(out: &str) -> Vec<Vec<&str>> {
 struct Output {
     status: ExitStatus,
     stdout: String,
+    stdout_bytes: Vec<u8>,
     stderr: String,
 }
 
@@ -124,9 +125,11 @@ fn run(cmd: &mut Command, scratch: &Path) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let stdout_bytes = std::fs::read(out).expect("read stdout");
     Output {
         status,
-        stdout: std::fs::read_to_string(out).expect("read stdout"),
+        stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
+        stdout_bytes,
         stderr: std::fs::read_to_string(err).expect("read stderr"),
     }
 }
@@ -341,6 +344,11 @@ impl Env {
     /// A `ctr` call that must succeed; its stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         self.ctr(args).check(&args).stdout
+    }
+
+    /// A `ctr` call that must succeed; its stdout as bytes (blobs).
+    pub fn ctr_bytes(&self, args: &[&str]) -> Vec<u8> {
+        self.ctr(args).check(&args).stdout_bytes
     }
 
     /// A `ctr` call that must fail; its stderr.
