@@ -76,7 +76,7 @@ pub fn apply_layer(
         .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
         .collect::<Result<Vec<_>>>()?;
     let mut stream = pipeline::decode(source, compression);
-    let written = LayerWriter::new(&root, mode, lowers).write_all(&mut stream);
+    let written = LayerWriter::new(&root, mode, lowers).write_all(stream.reader());
     let decoded: Decoded = match written {
         Ok(()) => stream.finish()?,
         // A corrupt stream shows up to the writer as a short read; say what it really was.

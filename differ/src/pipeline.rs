@@ -85,43 +85,35 @@ pub(crate) struct Decoded {
     pub uncompressed: Hashed,
 }
 
-/// The reading end: the uncompressed stream, as `BufRead` (read in place).
-pub(crate) struct DecodedStream {
-    chunks: Receiver<io::Result<Chunk>>,
-    current: Option<Chunk>,
-    pos: usize,
-    decoder: JoinHandle<Result<Decoded>>,
+/// Where an [`InPlace`] reader gets its chunks.
+trait NextChunk {
+    /// The next chunk; `None` (or an empty chunk) at the end.
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>>;
 }
 
-/// The blob, read in pooled chunks that are also sent to the hasher; `BufRead` so the
-/// decompressor reads straight from the chunks.
-struct BlobChunks {
-    source: Box<dyn Read + Send>,
-    /// Set when reading the source failed (as opposed to decoding what it gave).
-    failed: Arc<AtomicBool>,
-    pool: Pool,
-    hasher: SyncSender<ToHash>,
+/// `BufRead` over a sequence of chunks, handed out in place.
+struct InPlace<S> {
+    source: S,
     current: Option<Chunk>,
     pos: usize,
 }
 
-impl BufRead for BlobChunks {
+impl<S> InPlace<S> {
+    fn new(source: S) -> Self {
+        InPlace {
+            source,
+            current: None,
+            pos: 0,
+        }
+    }
+}
+
+impl<S: NextChunk> BufRead for InPlace<S> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        let exhausted = self.current.as_ref().is_none_or(|c| self.pos == c.len());
-        if exhausted {
+        if self.current.as_ref().is_none_or(|c| self.pos == c.len()) {
             self.current = None;
             self.pos = 0;
-            // Whole chunks, also from a stream that delivers a few bytes at a time: the
-            // compression is sniffed from the first one.
-            let source = &mut self.source;
-            let chunk = self
-                .pool
-                .fill(|buf| fill_from(source, buf))
-                .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
-            if !chunk.is_empty() {
-                let _ = self.hasher.send(ToHash::Blob(Arc::clone(&chunk)));
-            }
-            self.current = Some(chunk);
+            self.current = self.source.next_chunk()?;
         }
         Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
     }
@@ -131,9 +123,55 @@ impl BufRead for BlobChunks {
     }
 }
 
-impl Read for BlobChunks {
+impl<S: NextChunk> Read for InPlace<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        read_buffered(self, out)
+        let available = self.fill_buf()?;
+        let n = out.len().min(available.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The reading end: the uncompressed stream, as `BufRead` (read in place) through
+/// [`DecodedStream::reader`].
+pub(crate) struct DecodedStream {
+    chunks: InPlace<Receiver<io::Result<Chunk>>>,
+    decoder: JoinHandle<Result<Decoded>>,
+}
+
+impl NextChunk for Receiver<io::Result<Chunk>> {
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        match self.recv() {
+            Ok(Ok(chunk)) => Ok(Some(chunk)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// The blob, read in pooled chunks that also go to the hasher.
+struct BlobChunks {
+    source: Box<dyn Read + Send>,
+    /// Set when reading the source failed (as opposed to decoding what it gave).
+    failed: Arc<AtomicBool>,
+    pool: Pool,
+    hasher: SyncSender<ToHash>,
+}
+
+impl NextChunk for BlobChunks {
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        // Whole chunks, also from a stream that delivers a few bytes at a time: the
+        // compression is sniffed from the first one.
+        let source = &mut self.source;
+        let chunk = self
+            .pool
+            .fill(|buf| fill_from(source, buf))
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
+        if !chunk.is_empty() {
+            let _ = self.hasher.send(ToHash::Blob(Arc::clone(&chunk)));
+        }
+        Ok(Some(chunk))
     }
 }
 
@@ -149,15 +187,6 @@ fn fill_from(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// `Read` for a reader whose `BufRead` side is the real one.
-fn read_buffered(r: &mut impl BufRead, out: &mut [u8]) -> io::Result<usize> {
-    let available = r.fill_buf()?;
-    let n = out.len().min(available.len());
-    out[..n].copy_from_slice(&available[..n]);
-    r.consume(n);
-    Ok(n)
 }
 
 /// Starts decoding `source` on its own thread.
@@ -190,9 +219,7 @@ pub(crate) fn decode(
         })
         .expect("spawn decoder thread");
     DecodedStream {
-        chunks,
-        current: None,
-        pos: 0,
+        chunks: InPlace::new(chunks),
         decoder,
     }
 }
@@ -215,14 +242,12 @@ fn decode_all(
     chunks: &SyncSender<io::Result<Chunk>>,
 ) -> std::result::Result<Decoded, DecodeError> {
     let (to_hasher, hasher) = spawn_hasher();
-    let mut input = BlobChunks {
+    let mut input = InPlace::new(BlobChunks {
         source,
         failed,
         pool: Pool::new(),
         hasher: to_hasher.clone(),
-        current: None,
-        pos: 0,
-    };
+    });
     let compression = match compression {
         Some(c) => c,
         None => Compression::sniff(input.fill_buf()?),
@@ -275,40 +300,17 @@ fn spawn_hasher() -> (SyncSender<ToHash>, JoinHandle<(Hashed, Hashed)>) {
     (tx, handle)
 }
 
-impl BufRead for DecodedStream {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        let exhausted = self.current.as_ref().is_none_or(|c| self.pos == c.len());
-        if exhausted {
-            self.current = None;
-            self.pos = 0;
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.current = Some(chunk),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(&[]),
-            }
-        }
-        Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
-    }
-}
-
-impl Read for DecodedStream {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        read_buffered(self, out)
-    }
-}
-
 impl DecodedStream {
+    /// The uncompressed stream.
+    pub(crate) fn reader(&mut self) -> &mut impl BufRead {
+        &mut self.chunks
+    }
+
     /// Reads the rest of the stream (the tar's padding and anything after it, which the
     /// diffID covers) and returns the decoder's digests.
     pub(crate) fn finish(self) -> Result<Decoded> {
-        let DecodedStream {
-            chunks, decoder, ..
-        } = self;
-        while let Ok(Ok(_)) = chunks.recv() {}
+        let DecodedStream { chunks, decoder } = self;
+        while let Ok(Ok(_)) = chunks.source.recv() {}
         drop(chunks);
         decoder
             .join()
@@ -318,9 +320,7 @@ impl DecodedStream {
     /// Stops early (the writer failed): returns the decoder's own error if it had one, which
     /// explains the writer's failure better than a short read.
     pub(crate) fn abort(self) -> Option<Error> {
-        let DecodedStream {
-            chunks, decoder, ..
-        } = self;
+        let DecodedStream { chunks, decoder } = self;
         drop(chunks);
         decoder
             .join()
