@@ -20,7 +20,7 @@ use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::{NodeKind, OVERLAY_OPAQUE_XATTRS};
 
 use crate::pipeline::{self, Decoded};
-use crate::tarstream::{EntryKind, Header, SparseMap, TarStream};
+use crate::tarstream::{EntryKind, Header, Meta, SparseMap, TarStream};
 use crate::{Compression, Digest, Error, Result};
 
 /// How whiteouts (`.wh.NAME`, `.wh..wh..opq`) are applied.
@@ -110,17 +110,10 @@ fn layer_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::InvalidLayer(format!("{what} {}: {e}", path.display()))
 }
 
-/// Metadata of one entry.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, i64),
-    xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
 struct CachedDir {
     dir: Dir,
+    /// The directory has the setgid bit: new entries inherit its group, so their owner
+    /// must be set even when it is ours.
     setgid: bool,
 }
 
@@ -164,7 +157,13 @@ impl<'r> LayerWriter<'r> {
     fn entry(&mut self, h: Header, tar: &mut TarStream<impl BufRead>) -> Result<()> {
         let raw = PathBuf::from(OsString::from_vec(h.path));
         let rel = normalize(&raw);
-        let meta = Self::meta(&rel, h.mode, h.uid, h.gid, h.mtime, h.xattrs)?;
+        let meta = h.meta;
+        if let Some((name, _)) = meta.xattrs.iter().find(|(n, _)| {
+            let n = n.as_bytes();
+            n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.")
+        }) {
+            return Err(layer_err("overlay xattr on", &rel, name.to_string_lossy()));
+        }
         let name = rel.file_name().map(OsStr::to_os_string);
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
 
@@ -202,29 +201,6 @@ impl<'r> LayerWriter<'r> {
         }
     }
 
-    fn meta(
-        rel: &Path,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        mtime: (i64, i64),
-        xattrs: Vec<(OsString, Vec<u8>)>,
-    ) -> Result<Meta> {
-        for (name, _) in &xattrs {
-            let n = name.as_bytes();
-            if n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.") {
-                return Err(layer_err("overlay xattr on", rel, name.to_string_lossy()));
-            }
-        }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
-    }
-
     /// The open parent directory `rel`, created (0755) with its ancestors if `create`.
     fn dir_at(&mut self, rel: &Path, create: bool) -> Result<Option<&CachedDir>> {
         if !self.dirs.contains_key(rel.as_os_str()) {
@@ -248,7 +224,7 @@ impl<'r> LayerWriter<'r> {
                 }
                 Err(e) => return Err(Error::io("open", rel, e)),
             };
-            let setgid = at::is_setgid_dir(&dir).map_err(|e| Error::io("stat", rel, e))?;
+            let setgid = at::attrs(&dir).map_err(|e| Error::io("stat", rel, e))?.mode & 0o2000 != 0;
             if self.dirs.len() >= 512 {
                 self.dirs.clear();
             }

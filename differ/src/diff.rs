@@ -71,25 +71,34 @@ fn walk_err(root: &Path, e: walkdir::Error) -> Error {
     Error::io("walk", path, e.into())
 }
 
+/// A walk of everything under `root` (not `root` itself), in path order.
+fn sorted(root: &Path) -> walkdir::IntoIter {
+    WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+}
+
+/// `entry`'s path relative to `root`, the directory it was walked from.
+fn relative(root: &Path, entry: &walkdir::DirEntry) -> PathBuf {
+    entry
+        .path()
+        .strip_prefix(root)
+        .expect("walked from root")
+        .to_path_buf()
+}
+
 /// Every entry under `root` in path order, with its path relative to `root` and its
 /// metadata (symlinks not followed).
 fn walk_sorted(
     root: &Path,
 ) -> impl Iterator<Item = Result<(PathBuf, walkdir::DirEntry, Metadata)>> + '_ {
-    WalkDir::new(root)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        .map(move |entry| {
-            let entry = entry.map_err(|e| walk_err(root, e))?;
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .expect("under root")
-                .to_path_buf();
-            let md = entry.metadata().map_err(|e| walk_err(root, e))?;
-            Ok((rel, entry, md))
-        })
+    sorted(root).map(move |entry| {
+        let entry = entry.map_err(|e| walk_err(root, e))?;
+        let rel = relative(root, &entry);
+        let md = entry.metadata().map_err(|e| walk_err(root, e))?;
+        Ok((rel, entry, md))
+    })
 }
 
 /// Writes the layer of `changes` to `out`.
@@ -218,17 +227,10 @@ fn tree_changes(lower: &Path, upper: &Path) -> Result<Vec<(PathBuf, Change)>> {
             Ok(_) | Err(_) => out.push((rel, Change::Upsert(umd))),
         }
     }
-    let mut walk = WalkDir::new(lower)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter();
+    let mut walk = sorted(lower);
     while let Some(entry) = walk.next() {
         let entry = entry.map_err(|e| walk_err(lower, e))?;
-        let rel = entry
-            .path()
-            .strip_prefix(lower)
-            .expect("under root")
-            .to_path_buf();
+        let rel = relative(lower, &entry);
         match fs::symlink_metadata(upper.join(&rel)) {
             Err(_) => {
                 out.push((rel, Change::Whiteout));

@@ -2,7 +2,7 @@
 //! and decompresses it into more chunks; every chunk, compressed and uncompressed, also goes to
 //! a second thread that computes both digests (the blob's and the diffID), and the
 //! uncompressed ones go to the caller, which writes files. Reading, inflate, hashing and file
-//! creation overlap, and the thread on the critical path (inflate) does nothing else. Chunk
+//! creation overlap, and the thread on the critical path only reads and inflates. Chunk
 //! buffers return to a pool when their last holder drops them, keeping memory bounded and
 //! allocation off the hot path.
 
@@ -111,6 +111,7 @@ impl<S> InPlace<S> {
 impl<S: NextChunk> BufRead for InPlace<S> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.current.as_ref().is_none_or(|c| self.pos == c.len()) {
+            // Let go of the used chunk before waiting, so its buffer can be reused.
             self.current = None;
             self.pos = 0;
             self.current = self.source.next_chunk()?;

@@ -48,13 +48,21 @@ pub(crate) struct Header {
     pub kind: EntryKind,
     pub path: Vec<u8>,
     pub link: Vec<u8>,
+    pub dev: (u32, u32),
+    pub sparse: Option<SparseMap>,
+    pub meta: Meta,
+}
+
+/// An entry's owner, mode, time and xattrs: what is applied to whatever it creates.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    /// Permission bits, setuid/setgid/sticky included.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Modification time (seconds, nanoseconds), never before 1970.
     pub mtime: (i64, i64),
-    pub dev: (u32, u32),
     pub xattrs: Vec<(OsString, Vec<u8>)>,
-    pub sparse: Option<SparseMap>,
 }
 
 /// What one PAX header (`x`) says; a later one replaces it, as in Go's reader.
@@ -122,27 +130,21 @@ impl<R: BufRead> TarStream<R> {
             let typeflag = block[156];
             let size = u64::try_from(numeric(&block[124..136], "size")?)
                 .map_err(|_| bad("negative size"))?;
+            if !matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
+                return self.header(&block, size, pending).map(Some);
+            }
+            self.start_data(size);
             match typeflag {
-                b'x' => {
-                    self.start_data(size);
-                    let records = self.special_data(size, "PAX header")?;
-                    pending.pax = parse_pax(&records)?;
-                }
+                b'x' => pending.pax = parse_pax(&self.special_data(size, "PAX header")?)?,
                 // Go hands a global header to its caller as an entry, which containerd
                 // ignores; what was pending for the next entry is dropped with it.
-                b'g' => {
-                    self.start_data(size);
-                    pending = Pending::default();
-                }
+                b'g' => pending = Pending::default(),
                 b'L' => {
-                    self.start_data(size);
                     pending.long_name = Some(trim_nul(&self.special_data(size, "GNU long name")?));
                 }
-                b'K' => {
-                    self.start_data(size);
+                _ => {
                     pending.long_link = Some(trim_nul(&self.special_data(size, "GNU long link")?));
                 }
-                _ => return self.header(&block, size, pending).map(Some),
             }
         }
     }
@@ -237,18 +239,20 @@ impl<R: BufRead> TarStream<R> {
             kind,
             path,
             link,
-            mode: field(100..108, "mode")? as u32 & 0o7777,
-            uid,
-            gid,
-            // containerd's boundTime: a time before 1970 becomes 1970.
-            mtime: if mtime.0 < 0 || mtime.1 < 0 {
-                (0, 0)
-            } else {
-                mtime
-            },
             dev,
-            xattrs: pax.xattrs.into_iter().collect(),
             sparse,
+            meta: Meta {
+                mode: field(100..108, "mode")? as u32 & 0o7777,
+                uid,
+                gid,
+                // containerd's boundTime: a time before 1970 becomes 1970.
+                mtime: if mtime.0 < 0 || mtime.1 < 0 {
+                    (0, 0)
+                } else {
+                    mtime
+                },
+                xattrs: pax.xattrs.into_iter().collect(),
+            },
         })
     }
 
@@ -316,21 +320,7 @@ impl<R: BufRead> TarStream<R> {
     /// The next piece of the current entry's data, in place; `None` when it is all handed
     /// out. A piece is valid until the next call.
     pub(crate) fn data(&mut self) -> Result<Option<&[u8]>> {
-        self.input.consume(self.handed_out);
-        self.handed_out = 0;
-        if self.remaining == 0 {
-            return Ok(None);
-        }
-        let buf = self.input.fill_buf().map_err(read_err)?;
-        if buf.is_empty() {
-            return Err(bad("truncated entry data"));
-        }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        self.remaining -= n as u64;
-        self.handed_out = n;
-        Ok(Some(&buf[..n]))
+        self.data_at_most(u64::MAX)
     }
 
     /// Exactly `n` bytes of the current entry's data, into `out` (for sparse extents).
@@ -340,21 +330,31 @@ impl<R: BufRead> TarStream<R> {
         mut out: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         while n > 0 {
-            self.input.consume(self.handed_out);
-            self.handed_out = 0;
-            let buf = self.input.fill_buf().map_err(read_err)?;
-            if buf.is_empty() || self.remaining == 0 {
-                return Err(bad("truncated entry data"));
-            }
-            let take = buf
-                .len()
-                .min(usize::try_from(n.min(self.remaining)).unwrap_or(usize::MAX));
-            out(&buf[..take])?;
-            self.input.consume(take);
-            self.remaining -= take as u64;
-            n -= take as u64;
+            let piece = self
+                .data_at_most(n)?
+                .ok_or_else(|| bad("truncated entry data"))?;
+            n -= piece.len() as u64;
+            out(piece)?;
         }
         Ok(())
+    }
+
+    /// Like [`TarStream::data`], at most `max` bytes.
+    fn data_at_most(&mut self, max: u64) -> Result<Option<&[u8]>> {
+        self.input.consume(self.handed_out);
+        self.handed_out = 0;
+        let want = self.remaining.min(max);
+        if want == 0 {
+            return Ok(None);
+        }
+        let buf = self.input.fill_buf().map_err(read_err)?;
+        if buf.is_empty() {
+            return Err(bad("truncated entry data"));
+        }
+        let n = buf.len().min(usize::try_from(want).unwrap_or(usize::MAX));
+        self.remaining -= n as u64;
+        self.handed_out = n;
+        Ok(Some(&buf[..n]))
     }
 
     fn start_data(&mut self, size: u64) {

@@ -443,11 +443,6 @@ pub fn current_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// Whether an open directory has the setgid bit (new entries then inherit its group).
-pub fn is_setgid_dir(fd: impl AsFd) -> io::Result<bool> {
-    Ok(rustix::fs::fstat(fd)?.st_mode & 0o2000 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
