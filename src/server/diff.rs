@@ -274,7 +274,12 @@ impl Diff for DiffService {
             let started = Instant::now();
             let (target, mode) = job.target(&mounts)?;
             let (key, lowers) = match &target {
-                Target::Own(o) => (Some(o.key.clone()), o.parents.clone()),
+                // Only an overlay upper directory lacks what its parents have; a native
+                // snapshot is a full copy, applied like containerd's bind mounts (no parents).
+                Target::Own(o) if matches!(mode, WhiteoutMode::Overlay { .. }) => {
+                    (Some(o.key.clone()), o.parents.clone())
+                }
+                Target::Own(o) => (Some(o.key.clone()), Vec::new()),
                 Target::Mounted(_) => (None, Vec::new()),
             };
             let blob = job

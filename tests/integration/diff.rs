@@ -219,6 +219,19 @@ async fn apply_then_diff(test: &str, kind: &str) {
         tree.contains_key("/opt/old"),
         "{kind}: the base's /opt shows through"
     );
+    if kind == "native" {
+        // A native snapshot is a full copy: a directory removed in it and needed again by
+        // a layer is made afresh (0755), not taken from the parent, as containerd applies
+        // to a bind mount.
+        let mounts = f.s.prepare("recreated-p", "base").await.unwrap();
+        with_mounted(&mounts, &f.mnt, |root| apply(root, &[Op::Remove("/opt")]));
+        let desc = files_only_layer(&f, &[("opt/again", b"again")]);
+        apply_rpc(&mut f.d, desc, mounts).await.unwrap();
+        f.s.commit("recreated", "recreated-p").await.unwrap();
+        let tree = view(&mut f, "recreated").await;
+        assert_eq!(tree["/opt"].mode & 0o7777, 0o755, "native: recreated /opt");
+        assert!(!tree.contains_key("/opt/old"));
+    }
 
     // Our own overlay snapshot is diffed by walking its upper directory only.
     let walked_upper = f.daemon.log_text().contains("method=\"overlay upper\"");
