@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "containerd/services/snapshots/v1/snapshots.proto",
     "containerd/services/diff/v1/diff.proto",
     "containerd/services/content/v1/content.proto",
+    "containerd/services/leases/v1/leases.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

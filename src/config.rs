@@ -42,6 +42,10 @@ pub struct DifferConfig {
     /// Namespace for content calls when neither the request nor the snapshot key names one.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// How long a layer created by Diff stays protected from containerd's garbage collector
+    /// (by a lease of Strata's own) when the request brought no lease of the caller's.
+    #[serde(default = "default_lease_expiry_secs")]
+    pub lease_expiry_secs: u64,
 }
 
 /// containerd's default socket.
@@ -55,12 +59,20 @@ fn default_namespace() -> String {
     "default".into()
 }
 
+/// One hour: ample for a client to read a new layer and reference it from its image.
+pub const DEFAULT_LEASE_EXPIRY_SECS: u64 = 3600;
+
+fn default_lease_expiry_secs() -> u64 {
+    DEFAULT_LEASE_EXPIRY_SECS
+}
+
 impl Default for DifferConfig {
     fn default() -> Self {
         DifferConfig {
             content_dir: None,
             containerd_address: default_containerd_address(),
             namespace: default_namespace(),
+            lease_expiry_secs: DEFAULT_LEASE_EXPIRY_SECS,
         }
     }
 }

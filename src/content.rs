@@ -1,12 +1,16 @@
-//! Blob source and sink over containerd's Content gRPC service: Apply reads layers with
-//! `Read`, Diff writes them with `Write`. The namespace and lease of the incoming request are
-//! forwarded; calls run on the daemon's runtime from the blocking thread doing the work.
+//! Where the Diff service's blobs are: a local OCI-layout directory, or containerd's Content
+//! gRPC service (Apply reads layers with `Read`, Diff writes them with `Write`). For
+//! containerd the namespace and lease of the incoming request are forwarded; a blob written
+//! without the caller's lease is written under a lease of Strata's own that expires, so
+//! containerd's garbage collector leaves it until the client has taken it over. Calls run on
+//! the daemon's runtime from the blocking thread doing the work.
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use differ::content::{BlobSink, BlobSource, BlobWriter};
+use differ::content::{BlobSink, BlobSource, BlobWriter, LocalStore};
 use differ::{Digest, Error};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -15,16 +19,48 @@ use tonic::{Code, Request, Status, Streaming};
 
 use crate::api::services::content::v1 as pb;
 use crate::api::services::content::v1::content_client::ContentClient;
+use crate::api::services::leases::v1 as leases;
+use crate::api::services::leases::v1::leases_client::LeasesClient;
+use crate::status::remote_error;
 
 /// gRPC metadata key of the containerd namespace.
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// gRPC metadata key of the containerd lease.
 pub const LEASE_HEADER: &str = "containerd-lease";
+/// Lease label with the time (RFC 3339) after which containerd's collector drops the lease.
+pub const GC_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+
+/// A content store resolved for one call.
+pub enum BlobStore {
+    /// A local OCI-layout directory.
+    Local(LocalStore),
+    /// containerd's Content service in one namespace.
+    Containerd(Box<ContainerdContent>),
+}
+
+impl BlobSource for BlobStore {
+    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
+        match self {
+            BlobStore::Local(s) => s.open(digest),
+            BlobStore::Containerd(s) => s.open(digest),
+        }
+    }
+}
+
+impl BlobSink for BlobStore {
+    fn create(&self) -> differ::Result<Box<dyn BlobWriter>> {
+        match self {
+            BlobStore::Local(s) => s.create(),
+            BlobStore::Containerd(s) => s.create(),
+        }
+    }
+}
 
 /// containerd's Content service for one namespace (and lease).
 #[derive(Clone)]
 pub struct ContainerdContent {
     client: ContentClient<Channel>,
+    client_channel: Channel,
     namespace: String,
     lease: Option<String>,
     runtime: Handle,
@@ -43,18 +79,6 @@ pub fn containerd_channel(socket: PathBuf) -> Channel {
     )
 }
 
-fn status_error(what: &str, s: Status) -> Error {
-    match s.code() {
-        Code::NotFound => Error::NotFound(format!("{what}: {}", s.message())),
-        Code::InvalidArgument => Error::InvalidArgument(format!("{what}: {}", s.message())),
-        _ => Error::Io {
-            op: "containerd content",
-            path: what.into(),
-            source: io::Error::other(format!("{:?}: {}", s.code(), s.message())),
-        },
-    }
-}
-
 impl ContainerdContent {
     /// A client on `channel` for `namespace`; call from a thread outside the runtime.
     pub fn new(
@@ -64,12 +88,36 @@ impl ContainerdContent {
         runtime: Handle,
     ) -> Self {
         ContainerdContent {
-            client: ContentClient::new(channel)
+            client: ContentClient::new(channel.clone())
                 .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+            client_channel: channel,
             namespace,
             lease,
             runtime,
         }
+    }
+
+    /// Whether calls carry a lease (the caller's or one of ours).
+    pub fn has_lease(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Creates a lease of Strata's own in this namespace that containerd's collector drops
+    /// `expiry` from now, and makes the calls that follow run under it: a blob written then
+    /// is kept at least that long.
+    pub fn lease_for(&mut self, expiry: Duration) -> differ::Result<String> {
+        let id = format!("strata-diff-{}", unique_suffix());
+        let expires = rfc3339_utc(SystemTime::now() + expiry);
+        let request = self.request(leases::CreateRequest {
+            id: id.clone(),
+            labels: [(GC_EXPIRE_LABEL.to_string(), expires)].into(),
+        });
+        let mut client = LeasesClient::new(self.client_channel.clone());
+        self.runtime
+            .block_on(client.create(request))
+            .map_err(|s| remote_error(&format!("create lease {id}"), &s))?;
+        self.lease = Some(id.clone());
+        Ok(id)
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
@@ -99,7 +147,7 @@ impl BlobSource for ContainerdContent {
             client.info(info).await?;
             Ok::<_, Status>(client.read(read).await?.into_inner())
         });
-        let stream = stream.map_err(|s| status_error(digest.as_str(), s))?;
+        let stream = stream.map_err(|s| remote_error(digest.as_str(), &s))?;
         Ok(Box::new(StreamReader {
             stream,
             chunk: Vec::new(),
@@ -137,7 +185,39 @@ impl Read for StreamReader {
 }
 
 const WRITE_CHUNK: usize = 1 << 20;
-static REF_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// `<nanoseconds since the epoch>-<sequence>`: unique among this daemon's refs and leases.
+fn unique_suffix() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `t` as RFC 3339 in UTC with whole seconds (`2026-12-01T03:04:05Z`), the form Go's
+/// `time.Parse(time.RFC3339, ...)` reads.
+fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
 
 impl BlobSink for ContainerdContent {
     fn create(&self) -> differ::Result<Box<dyn BlobWriter>> {
@@ -149,19 +229,12 @@ impl BlobSink for ContainerdContent {
             while stream.message().await?.is_some() {}
             Ok::<_, Status>(())
         });
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
         Ok(Box::new(ContentWriter {
             tx,
             responses: Some(responses),
             buf: Vec::with_capacity(WRITE_CHUNK),
             offset: 0,
-            reference: format!(
-                "strata-diff-{nanos}-{}",
-                REF_SEQ.fetch_add(1, Ordering::Relaxed)
-            ),
+            reference: format!("strata-diff-{}", unique_suffix()),
             runtime: self.runtime.clone(),
         }))
     }
@@ -242,8 +315,22 @@ impl BlobWriter for ContentWriter {
         match self.runtime.block_on(responses) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(s)) if s.code() == Code::AlreadyExists => Ok(()),
-            Ok(Err(s)) => Err(status_error(digest.as_str(), s)),
+            Ok(Err(s)) => Err(remote_error(digest.as_str(), &s)),
             Err(e) => Err(io_err(io::Error::other(e.to_string()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs| rfc3339_utc(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59Z");
+        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
     }
 }

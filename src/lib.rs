@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod convert;
+pub mod instances;
+pub mod layers;
 pub mod server;
 pub mod status;
 
@@ -33,6 +35,13 @@ pub mod api {
             /// `containerd.services.content.v1`.
             pub mod v1 {
                 tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+        /// `containerd.services.leases`.
+        pub mod leases {
+            /// `containerd.services.leases.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.leases.v1");
             }
         }
         /// `containerd.services.snapshots`.

@@ -52,6 +52,10 @@ struct ServeArgs {
     /// containerd's socket, whose Content service holds the layer blobs.
     #[arg(long)]
     containerd_address: Option<PathBuf>,
+    /// Seconds a layer created by Diff stays protected from containerd's garbage collector
+    /// when the request carries no lease (default 3600).
+    #[arg(long)]
+    diff_lease_expiry: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -87,6 +91,9 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     }
     if let Some(addr) = &args.containerd_address {
         config.differ.containerd_address = addr.clone();
+    }
+    if let Some(secs) = args.diff_lease_expiry {
+        config.differ.lease_expiry_secs = secs;
     }
     if let Some(kind) = args.snapshotter {
         if config.snapshotters.is_empty() {

@@ -1,21 +1,73 @@
-//! The one place where domain errors become gRPC statuses, with the codes containerd's
-//! errdefs expects (containerd branches on them: AlreadyExists, NotFound, ...).
+//! The one place where errors and gRPC statuses meet, both ways.
+//!
+//! Outgoing: every error type of the workspace says which containerd errdefs class it is
+//! ([`Classify`]); wrapping variants ask the error they wrap, so no code here looks inside
+//! another crate's nested variants. containerd branches on these codes (AlreadyExists after
+//! Prepare, NotFound, ...). Incoming: statuses from containerd's Content and Leases services
+//! become differ errors of the matching class ([`remote_error`]), with Unavailable and
+//! DeadlineExceeded kept apart from Internal.
 
-use snapshotter::Error;
 use tonic::{Code, Status};
 
-/// The gRPC code of a snapshotter error.
-pub fn code(e: &Error) -> Code {
-    match e {
-        Error::NotFound(_) => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::NotImplemented(_) => Code::Unimplemented,
-        Error::Sys(mountutil::Error::Locked { .. }) => Code::Unavailable,
-        Error::Sys(mountutil::Error::InvalidMount(_)) => Code::InvalidArgument,
-        Error::Index(_) | Error::CorruptRecord { .. } | Error::Io { .. } | Error::Sys(_) => {
-            Code::Internal
+use crate::layers::LayerError;
+
+/// An error that knows its containerd error class, as a gRPC code.
+pub trait Classify: std::error::Error {
+    /// The gRPC code of this error's class.
+    fn code(&self) -> Code;
+}
+
+impl Classify for mountutil::Error {
+    fn code(&self) -> Code {
+        use mountutil::Error as M;
+        match self {
+            M::InvalidMount(_) => Code::InvalidArgument,
+            M::Locked { .. } => Code::Unavailable,
+            M::Mount { .. } | M::Unmount { .. } | M::Io { .. } | M::Index { .. } => Code::Internal,
+        }
+    }
+}
+
+impl Classify for snapshotter::Error {
+    fn code(&self) -> Code {
+        use snapshotter::Error as S;
+        match self {
+            S::NotFound(_) => Code::NotFound,
+            S::AlreadyExists(_) => Code::AlreadyExists,
+            S::InvalidArgument(_) => Code::InvalidArgument,
+            S::FailedPrecondition(_) => Code::FailedPrecondition,
+            S::NotImplemented(_) => Code::Unimplemented,
+            S::Sys(e) => e.code(),
+            S::Index(_) | S::CorruptRecord { .. } | S::Io { .. } => Code::Internal,
+        }
+    }
+}
+
+impl Classify for differ::Error {
+    fn code(&self) -> Code {
+        use differ::Error as D;
+        match self {
+            D::InvalidLayer(_) | D::InvalidArgument(_) => Code::InvalidArgument,
+            D::Mismatch { .. } => Code::FailedPrecondition,
+            D::NotImplemented(_) => Code::Unimplemented,
+            D::NotFound(_) => Code::NotFound,
+            D::Unavailable(_) => Code::Unavailable,
+            D::TimedOut(_) => Code::DeadlineExceeded,
+            D::Sys(e) => e.code(),
+            D::Io { .. } | D::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl Classify for LayerError {
+    fn code(&self) -> Code {
+        match self {
+            LayerError::Snapshot(e) => e.code(),
+            LayerError::Layer(e) => e.code(),
+            LayerError::Mount(e) => e.code(),
+            LayerError::NotActive { .. } => Code::FailedPrecondition,
+            LayerError::NoMounts => Code::InvalidArgument,
+            LayerError::Unsupported(_) => Code::Unimplemented,
         }
     }
 }
@@ -32,35 +84,28 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Converts a snapshotter error into a status carrying its whole chain as the message.
-pub fn to_status(e: Error) -> Status {
-    let code = code(&e);
+/// The status of an error: its class's code, its whole chain as the message. Internal
+/// errors are logged here, once.
+pub fn to_status(e: impl Classify) -> Status {
+    let code = e.code();
     if code == Code::Internal {
         tracing::error!(error = %chain(&e), "internal error");
     }
     Status::new(code, chain(&e))
 }
 
-/// The gRPC code of a differ error.
-pub fn differ_code(e: &differ::Error) -> Code {
+/// A status from containerd (about `what`) as a differ error of the same class.
+pub fn remote_error(what: &str, s: &Status) -> differ::Error {
     use differ::Error as D;
-    match e {
-        D::InvalidLayer(_) | D::InvalidArgument(_) => Code::InvalidArgument,
-        D::Mismatch { .. } => Code::FailedPrecondition,
-        D::NotImplemented(_) => Code::Unimplemented,
-        D::NotFound(_) => Code::NotFound,
-        D::Sys(mountutil::Error::InvalidMount(_)) => Code::InvalidArgument,
-        D::Io { .. } | D::Sys(_) => Code::Internal,
+    let msg = format!("{what}: {}", s.message());
+    match s.code() {
+        Code::NotFound => D::NotFound(msg),
+        Code::InvalidArgument => D::InvalidArgument(msg),
+        Code::Unimplemented => D::NotImplemented(msg),
+        Code::Unavailable => D::Unavailable(msg),
+        Code::DeadlineExceeded => D::TimedOut(msg),
+        code => D::Store(format!("{msg} ({code:?})")),
     }
-}
-
-/// Converts a differ error into a status carrying its whole chain as the message.
-pub fn differ_status(e: differ::Error) -> Status {
-    let code = differ_code(&e);
-    if code == Code::Internal {
-        tracing::error!(error = %chain(&e), "internal error");
-    }
-    Status::new(code, chain(&e))
 }
 
 /// Status for a request that is malformed before it reaches a snapshotter.
@@ -79,18 +124,19 @@ mod tests {
 
     #[test]
     fn classes_map_to_containerd_codes() {
-        assert_eq!(code(&Error::NotFound("x".into())), Code::NotFound);
-        assert_eq!(code(&Error::AlreadyExists("x".into())), Code::AlreadyExists);
+        use snapshotter::Error;
+        assert_eq!(Error::NotFound("x".into()).code(), Code::NotFound);
+        assert_eq!(Error::AlreadyExists("x".into()).code(), Code::AlreadyExists);
         assert_eq!(
-            code(&Error::InvalidArgument("x".into())),
+            Error::InvalidArgument("x".into()).code(),
             Code::InvalidArgument
         );
         assert_eq!(
-            code(&Error::FailedPrecondition("x".into())),
+            Error::FailedPrecondition("x".into()).code(),
             Code::FailedPrecondition
         );
         assert_eq!(
-            code(&Error::NotImplemented("x".into())),
+            Error::NotImplemented("x".into()).code(),
             Code::Unimplemented
         );
         let io = Error::Io {
@@ -98,18 +144,42 @@ mod tests {
             path: "/x".into(),
             source: std::io::Error::other("boom"),
         };
-        assert_eq!(code(&io), Code::Internal);
+        assert_eq!(io.code(), Code::Internal);
         assert_eq!(chain(&io), "stat /x: boom");
+        let locked = Error::Sys(mountutil::Error::Locked {
+            path: "/r/lock".into(),
+        });
+        assert_eq!(locked.code(), Code::Unavailable);
+        let bad_mount = LayerError::Mount(mountutil::Error::InvalidMount("x".into()));
+        assert_eq!(bad_mount.code(), Code::InvalidArgument);
     }
 
     #[test]
     fn messages_end_with_the_class_text() {
-        let s = to_status(Error::FailedPrecondition(
+        let s = to_status(snapshotter::Error::FailedPrecondition(
             "cannot remove snapshot a with child".into(),
         ));
         assert_eq!(
             s.message(),
             "cannot remove snapshot a with child: failed precondition"
         );
+    }
+
+    #[test]
+    fn remote_statuses_keep_their_class() {
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::Unimplemented,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+        ] {
+            let back = to_status(remote_error("blob", &Status::new(code, "x")));
+            assert_eq!(back.code(), code);
+        }
+        for code in [Code::Internal, Code::PermissionDenied, Code::Unknown] {
+            let back = to_status(remote_error("blob", &Status::new(code, "x")));
+            assert_eq!(back.code(), Code::Internal, "{code:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Read, Write};
 
+use crate::parallel_gzip::ParallelGzip;
 use crate::{Error, Result};
 
 /// OCI media type of an uncompressed layer.
@@ -77,32 +78,41 @@ impl Compression {
         })
     }
 
-    /// A compressing writer over `output`; call [`Encoder::finish`] at the end.
+    /// A compressing writer over `output` using every core (gzip in independent blocks,
+    /// zstd multi-threaded); call [`Encoder::finish`] at the end. The output depends only on
+    /// the input, not on the number of cores.
     pub fn encoder<W: Write>(self, output: W) -> Result<Encoder<W>> {
+        let threads = compression_threads();
+        let zstd_err = |e| Error::io("zstd", "", e);
         Ok(match self {
             Compression::None => Encoder::None(output),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                output,
-                flate2::Compression::default(),
-            )),
+            Compression::Gzip => Encoder::Gzip(
+                ParallelGzip::new(output, flate2::Compression::default(), threads)
+                    .map_err(|e| Error::io("gzip", "", e))?,
+            ),
             Compression::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(output, 3)
-                    .map_err(|e| Error::io("zstd", "", e))?;
+                let mut e = zstd::stream::write::Encoder::new(output, 3).map_err(zstd_err)?;
                 // A frame checksum lets readers detect corrupted blocks.
-                e.include_checksum(true)
-                    .map_err(|e| Error::io("zstd", "", e))?;
+                e.include_checksum(true).map_err(zstd_err)?;
+                // With one worker or more, zstd's output is the same for any worker count.
+                e.multithread(threads as u32).map_err(zstd_err)?;
                 Encoder::Zstd(e)
             }
         })
     }
 }
 
+/// Compression threads: one per core.
+fn compression_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A compressing writer.
 pub enum Encoder<W: Write> {
     /// Pass-through.
     None(W),
-    /// gzip.
-    Gzip(flate2::write::GzEncoder<W>),
+    /// gzip, on every core.
+    Gzip(ParallelGzip<W>),
     /// zstd.
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }

@@ -32,6 +32,15 @@ pub enum Error {
     /// A blob is not in the content store.
     #[error("blob {0}: not found")]
     NotFound(String),
+    /// The content store cannot be reached now; the call may succeed later.
+    #[error("{0}: unavailable")]
+    Unavailable(String),
+    /// The content store did not answer in time.
+    #[error("{0}: timed out")]
+    TimedOut(String),
+    /// The content store failed otherwise.
+    #[error("content store: {0}")]
+    Store(String),
     /// A filesystem operation failed.
     #[error("{op} {path}")]
     Io {

@@ -13,6 +13,7 @@ pub mod content;
 pub mod diff;
 pub mod digest;
 mod error;
+pub mod parallel_gzip;
 mod pipeline;
 mod tarstream;
 

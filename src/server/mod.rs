@@ -4,23 +4,20 @@
 mod diff;
 mod snapshots;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use snapshotter::native::NativeSnapshotter;
-use snapshotter::overlay::OverlaySnapshotter;
-use snapshotter::{Options, Snapshotter};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::Status;
 
 use crate::api::services::diff::v1::diff_server::DiffServer;
 use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
-use crate::config::{Config, ConfigError, InstanceConfig, SnapshotterKind};
+use crate::config::{Config, ConfigError};
+use crate::instances::Instances;
+use crate::layers::Layers;
 use crate::status::chain;
 
 pub use diff::DiffService;
@@ -52,78 +49,6 @@ pub enum DaemonError {
     /// The gRPC server failed.
     #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
-}
-
-/// One named snapshotter instance.
-pub struct Instance {
-    /// The name containerd selects it by.
-    pub name: String,
-    /// The snapshotter.
-    pub snapshotter: Arc<dyn Snapshotter>,
-}
-
-/// The instances a daemon serves, selected by the request's `snapshotter` field.
-pub struct Instances {
-    pub(crate) by_name: BTreeMap<String, Instance>,
-}
-
-impl Instances {
-    /// Opens every configured instance (taking each root's lock).
-    pub fn open(config: &Config) -> Result<Self, DaemonError> {
-        let mut by_name = BTreeMap::new();
-        for (inst, root) in config.instances()? {
-            let snapshotter = open_instance(&inst, &root).map_err(|source| DaemonError::Open {
-                name: inst.name.clone(),
-                root: root.clone(),
-                source,
-            })?;
-            tracing::info!(name = %inst.name, kind = ?inst.kind, root = %root.display(), "snapshotter ready");
-            by_name.insert(
-                inst.name.clone(),
-                Instance {
-                    name: inst.name,
-                    snapshotter,
-                },
-            );
-        }
-        Ok(Instances { by_name })
-    }
-
-    /// The instance for a request: the named one when several are served, the only one
-    /// otherwise (whatever name containerd gave its proxy plugin).
-    pub fn get(&self, name: &str) -> Result<&Instance, Status> {
-        if self.by_name.len() == 1 {
-            return Ok(self.by_name.values().next().expect("one instance"));
-        }
-        self.by_name
-            .get(name)
-            .ok_or_else(|| Status::not_found(format!("snapshotter {name:?}: not found")))
-    }
-}
-
-fn open_instance(inst: &InstanceConfig, root: &Path) -> snapshotter::Result<Arc<dyn Snapshotter>> {
-    let options = Options {
-        sync_remove: inst
-            .sync_remove
-            .unwrap_or(inst.kind == SnapshotterKind::Native),
-    };
-    Ok(match inst.kind {
-        SnapshotterKind::Native => Arc::new(NativeSnapshotter::open(
-            root,
-            snapshotter::native::Native,
-            options,
-        )?),
-        SnapshotterKind::Overlayfs => {
-            let driver = snapshotter::overlay::Overlay::probe(
-                root,
-                snapshotter::overlay::OverlayOptions {
-                    upperdir_label: inst.upperdir_label,
-                    mount_options: inst.mount_options.clone(),
-                },
-            )?;
-            Arc::new(OverlaySnapshotter::open(root, driver, options)?)
-        }
-    })
 }
 
 /// Binds the daemon's socket: parent directory created, a stale socket (no one answering)
@@ -198,7 +123,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = mountutil::mount::reclaim_temp_mounts(&scratch) {
         tracing::warn!(error = %chain(&e), "could not reclaim temporary mounts");
     }
-    let differ = DiffService::new(Arc::clone(&instances), &config.differ, scratch);
+    let differ = DiffService::new(Layers::new(Arc::clone(&instances), &config.differ, scratch));
     let result = serve(listener, instances, differ, shutdown).await;
     let _ = std::fs::remove_file(&config.address);
     result

@@ -9,10 +9,10 @@ use snapshotter::{Filters, Snapshotter};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::Instances;
 use crate::api::services::snapshots::v1 as pb;
 use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
+use crate::instances::Instances;
 use crate::status::{invalid, join_error, to_status};
 
 /// List answers are split so each message stays well under containerd's 16 MiB limit.
@@ -35,7 +35,13 @@ impl SnapshotsService {
         T: Send + 'static,
         F: FnOnce(&dyn Snapshotter) -> snapshotter::Result<T> + Send + 'static,
     {
-        let s = Arc::clone(&self.instances.get(snapshotter)?.snapshotter);
+        let s = Arc::clone(
+            &self
+                .instances
+                .get(snapshotter)
+                .map_err(to_status)?
+                .snapshotter,
+        );
         tokio::task::spawn_blocking(move || f(s.as_ref()))
             .await
             .map_err(join_error)?
