@@ -120,6 +120,34 @@ impl ContainerdContent {
         Ok(id)
     }
 
+    /// Adds blob `digest` to this client's lease, and checks that the blob is there: a blob
+    /// that already existed is not added to the lease of a write that found it, and could
+    /// otherwise be collected before the client reads it.
+    pub fn hold(&self, digest: &Digest) -> differ::Result<()> {
+        let Some(lease) = self.lease.clone() else {
+            return Ok(());
+        };
+        let add = self.request(leases::AddResourceRequest {
+            id: lease.clone(),
+            resource: Some(leases::Resource {
+                id: digest.to_string(),
+                r#type: "content".into(),
+            }),
+        });
+        let info = self.request(pb::InfoRequest {
+            digest: digest.to_string(),
+        });
+        let mut leases = LeasesClient::new(self.client_channel.clone());
+        let mut content = self.client.clone();
+        self.runtime
+            .block_on(async move {
+                leases.add_resource(add).await?;
+                content.info(info).await
+            })
+            .map_err(|s| remote_error(&format!("{digest} in lease {lease}"), &s))?;
+        Ok(())
+    }
+
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         if let Ok(v) = self.namespace.parse() {

@@ -329,6 +329,9 @@ impl Layers {
             labels.push((UNCOMPRESSED_LABEL.into(), created.diff_id.to_string()));
         }
         writer.commit(&created.digest, created.size, &labels)?;
+        if let BlobStore::Containerd(c) = &store {
+            c.hold(&created.digest)?;
+        }
         tracing::info!(
             layer = %created.digest,
             diff_id = %created.diff_id,

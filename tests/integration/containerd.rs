@@ -13,6 +13,7 @@
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
 
 mod env;
+mod layer_creation;
 
 use strata::api::services::snapshots::v1 as pb;
 

@@ -247,6 +247,16 @@ impl Env {
     /// Installs what is missing and starts Strata with a `kind` snapshotter and then
     /// `release`, or returns `None` if `test` must be skipped for want of root.
     pub fn start(test: &str, kind: &str, release: Containerd) -> Option<Env> {
+        Self::start_with(test, kind, release, &[])
+    }
+
+    /// [`Env::start`] with more arguments for `strata serve`.
+    pub fn start_with(
+        test: &str,
+        kind: &str,
+        release: Containerd,
+        strata_extra: &[&str],
+    ) -> Option<Env> {
         if !util::require_root(test) {
             return None;
         }
@@ -269,6 +279,7 @@ impl Env {
         if release == Containerd::V1_7 {
             strata_args.extend(["--containerd-address", socket.to_str().expect("UTF-8")]);
         }
+        strata_args.extend(strata_extra);
         let strata = Daemon::start_with(&strata_dir, &strata_args);
 
         let config = dir.join("config.toml");
@@ -334,6 +345,11 @@ impl Env {
             .arg(&self.socket)
             .args(["--namespace", NAMESPACE]);
         cmd
+    }
+
+    /// A directory for the test's own files, removed with the environment.
+    pub fn scratch(&self) -> &Path {
+        self.tmp.path()
     }
 
     /// `ctr --address <socket> -n e2e <args>`.
