@@ -87,7 +87,7 @@ impl Compression {
         Ok(match self {
             Compression::None => Encoder::None(output),
             Compression::Gzip => Encoder::Gzip(
-                ParallelGzip::new(output, flate2::Compression::default(), threads)
+                ParallelGzip::new(output, flate2::Compression::new(GZIP_LEVEL), threads)
                     .map_err(|e| Error::io("gzip", "", e))?,
             ),
             Compression::Zstd => {
@@ -101,6 +101,11 @@ impl Compression {
         })
     }
 }
+
+/// gzip level of created layers. zlib-rs at level 5 compresses about 30% faster than at
+/// containerd's level 6 (Go's default) and its output is within 0.5% of that size (measured
+/// on a 300 MB tree of binaries and text; `scripts/bench/diff` prints both layer sizes).
+pub const GZIP_LEVEL: u32 = 5;
 
 /// Compression threads: one per core.
 fn compression_threads() -> usize {

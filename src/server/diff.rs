@@ -15,7 +15,7 @@ use crate::api::types::Descriptor;
 use crate::content::{LEASE_HEADER, NAMESPACE_HEADER};
 use crate::convert::mount_from_pb;
 use crate::layers::{ApplyLayer, CallContext, CreateLayer, LayerError, Layers, UNCOMPRESSED_LABEL};
-use crate::status::{join_error, to_status};
+use crate::status::{invalid, join_error, to_status};
 
 /// The Diff service.
 pub struct DiffService {
@@ -70,7 +70,7 @@ impl Diff for DiffService {
         let r = request.into_inner();
         let desc = r
             .diff
-            .ok_or_else(|| Status::invalid_argument("apply needs a diff descriptor"))?;
+            .ok_or_else(|| invalid("apply needs a diff descriptor"))?;
         if !r.payloads.is_empty() {
             return Err(to_status(LayerError::Unsupported(
                 "stream processor payloads".into(),
