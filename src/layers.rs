@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use differ::content::{BlobSink, BlobSource, LocalStore};
 use differ::diff::{Changes, Created, DiffOptions};
 use differ::{Applied, Compression, Digest, WhiteoutMode};
-use snapshotter::{Kind, Mount, OwnedSnapshot, WhiteoutStyle};
+use snapshotter::{Kind, Mount, OwnedSnapshot};
 use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
@@ -144,13 +144,6 @@ impl Target {
     }
 }
 
-fn whiteout_mode(style: WhiteoutStyle) -> WhiteoutMode {
-    match style {
-        WhiteoutStyle::Overlay { userxattr } => WhiteoutMode::Overlay { userxattr },
-        WhiteoutStyle::Delete => WhiteoutMode::Native,
-    }
-}
-
 /// The namespace part of a containerd backend key `<ns>/<n>/<key>`.
 fn key_namespace(key: &str) -> Option<&str> {
     let mut parts = key.splitn(3, '/');
@@ -223,7 +216,7 @@ impl Layers {
                 kind: o.kind.as_str(),
             }),
             Some(o) => {
-                let mode = whiteout_mode(o.whiteouts);
+                let mode = o.whiteouts;
                 Ok((Target::Own(o), mode))
             }
             None if mounts.is_empty() => Err(LayerError::NoMounts),
@@ -310,7 +303,7 @@ impl Layers {
         let lease = self.protect(&mut store)?;
         let mut writer = store.create()?;
         let upper_only = owner.as_ref().filter(|o| {
-            matches!(o.whiteouts, WhiteoutStyle::Overlay { .. })
+            matches!(o.whiteouts, WhiteoutMode::Overlay { .. })
                 && mounted_layers(&req.left).is_some_and(|shown| shown == o.parents)
         });
         let method = if upper_only.is_some() {

@@ -23,7 +23,7 @@ impl Classify for mountutil::Error {
         match self {
             M::InvalidMount(_) => Code::InvalidArgument,
             M::Locked { .. } => Code::Unavailable,
-            M::Mount { .. } | M::Unmount { .. } | M::Io { .. } | M::Index { .. } => Code::Internal,
+            M::Mount { .. } | M::Unmount { .. } | M::Io { .. } => Code::Internal,
         }
     }
 }

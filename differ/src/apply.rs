@@ -17,25 +17,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use mountutil::at::{self, Dir, Kind, Root};
-use mountutil::fs::{NodeKind, OVERLAY_OPAQUE_XATTRS};
+use mountutil::fs::NodeKind;
+use mountutil::overlay::OPAQUE_XATTRS;
+pub use mountutil::overlay::WhiteoutMode;
 
 use crate::pipeline::{self, Decoded};
 use crate::tarstream::{EntryKind, Header, Meta, SparseMap, TarStream};
 use crate::{Compression, Digest, Error, Result};
-
-/// How whiteouts (`.wh.NAME`, `.wh..wh..opq`) are applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutMode {
-    /// Into an overlayfs upper directory: character device 0/0 for a deleted name, the
-    /// `overlay.opaque` xattr for an opaque directory (`user.` namespace with `userxattr`).
-    Overlay {
-        /// The overlay is mounted with `userxattr`.
-        userxattr: bool,
-    },
-    /// Into a plain tree: delete the name; empty the directory of everything this layer did
-    /// not create.
-    Native,
-}
 
 /// What was applied.
 #[derive(Debug, Clone)]
@@ -564,7 +552,7 @@ impl<'r> LayerWriter<'r> {
         if entry == OPAQUE_WHITEOUT {
             return match self.mode {
                 WhiteoutMode::Overlay { userxattr } => {
-                    let [trusted, user] = OVERLAY_OPAQUE_XATTRS;
+                    let [trusted, user] = OPAQUE_XATTRS;
                     let name = if userxattr { user } else { trusted };
                     let dir = &self.parent(parent)?.dir;
                     at::fsetxattr(dir, name.as_ref(), b"y")

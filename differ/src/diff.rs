@@ -11,7 +11,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use mountutil::fs::{get_xattr, is_overlay_opaque, is_overlay_whiteout, list_xattrs, split_dev};
+use mountutil::fs::{get_xattr, list_xattrs, split_dev};
+use mountutil::overlay::{is_opaque, is_whiteout};
 use tar::{EntryType, Header};
 use walkdir::WalkDir;
 
@@ -137,9 +138,9 @@ fn overlay_changes(upper: &Path) -> Result<Vec<(PathBuf, Change)>> {
     let mut out = Vec::new();
     for item in walk_sorted(upper) {
         let (rel, entry, md) = item?;
-        let change = if is_overlay_whiteout(&md) {
+        let change = if is_whiteout(&md) {
             Change::Whiteout
-        } else if md.is_dir() && is_overlay_opaque(entry.path()) {
+        } else if md.is_dir() && is_opaque(entry.path()) {
             Change::Opaque(md)
         } else {
             Change::Upsert(md)

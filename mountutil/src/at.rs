@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid};
 
-use crate::fs::NodeKind;
+use crate::fs::{NodeKind, grow_until_it_fits};
 
 /// What a name in a directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,16 +146,11 @@ impl Dir {
         major: u32,
         minor: u32,
     ) -> io::Result<()> {
-        let ft = match kind {
-            NodeKind::Char => FileType::CharacterDevice,
-            NodeKind::Block => FileType::BlockDevice,
-            NodeKind::Fifo => FileType::Fifo,
-        };
         let dev = rustix::fs::makedev(major, minor);
         Ok(rustix::fs::mknodat(
             &self.fd,
             check_name(name)?,
-            ft,
+            kind.file_type(),
             Mode::from_raw_mode(mode & 0o7777),
             dev,
         )?)
@@ -400,26 +395,6 @@ pub fn fxattrs(fd: impl AsFd) -> io::Result<Vec<(OsString, Vec<u8>)>> {
         }
     }
     Ok(out)
-}
-
-/// Calls `get` with ever larger buffers until the answer fits (ERANGE means it did not).
-pub(crate) fn grow_until_it_fits(
-    mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
-) -> rustix::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        match get(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 24 => {
-                let len = buf.len() * 4;
-                buf.resize(len, 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// The effective user and group ids of this process.

@@ -49,15 +49,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The LMDB environment could not be opened.
-    #[error("open index {path}")]
-    Index {
-        /// The environment directory.
-        path: PathBuf,
-        /// heed's error.
-        #[source]
-        source: heed::Error,
-    },
 }
 
 impl Error {

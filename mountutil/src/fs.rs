@@ -10,7 +10,6 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, SeekFrom, Timespec, Timestamps};
 
-use crate::at::grow_until_it_fits;
 use crate::{Error, Result};
 
 /// Names of the extended attributes of `path` (not following a final symlink).
@@ -58,18 +57,44 @@ pub enum NodeKind {
     Fifo,
 }
 
+impl NodeKind {
+    /// The file type mknod(2) is given for it.
+    pub(crate) fn file_type(self) -> FileType {
+        match self {
+            NodeKind::Char => FileType::CharacterDevice,
+            NodeKind::Block => FileType::BlockDevice,
+            NodeKind::Fifo => FileType::Fifo,
+        }
+    }
+}
+
+/// Calls `get` with ever larger buffers until the answer fits (ERANGE means it did not).
+pub(crate) fn grow_until_it_fits(
+    mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match get(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 24 => {
+                let len = buf.len() * 4;
+                buf.resize(len, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates a device node or fifo at `path` with permission bits `perm`.
 pub fn mknod(path: &Path, kind: NodeKind, perm: u32, major: u32, minor: u32) -> Result<()> {
-    let file_type = match kind {
-        NodeKind::Char => FileType::CharacterDevice,
-        NodeKind::Block => FileType::BlockDevice,
-        NodeKind::Fifo => FileType::Fifo,
-    };
     let dev = rustix::fs::makedev(major, minor);
     rustix::fs::mknodat(
         CWD,
         path,
-        file_type,
+        kind.file_type(),
         Mode::from_raw_mode(perm & 0o7777),
         dev,
     )
@@ -152,21 +177,4 @@ fn copy_range_buffered(src: &File, dst: &File, mut off: u64, end: u64) -> io::Re
 pub fn sync_filesystem(path: &Path) -> Result<()> {
     let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;
     rustix::fs::syncfs(&dir).map_err(|e| Error::io("syncfs", path, e.into()))
-}
-
-/// The xattrs overlayfs reads as "this directory is opaque" (`trusted.` as real root, `user.`
-/// with `userxattr`), set to `y`.
-pub const OVERLAY_OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
-/// Whether `md` is an overlayfs whiteout: a character device with device number 0/0.
-pub fn is_overlay_whiteout(md: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-/// Whether directory `dir` carries an overlayfs opaque marker.
-pub fn is_overlay_opaque(dir: &Path) -> bool {
-    OVERLAY_OPAQUE_XATTRS
-        .iter()
-        .any(|name| get_xattr(dir, name.as_ref()).is_ok_and(|v| v == b"y"))
 }

@@ -1,8 +1,5 @@
-//! Exclusive ownership of a snapshotter root and its LMDB index.
-//!
-//! LMDB maps its file into memory; modifying it behind the map is undefined behaviour. The
-//! root lock (an `flock` held for the life of the process) makes sure only one process ever
-//! opens a root's index, which is what makes opening it here safe.
+//! Exclusive ownership of a snapshotter root: an `flock` on `<root>/lock`, held for the
+//! life of the process. The snapshotter relies on it to map its LMDB index safely.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -39,25 +36,5 @@ impl RootLock {
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Opens (creating if needed) the LMDB environment in `dir`, which must lie inside the
-    /// locked root.
-    pub fn open_index(
-        &self,
-        dir: &Path,
-        map_size: usize,
-        max_dbs: u32,
-    ) -> Result<heed::Env<heed::WithoutTls>> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_dbs(max_dbs);
-        // SAFETY: the map is only unsound if the file is modified behind LMDB's back. This
-        // process holds the root's exclusive flock (`self`), so no other Strata process opens
-        // this environment, and within the process heed allows repeated opens of one path.
-        unsafe { options.open(dir) }.map_err(|source| Error::Index {
-            path: dir.to_path_buf(),
-            source,
-        })
     }
 }

@@ -9,10 +9,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mountutil::fs::{
-    NodeKind, OVERLAY_OPAQUE_XATTRS, copy_sparse, get_xattr, is_overlay_opaque,
-    is_overlay_whiteout, list_xattrs, mknod, remove_xattr, set_times_nofollow, set_xattr,
-    split_dev,
+    NodeKind, copy_sparse, get_xattr, list_xattrs, mknod, remove_xattr, set_times_nofollow,
+    set_xattr, split_dev,
 };
+use mountutil::overlay::{OPAQUE_XATTRS, is_opaque, is_whiteout};
 use walkdir::WalkDir;
 
 use crate::{Error, Result};
@@ -53,8 +53,7 @@ pub(crate) fn merge_lower(lower: &Path, upper: &Path) -> Result<()> {
             }
             Err(e) => return Err(Error::io("stat", &target, e)),
             Ok(md) => {
-                let merge_into =
-                    md.is_dir() && entry.file_type().is_dir() && !is_overlay_opaque(&target);
+                let merge_into = md.is_dir() && entry.file_type().is_dir() && !is_opaque(&target);
                 if !merge_into && entry.file_type().is_dir() {
                     walk.skip_current_dir();
                 }
@@ -70,10 +69,10 @@ fn remove_overlay_markers(root: &Path) -> Result<()> {
     for entry in WalkDir::new(root) {
         let entry = walk_entry(entry, root)?;
         let md = entry_metadata(entry.path())?;
-        if is_overlay_whiteout(&md) {
+        if is_whiteout(&md) {
             fs::remove_file(entry.path()).map_err(|e| Error::io("remove", entry.path(), e))?;
-        } else if md.is_dir() && is_overlay_opaque(entry.path()) {
-            for name in OVERLAY_OPAQUE_XATTRS {
+        } else if md.is_dir() && is_opaque(entry.path()) {
+            for name in OPAQUE_XATTRS {
                 remove_xattr(entry.path(), name.as_ref())?;
             }
         }

@@ -21,7 +21,7 @@ use mountutil::lock::RootLock;
 use crate::metastore::{MetaStore, Record, from_time};
 use crate::{
     Error, Filters, Info, Kind, Labels, Mount, OwnedSnapshot, Result, Snapshotter, Usage,
-    WhiteoutStyle, disk_usage,
+    WhiteoutMode, disk_usage,
 };
 
 /// What differs between snapshotters that keep a directory per snapshot.
@@ -37,7 +37,7 @@ pub trait Driver: Send + Sync + 'static {
     fn rebase(&self, dir: &SnapshotDir, parents: &[PathBuf]) -> Result<()>;
 
     /// How layers are written into a snapshot's `fs` directory.
-    fn whiteouts(&self) -> WhiteoutStyle;
+    fn whiteouts(&self) -> WhiteoutMode;
 
     /// Labels the driver adds to every Info it reports (never stored).
     fn info_labels(&self, _dir: &SnapshotDir) -> Vec<(String, String)> {

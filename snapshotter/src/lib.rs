@@ -6,7 +6,7 @@
 //! Keys and names share one flat namespace and are opaque strings.
 //!
 //! [`DirSnapshotter`] keeps one directory per snapshot (`<root>/snapshots/<id>/fs`) and
-//! indexes everything in LMDB ([`metastore`]); a [`Driver`] decides what a snapshot's
+//! indexes everything in LMDB (the `metastore` module); a [`Driver`] decides what a snapshot's
 //! directory holds and which mounts it is used through: [`native::Native`] copies its parent,
 //! [`overlay::Overlay`] stacks overlayfs layers. Everything here is synchronous and has no
 //! gRPC types: the daemon calls it from blocking threads.
@@ -82,17 +82,7 @@ pub struct Usage {
 }
 
 /// How layers must be written into a snapshot's directory for its mounts to show them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutStyle {
-    /// overlayfs upper directory: whiteout devices and opaque xattrs (`user.` namespace
-    /// with `userxattr`).
-    Overlay {
-        /// Mounts carry `userxattr`.
-        userxattr: bool,
-    },
-    /// A full tree: deletions delete.
-    Delete,
-}
+pub use mountutil::overlay::WhiteoutMode;
 
 /// A snapshot recognised from mounts this snapshotter returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +96,7 @@ pub struct OwnedSnapshot {
     /// The `fs` directories of its parent chain, nearest first.
     pub parents: Vec<PathBuf>,
     /// How layers are written into `fs`.
-    pub whiteouts: WhiteoutStyle,
+    pub whiteouts: WhiteoutMode,
 }
 
 /// The operations of containerd's snapshotter interface.

@@ -95,9 +95,23 @@ fn child_prefix(parent: &str) -> Vec<u8> {
     k
 }
 
+/// Opens (creating if needed) the LMDB environment in `dir`, inside the root `_lock` holds.
+/// The lock is the argument's point: it is what makes mapping the file sound.
+#[allow(unsafe_code)]
+fn open_env(_lock: &RootLock, dir: &Path) -> Result<Env<WithoutTls>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(MAP_SIZE).max_dbs(8);
+    // SAFETY: LMDB maps the file into memory, which is unsound only if the file is modified
+    // behind its back. This process holds the root's exclusive flock (`_lock`), so no other
+    // Strata process opens this environment, and within the process heed allows repeated
+    // opens of one path.
+    Ok(unsafe { options.open(dir) }?)
+}
+
 impl MetaStore {
     pub fn open(lock: &RootLock, dir: &Path) -> Result<Self> {
-        let env = lock.open_index(dir, MAP_SIZE, 8)?;
+        let env = open_env(lock, dir)?;
         let mut txn = env.write_txn()?;
         let snapshots = env.create_database(&mut txn, Some("snapshots"))?;
         let children = env.create_database(&mut txn, Some("children"))?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::copy::{copy_tree, merge_lower};
 use crate::dirs::create_dir_mode;
-use crate::{DirSnapshotter, Driver, Kind, Mount, Result, SnapshotDir, WhiteoutStyle};
+use crate::{DirSnapshotter, Driver, Kind, Mount, Result, SnapshotDir, WhiteoutMode};
 
 /// The native snapshotter.
 pub type NativeSnapshotter = DirSnapshotter<Native>;
@@ -30,8 +30,8 @@ impl Driver for Native {
         }
     }
 
-    fn whiteouts(&self) -> WhiteoutStyle {
-        WhiteoutStyle::Delete
+    fn whiteouts(&self) -> WhiteoutMode {
+        WhiteoutMode::Native
     }
 
     /// A rebased native snapshot holds only its own layer: flatten the parent under it,

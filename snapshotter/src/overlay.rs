@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mountutil::probe;
 
 use crate::dirs::create_dir_mode;
-use crate::{DirSnapshotter, Driver, Error, Kind, Mount, Result, SnapshotDir, WhiteoutStyle};
+use crate::{DirSnapshotter, Driver, Error, Kind, Mount, Result, SnapshotDir, WhiteoutMode};
 
 /// The overlayfs snapshotter.
 pub type OverlaySnapshotter = DirSnapshotter<Overlay>;
@@ -120,8 +120,8 @@ impl Driver for Overlay {
         Ok(())
     }
 
-    fn whiteouts(&self) -> WhiteoutStyle {
-        WhiteoutStyle::Overlay {
+    fn whiteouts(&self) -> WhiteoutMode {
+        WhiteoutMode::Overlay {
             userxattr: self.userxattr,
         }
     }
