@@ -12,6 +12,8 @@
 #
 # Idempotent: if $CACHE/containerd-1.7/usr/bin/containerd exists and `containerd --version`
 # reports 1.7, nothing is downloaded; the path is just printed. A downloaded .deb is reused.
+# With --check, nothing is downloaded: the path is printed if the binaries are there, else it
+# fails (what the tests call: they never install).
 #
 # Environment:
 #   STRATA_E2E_CACHE          cache dir (default /var/cache/strata-e2e)
@@ -56,6 +58,10 @@ if v=$(is_ready "$bindir"); then
 	log "already present: $v"
 	echo "$bindir"
 	exit 0
+fi
+if [[ ${1:-} == --check ]]; then
+	log "containerd 1.7 is not in $bindir: run scripts/e2e/containerd-1.7.sh (as .ci/run does)"
+	exit 1
 fi
 
 mkdir -p "$cache"

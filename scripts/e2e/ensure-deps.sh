@@ -2,8 +2,11 @@
 # Makes sure the programs the containerd end-to-end test needs are installed: containerd
 # (with ctr and containerd-shim-runc-v2), runc and a static busybox for the test image.
 # Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
-# needed. Idempotent. Needs root when something has to be installed.
+# needed. Idempotent. Needs root when something has to be installed. With --check, installs
+# nothing and fails naming what is missing (what the tests call: they never install).
 set -euo pipefail
+check_only=false
+[[ ${1:-} == --check ]] && check_only=true
 
 # package:file-it-provides pairs.
 required=(
@@ -27,6 +30,10 @@ if ((${#missing[@]} == 0)); then
 	exit 0
 fi
 
+if $check_only; then
+	echo "ensure-deps: missing ${missing[*]}: run scripts/e2e/ensure-deps.sh (as .ci/run does)" >&2
+	exit 1
+fi
 echo "ensure-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq

@@ -100,14 +100,53 @@ async fn restart_keeps_committed_state() {
     }
 }
 
-/// After `delay_ms` of `tasks` working against the daemon, SIGKILLs it, lets the tasks fail,
-/// starts it again and checks the index and directories agree.
+/// When to kill the daemon.
+enum KillAt {
+    /// After this many milliseconds.
+    Delay(u64),
+    /// As soon as a snapshot directory is being built (`snapshots/new-*` exists), or after
+    /// [`IN_FLIGHT_WAIT`] if none shows up.
+    CreationInFlight,
+}
+
+/// How long [`KillAt::CreationInFlight`] waits for a creation to show up.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(20);
+
+/// Whether a snapshot directory is being built under `root`.
+fn creation_in_flight(root: &Path) -> bool {
+    std::fs::read_dir(root.join("snapshots")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("new-"))
+    })
+}
+
+/// With `tasks` working against the daemon, SIGKILLs it at `at`, lets the tasks fail,
+/// starts it again and checks the index and directories agree. Returns whether a creation
+/// was in flight when the kill came.
 async fn crash_and_recover(
     f: &mut Fixture,
-    delay_ms: u64,
+    at: KillAt,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-) {
-    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+) -> bool {
+    let in_flight = match at {
+        KillAt::Delay(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            false
+        }
+        KillAt::CreationInFlight => {
+            let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
+            loop {
+                if creation_in_flight(&f.daemon.root) {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
     f.daemon.kill();
     for t in tasks {
         let _ = t.await;
@@ -115,6 +154,7 @@ async fn crash_and_recover(
     f.daemon.respawn();
     f.s = Snap::new(&f.daemon).await;
     assert_consistent(&mut f.s, &f.daemon.root).await;
+    in_flight
 }
 
 /// Fills a committed snapshot with many files so copying or deleting it takes a while.
@@ -140,7 +180,8 @@ async fn kill_during_native_prepare_and_remove() {
     };
     big_layer(&mut f, "big", 4000).await;
     let reference = f.view_tree("ref", "big").await;
-    for (round, delay_ms) in [5u64, 30, 80, 150].into_iter().enumerate() {
+    let mut interrupted = 0;
+    for round in 0..4 {
         let mut tasks = Vec::new();
         for i in 0..3 {
             let mut s = Snap::new(&f.daemon).await;
@@ -150,7 +191,9 @@ async fn kill_during_native_prepare_and_remove() {
                 let _ = s.remove(&key).await;
             }));
         }
-        crash_and_recover(&mut f, delay_ms, tasks).await;
+        if crash_and_recover(&mut f, KillAt::CreationInFlight, tasks).await {
+            interrupted += 1;
+        }
         // Whatever survived is complete.
         for info in f.s.list(&["kind==active"]).await.unwrap() {
             let mounts = f.s.mounts(&info.name).await.unwrap();
@@ -163,11 +206,16 @@ async fn kill_during_native_prepare_and_remove() {
             "the committed parent changed"
         );
     }
-    let reclaimed = f.daemon.log_text().matches("reclaiming orphan").count();
-    eprintln!("native kills interrupted {reclaimed} directory operations");
+    // Each kill waited for a copy in flight, however slow or fast the machine.
     assert!(
-        reclaimed > 0,
-        "no kill landed mid-operation: the test proved nothing"
+        interrupted > 0,
+        "no copy was ever seen in flight: the test proved nothing"
+    );
+    let reclaimed = f.daemon.log_text().matches("reclaiming orphan").count();
+    eprintln!("{interrupted} of 4 kills interrupted a copy; {reclaimed} orphans reclaimed");
+    assert!(
+        reclaimed >= interrupted,
+        "an interrupted copy left no orphan to reclaim"
     );
 }
 
@@ -197,7 +245,7 @@ async fn kill_during_overlay_storm() {
                 }
             }));
         }
-        crash_and_recover(&mut f, 20 + 37 * round, tasks).await;
+        crash_and_recover(&mut f, KillAt::Delay(20 + 37 * round), tasks).await;
     }
     let reclaimed = f.daemon.log_text().matches("reclaiming orphan").count();
     eprintln!("overlay kills left {reclaimed} orphans to reclaim");

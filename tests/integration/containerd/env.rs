@@ -262,9 +262,11 @@ impl Env {
         }
         // No colon in the path: it would split overlay lowerdir options.
         let tmp = TempDir::new(&test.replace("::", "-"));
-        run(&mut script("ensure-deps.sh"), tmp.path()).check(&"ensure-deps.sh");
+        // Tests never install: `.ci/run` (or the scripts by hand) does, before `cargo test`.
+        run(script("ensure-deps.sh").arg("--check"), tmp.path()).check(&"ensure-deps.sh");
         let bin = (release == Containerd::V1_7).then(|| {
-            let out = run(&mut script("containerd-1.7.sh"), tmp.path()).check(&"containerd-1.7.sh");
+            let out = run(script("containerd-1.7.sh").arg("--check"), tmp.path())
+                .check(&"containerd-1.7.sh");
             PathBuf::from(out.stdout.trim_end())
         });
 
