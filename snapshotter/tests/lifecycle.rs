@@ -1,0 +1,181 @@
+//! The snapshotter library on its own, no daemon and no mounts, for both drivers: the index
+//! and the directories agree through every operation, orphans are reclaimed by Cleanup and
+//! at open, state survives reopening, a second opener of a root is refused, and concurrent
+//! calls on overlapping keys get only the errors containerd's API promises. None of this
+//! needs root.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use snapshotter::native::{Native, NativeSnapshotter};
+use snapshotter::overlay::{Overlay, OverlayOptions, OverlaySnapshotter};
+use snapshotter::{Error, Filters, Kind, Labels, Options, Snapshotter};
+
+/// Opens a snapshotter of `kind` at `root`.
+fn open(kind: &str, root: &Path) -> snapshotter::Result<Arc<dyn Snapshotter>> {
+    let options = Options { sync_remove: false };
+    Ok(match kind {
+        "native" => Arc::new(NativeSnapshotter::open(root, Native, options)?),
+        _ => {
+            let driver = Overlay::probe(root, OverlayOptions::default())?;
+            Arc::new(OverlaySnapshotter::open(root, driver, options)?)
+        }
+    })
+}
+
+/// The directory names under `<root>/snapshots`.
+fn dirs(root: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Every snapshot's name.
+fn names(s: &dyn Snapshotter) -> BTreeSet<String> {
+    let all = Filters::parse::<&str>(&[]).unwrap();
+    s.list(&all).unwrap().into_iter().map(|i| i.name).collect()
+}
+
+/// After a cleanup, exactly one directory per snapshot.
+fn assert_agree(s: &dyn Snapshotter, root: &Path) {
+    s.cleanup().unwrap();
+    let snapshots = names(s);
+    let dirs = dirs(root);
+    assert_eq!(dirs.len(), snapshots.len(), "{dirs:?} for {snapshots:?}");
+    assert!(dirs.iter().all(|d| d.parse::<u64>().is_ok()), "{dirs:?}");
+}
+
+/// The directory an active snapshot's layer is written to.
+fn fs_of(s: &dyn Snapshotter, key: &str) -> std::path::PathBuf {
+    let mounts = s.mounts(key).unwrap();
+    s.recognize(&mounts).unwrap().expect("our own mounts").fs
+}
+
+fn lifecycle(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(kind, root).unwrap();
+
+    s.prepare("a", "", Labels::new()).unwrap();
+    std::fs::write(fs_of(s.as_ref(), "a").join("f"), "a").unwrap();
+    s.commit("a-c", "a", Labels::new(), "").unwrap();
+    s.prepare("b", "a-c", Labels::new()).unwrap();
+    s.view("v", "a-c", Labels::new()).unwrap();
+    assert_agree(s.as_ref(), root);
+    assert_eq!(s.stat("a-c").unwrap().kind, Kind::Committed);
+    assert_eq!(s.stat("b").unwrap().parent, "a-c");
+    assert!(matches!(s.stat("a"), Err(Error::NotFound(_))));
+
+    // A committed parent with children stays, and so does its directory.
+    assert!(matches!(s.remove("a-c"), Err(Error::FailedPrecondition(_))));
+    assert_agree(s.as_ref(), root);
+
+    // The index survives reopening; a second opener is refused while the first lives.
+    assert!(open(kind, root).is_err());
+    let before = names(s.as_ref());
+    drop(s);
+    let s = open(kind, root).unwrap();
+    assert_eq!(names(s.as_ref()), before);
+    let copy = fs_of(s.as_ref(), "b");
+    if kind == "native" {
+        assert_eq!(std::fs::read_to_string(copy.join("f")).unwrap(), "a");
+    }
+
+    for key in ["b", "v", "a-c"] {
+        s.remove(key).unwrap();
+    }
+    assert_agree(s.as_ref(), root);
+    assert!(dirs(root).is_empty());
+}
+
+fn orphans_are_reclaimed(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(kind, root).unwrap();
+    s.prepare("kept", "", Labels::new()).unwrap();
+    let kept = dirs(root);
+    // What a crash leaves: a creation never renamed, a directory whose entry is gone, a
+    // removal half done.
+    for orphan in ["new-7", "999", "rm-998"] {
+        std::fs::create_dir_all(root.join("snapshots").join(orphan).join("fs/deep")).unwrap();
+    }
+    s.cleanup().unwrap();
+    assert_eq!(dirs(root), kept);
+
+    std::fs::create_dir_all(root.join("snapshots/new-8/fs")).unwrap();
+    drop(s);
+    let s = open(kind, root).unwrap();
+    assert_eq!(dirs(root), kept, "opening reclaims orphans too");
+    assert_eq!(names(s.as_ref()), BTreeSet::from(["kept".to_string()]));
+}
+
+fn concurrent_calls_on_overlapping_keys(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let s = open(kind, &root).unwrap();
+    s.prepare("base", "", Labels::new()).unwrap();
+    s.commit("base-c", "base", Labels::new(), "").unwrap();
+
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut committed = 0;
+                for i in 0..40 {
+                    // Keys shared by every worker: only one may win each step.
+                    let key = format!("k{i}");
+                    let name = format!("n{i}");
+                    let steps = [
+                        s.prepare(&key, "base-c", Labels::new()).map(|_| ()),
+                        s.commit(&name, &key, Labels::new(), ""),
+                        s.remove(&name),
+                    ];
+                    for (step, result) in steps.into_iter().enumerate() {
+                        match result {
+                            Ok(()) if step == 1 => committed += 1,
+                            Ok(())
+                            | Err(Error::AlreadyExists(_))
+                            | Err(Error::NotFound(_))
+                            | Err(Error::FailedPrecondition(_)) => {}
+                            Err(e) => panic!("worker {w}, {key} step {step}: {e}"),
+                        }
+                    }
+                    let _ = s.remove(&key);
+                }
+                committed
+            })
+        })
+        .collect();
+    let committed: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(committed >= 1, "no commit ever won");
+    assert!(committed <= 8 * 40);
+    assert_agree(s.as_ref(), &root);
+    let left: BTreeSet<String> = names(s.as_ref());
+    assert!(left.contains("base-c"), "{left:?}");
+    for name in &left {
+        let info = s.stat(name).unwrap();
+        assert!(
+            info.parent.is_empty() || left.contains(&info.parent),
+            "{info:?}"
+        );
+    }
+}
+
+macro_rules! for_each_kind {
+    ($($case:ident),* $(,)?) => {
+        mod native {
+            $( #[test] fn $case() { super::$case("native") } )*
+        }
+        mod overlayfs {
+            $( #[test] fn $case() { super::$case("overlayfs") } )*
+        }
+    };
+}
+
+for_each_kind!(
+    lifecycle,
+    orphans_are_reclaimed,
+    concurrent_calls_on_overlapping_keys
+);
