@@ -23,7 +23,7 @@ impl Classify for mountutil::Error {
         match self {
             M::InvalidMount(_) => Code::InvalidArgument,
             M::Locked { .. } => Code::Unavailable,
-            M::Mount { .. } | M::Unmount { .. } | M::Io { .. } => Code::Internal,
+            M::Mount { .. } | M::Unmount { .. } | M::Io(_) => Code::Internal,
         }
     }
 }
@@ -38,7 +38,7 @@ impl Classify for snapshotter::Error {
             S::FailedPrecondition(_) => Code::FailedPrecondition,
             S::NotImplemented(_) => Code::Unimplemented,
             S::Sys(e) => e.code(),
-            S::Index(_) | S::CorruptRecord { .. } | S::Io { .. } => Code::Internal,
+            S::Index(_) | S::CorruptRecord { .. } | S::Io(_) => Code::Internal,
         }
     }
 }
@@ -54,7 +54,7 @@ impl Classify for differ::Error {
             D::Unavailable(_) => Code::Unavailable,
             D::TimedOut(_) => Code::DeadlineExceeded,
             D::Sys(e) => e.code(),
-            D::Io { .. } | D::Store(_) => Code::Internal,
+            D::Io(_) | D::Store(_) => Code::Internal,
         }
     }
 }
@@ -139,11 +139,11 @@ mod tests {
             Error::NotImplemented("x".into()).code(),
             Code::Unimplemented
         );
-        let io = Error::Io {
-            op: "stat",
-            path: "/x".into(),
-            source: std::io::Error::other("boom"),
-        };
+        let io = Error::Io(mountutil::IoError::new(
+            "stat",
+            "/x",
+            std::io::Error::other("boom"),
+        ));
         assert_eq!(io.code(), Code::Internal);
         assert_eq!(chain(&io), "stat /x: boom");
         let locked = Error::Sys(mountutil::Error::Locked {

@@ -514,7 +514,7 @@ impl<'r> LayerWriter<'r> {
         let tname = tname.to_os_string();
         self.replace(parent, name, rel, |d| d.hard_link(name, &tdir, &tname))
             .map_err(|e| match e {
-                Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                Error::Io(e) if e.source.kind() == io::ErrorKind::NotFound => {
                     layer_err("hard link target missing for", rel, target.display())
                 }
                 other => other,

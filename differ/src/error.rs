@@ -42,16 +42,8 @@ pub enum Error {
     #[error("content store: {0}")]
     Store(String),
     /// A filesystem operation failed.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path (relative to the target for layer entries).
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mountutil::IoError),
     /// A mount or syscall wrapper failed.
     #[error(transparent)]
     Sys(#[from] mountutil::Error),
@@ -60,10 +52,6 @@ pub enum Error {
 impl Error {
     /// An I/O error while doing `op` on `path`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io(mountutil::IoError::new(op, path, source))
     }
 }

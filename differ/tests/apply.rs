@@ -125,10 +125,9 @@ fn check_overlay_whiteouts(mode: WhiteoutMode, opaque_xattr: &str, mount_options
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whiteouts_overlay_trusted_xattr() {
-    if !require_root("whiteouts_overlay_trusted_xattr") {
-        return;
-    }
+    assert_root("whiteouts_overlay_trusted_xattr");
     check_overlay_whiteouts(
         WhiteoutMode::Overlay { userxattr: false },
         "trusted.overlay.opaque",
@@ -137,10 +136,9 @@ fn whiteouts_overlay_trusted_xattr() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn whiteouts_overlay_user_xattr() {
-    if !require_root("whiteouts_overlay_user_xattr") {
-        return;
-    }
+    assert_root("whiteouts_overlay_user_xattr");
     check_overlay_whiteouts(
         WhiteoutMode::Overlay { userxattr: true },
         "user.overlay.opaque",
@@ -311,10 +309,9 @@ fn pax_xattr_values_are_read_by_length() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
-    if !require_root("undeclared_parent_directories_take_their_metadata_from_the_lower_layers") {
-        return;
-    }
+    assert_root("undeclared_parent_directories_take_their_metadata_from_the_lower_layers");
     // As containerd's overlay applier (archive.Apply WithParents): a directory missing from
     // the upper directory is created with the nearest lower layer's owner, mode, times and
     // non-trusted xattrs, following symlinks inside that layer; a whiteout stops the search.
@@ -606,10 +603,9 @@ fn pax_metadata_is_applied() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn file_replacing_a_directory_in_a_setgid_directory_keeps_its_group() {
-    if !require_root("file_replacing_a_directory_in_a_setgid_directory_keeps_its_group") {
-        return;
-    }
+    assert_root("file_replacing_a_directory_in_a_setgid_directory_keeps_its_group");
     // The file's group (0, the applier's own) differs from the setgid parent's (1000), so
     // it must be set explicitly, also when the file replaced a directory.
     let tmp = tempdir();
@@ -633,10 +629,9 @@ fn file_replacing_a_directory_in_a_setgid_directory_keeps_its_group() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn modes_owners_and_times_are_applied() {
-    if !require_root("modes_owners_and_times_are_applied") {
-        return;
-    }
+    assert_root("modes_owners_and_times_are_applied");
     let tmp = tempdir();
     let mut t = RawTar::default();
     for (path, kind, mode, uid) in [

@@ -108,12 +108,14 @@ fn outside(tmp: &Path) -> Vec<String> {
     out
 }
 
-/// Runs one case in both whiteout modes.
+/// Runs one case in both whiteout modes; overlay mode (trusted.* xattrs) only as root, and
+/// says so when it is left out.
 fn hostile(name: &str, expect: Expect, setup: Setup, layer: Layer, check: Check) {
-    let overlay = require_root(&format!("{name} in overlay mode"));
     let mut modes = vec![WhiteoutMode::Native];
-    if overlay {
+    if is_root() {
         modes.push(WhiteoutMode::Overlay { userxattr: false });
+    } else {
+        eprintln!("{name}: overlay mode needs root, native mode only");
     }
     for mode in modes {
         run(name, mode, expect, setup, layer, check);
@@ -138,7 +140,7 @@ fn run(name: &str, mode: WhiteoutMode, expect: Expect, setup: Setup, layer: Laye
     match (&result, expect) {
         (Ok(_), Expect::Applied | Expect::Either) => {}
         (Err(Error::InvalidLayer(_)), Expect::Refused | Expect::Either) => {}
-        (Err(Error::Io { .. }), Expect::Either) => {}
+        (Err(Error::Io(_)), Expect::Either) => {}
         (r, e) => panic!("{what}: expected {e:?}, got {r:?}"),
     }
     let after = outside(t);
@@ -855,10 +857,9 @@ fn duplicate_symlink_then_directory_gets_later_children() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn symlink_owner_and_times_are_not_followed() {
-    if !require_root("symlink_owner_and_times_are_not_followed") {
-        return;
-    }
+    assert_root("symlink_owner_and_times_are_not_followed");
     hostile(
         "symlink_owner_and_times_are_not_followed",
         Expect::Applied,

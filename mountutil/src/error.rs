@@ -39,33 +39,45 @@ pub enum Error {
         path: PathBuf,
     },
     /// Any other file operation.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The kernel's answer.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
-impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
+/// A file operation failed: what was being done, on which path, and the OS error. Every
+/// crate of the workspace wraps this one type for its I/O failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}")]
+pub struct IoError {
+    /// What was being done.
+    pub op: &'static str,
+    /// On which path.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl IoError {
+    /// `op` on `path` failed with `source`.
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        IoError {
             op,
             path: path.into(),
             source,
         }
     }
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io(IoError::new(op, path, source))
+    }
 
     /// The OS error number behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Mount { source, .. }
-            | Error::Unmount { source, .. }
-            | Error::Io { source, .. } => source.raw_os_error(),
+            Error::Mount { source, .. } | Error::Unmount { source, .. } => source.raw_os_error(),
+            Error::Io(e) => e.source.raw_os_error(),
             _ => None,
         }
     }

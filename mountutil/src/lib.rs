@@ -13,5 +13,5 @@ pub mod mount;
 pub mod overlay;
 pub mod probe;
 
-pub use error::{Error, Result};
+pub use error::{Error, IoError, Result};
 pub use mount::{Mount, TempMount, mount_all, unmount};

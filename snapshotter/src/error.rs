@@ -39,16 +39,8 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A filesystem operation failed.
-    #[error("{op} {path}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mountutil::IoError),
     /// A syscall wrapper from mountutil failed.
     #[error(transparent)]
     Sys(#[from] mountutil::Error),
@@ -56,10 +48,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Error::Io(mountutil::IoError::new(op, path, source))
     }
 }

@@ -21,11 +21,13 @@ use self::env::{BASE_LAYERS, Containerd, Env, NAMESPACE, SNAPSHOTTER, Unpack, ta
 use crate::util;
 
 #[test]
+#[ignore = "needs root"]
 fn native() {
     image_lifecycle("containerd::native", "native");
 }
 
 #[test]
+#[ignore = "needs root"]
 fn overlayfs() {
     image_lifecycle("containerd::overlayfs", "overlayfs");
 }
@@ -33,14 +35,13 @@ fn overlayfs() {
 /// 150 layers: containerd must bring the container's overlay mount options under a page by
 /// compacting the lowerdirs, which only works if all layers share a parent directory.
 #[test]
+#[ignore = "needs root"]
 fn overlayfs_150_layers() {
-    let Some(env) = Env::start(
+    let env = Env::start(
         "containerd::overlayfs_150_layers",
         "overlayfs",
         Containerd::V1_6,
-    ) else {
-        return;
-    };
+    );
     let image = "strata.test/e2e/deep:1";
     let extra = 150 - BASE_LAYERS;
     env.import(image, extra, Unpack::Client);
@@ -52,14 +53,13 @@ fn overlayfs_150_layers() {
 /// order, `strata-diff` first), then one unpacked by containerd's transfer service (its
 /// unpack configuration names `strata-diff`), each with every layer applied by Strata.
 #[test]
+#[ignore = "needs root"]
 fn strata_differ_1_7() {
-    let Some(env) = Env::start(
+    let env = Env::start(
         "containerd::strata_differ_1_7",
         "overlayfs",
         Containerd::V1_7,
-    ) else {
-        return;
-    };
+    );
     snapshot_commands(&env, "overlayfs");
     diff_through_containerd(&env);
 
@@ -77,9 +77,7 @@ fn strata_differ_1_7() {
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,
 /// run, removal and GC.
 fn image_lifecycle(test: &str, kind: &str) {
-    let Some(env) = Env::start(test, kind, Containerd::V1_6) else {
-        return;
-    };
+    let env = Env::start(test, kind, Containerd::V1_6);
     snapshot_commands(&env, kind);
 
     let image = format!("strata.test/e2e/{kind}:1");

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::suite::without_root;
 use crate::tree::{Op, apply, capture};
-use crate::util::{Daemon, Snap, TempDir, require_root, with_mounted};
+use crate::util::{Daemon, Snap, TempDir, assert_root, with_mounted};
 
 struct DiffFixture {
     s: Snap,
@@ -27,10 +27,8 @@ struct DiffFixture {
     daemon: Daemon,
 }
 
-async fn fixture(test: &str, kind: &str) -> Option<DiffFixture> {
-    if !require_root(test) {
-        return None;
-    }
+async fn fixture(test: &str, kind: &str) -> DiffFixture {
+    assert_root(test);
     let tmp = TempDir::new(test);
     let content_dir = tmp.path().join("content");
     let daemon = Daemon::start_with(
@@ -45,14 +43,14 @@ async fn fixture(test: &str, kind: &str) -> Option<DiffFixture> {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let channel = strata::cli::connect(&daemon.socket).await.unwrap();
-    Some(DiffFixture {
+    DiffFixture {
         s: Snap::new(&daemon).await,
         d: DiffClient::new(channel),
         content: LocalStore::new(content_dir),
         mnt,
         tmp,
         daemon,
-    })
+    }
 }
 
 /// Writes a layer of `ops` (applied to an empty tree) into the content store.
@@ -149,9 +147,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 }
 
 async fn apply_then_diff(test: &str, kind: &str) {
-    let Some(mut f) = fixture(test, kind).await else {
-        return;
-    };
+    let mut f = fixture(test, kind).await;
     let base_ops = [
         Op::Dir("/etc", 0o755),
         Op::File("/etc/keep", "keep", 0o644),
@@ -264,20 +260,21 @@ async fn view(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn overlay_apply_then_diff() {
     apply_then_diff("diff-overlay", "overlayfs").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn native_apply_then_diff() {
     apply_then_diff("diff-native", "native").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn foreign_mounts_and_misuse() {
-    let Some(mut f) = fixture("diff-misuse", "overlayfs").await else {
-        return;
-    };
+    let mut f = fixture("diff-misuse", "overlayfs").await;
     let (desc, diff_id) = make_layer(
         &f,
         "l",

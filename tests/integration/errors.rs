@@ -4,7 +4,7 @@
 use tonic::Code;
 
 use crate::suite::Fixture;
-use crate::util::{Daemon, Snap, TempDir, require_root};
+use crate::util::{Daemon, Snap, TempDir, assert_root};
 
 fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
     match r {
@@ -17,11 +17,10 @@ fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn misuse_codes() {
     for kind in ["native", "overlayfs"] {
-        let Some(mut f) = Fixture::new(&format!("errors-{kind}"), kind).await else {
-            return;
-        };
+        let mut f = Fixture::new(&format!("errors-{kind}"), kind).await;
         let s = &mut f.s;
         s.prepare("base-p", "").await.unwrap();
         s.commit("base", "base-p").await.unwrap();
@@ -102,10 +101,9 @@ async fn misuse_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn instances_are_selected_by_name() {
-    if !require_root("instances_are_selected_by_name") {
-        return;
-    }
+    assert_root("instances_are_selected_by_name");
     let tmp = TempDir::new("instances");
     let config = tmp.path().join("strata.toml");
     std::fs::write(

@@ -10,7 +10,7 @@ use strata::api::services::snapshots::v1 as pb;
 use tonic::Code;
 
 use crate::tree::{Entry, Op, apply, capture};
-use crate::util::{Daemon, Snap, TempDir, labels, require_root, with_mounted};
+use crate::util::{Daemon, Snap, TempDir, assert_root, labels, with_mounted};
 
 /// A daemon of one kind on a private root, a client, and a place for mount points.
 pub struct Fixture {
@@ -21,21 +21,19 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub async fn new(test: &str, kind: &'static str) -> Option<Self> {
-        if !require_root(test) {
-            return None;
-        }
+    pub async fn new(test: &str, kind: &'static str) -> Self {
+        assert_root(test);
         let tmp = TempDir::new(test);
         let daemon = Daemon::start(tmp.path(), kind);
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let s = Snap::new(&daemon).await;
-        Some(Fixture {
+        Fixture {
             s,
             daemon,
             mnt,
             tmp,
-        })
+        }
     }
 
     /// A scratch directory for a flat reference tree.
@@ -86,6 +84,7 @@ macro_rules! for_each_kind {
         mod native {
             $(
                 #[tokio::test(flavor = "multi_thread")]
+                #[ignore = "needs root"]
                 async fn $case() {
                     super::$case(concat!("native-", stringify!($case)), "native").await
                 }
@@ -94,6 +93,7 @@ macro_rules! for_each_kind {
         mod overlayfs {
             $(
                 #[tokio::test(flavor = "multi_thread")]
+                #[ignore = "needs root"]
                 async fn $case() {
                     super::$case(concat!("overlayfs-", stringify!($case)), "overlayfs").await
                 }
@@ -127,9 +127,7 @@ for_each_kind!(
 );
 
 async fn basic(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let gc = labels(&[("containerd.io/gc.root", "basic")]);
     let initial = [
         Op::Dir("/a", 0o755),
@@ -209,9 +207,7 @@ async fn basic(test: &str, kind: &'static str) {
 }
 
 async fn stat_active(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let mounts = f.s.prepare("prepare", "").await.unwrap();
     with_mounted(&mounts, &f.mnt, |root| {
         apply(root, &[Op::File("/foo", "x", 0o644)])
@@ -224,9 +220,7 @@ async fn stat_active(test: &str, kind: &'static str) {
 }
 
 async fn stat_committed(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("committed", "prepare", "", &[Op::File("/foo", "x", 0o644)])
         .await;
     let si = f.s.stat("committed").await.unwrap();
@@ -237,9 +231,7 @@ async fn stat_committed(test: &str, kind: &'static str) {
 }
 
 async fn transitivity(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("a", "pa", "", &[Op::File("/a", "a", 0o644)]).await;
     f.layer("b", "pb", "a", &[Op::File("/b", "b", 0o644)]).await;
     assert_eq!(f.s.stat("b").await.unwrap().parent, "a");
@@ -247,9 +239,7 @@ async fn transitivity(test: &str, kind: &'static str) {
 }
 
 async fn prepare_view_failing(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("base", "base-p", "", &[Op::File("/x", "x", 0o644)])
         .await;
     f.s.prepare("test-prepare", "base").await.unwrap();
@@ -265,9 +255,7 @@ async fn prepare_view_failing(test: &str, kind: &'static str) {
 }
 
 async fn update(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let mut names = Vec::new();
     for i in 0..2 {
         let before = SystemTime::now();
@@ -332,9 +320,7 @@ async fn update(test: &str, kind: &'static str) {
 }
 
 async fn remove_and_reuse(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("base", "base-p", "", &[]).await;
     f.s.prepare("reuse", "base").await.unwrap();
     f.s.remove("reuse").await.unwrap();
@@ -354,9 +340,7 @@ async fn remove_and_reuse(test: &str, kind: &'static str) {
 }
 
 async fn walk(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let gc = |extra: &[(&str, &str)]| {
         let mut l = labels(&[("containerd.io/gc.root", "check-walk")]);
         l.extend(labels(extra));
@@ -424,9 +408,7 @@ async fn walk(test: &str, kind: &'static str) {
 }
 
 async fn layer_file_update(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let reference = f.reference("ref");
     let steps: [&[Op]; 4] = [
         &[Op::File("/file", "1", 0o644)],
@@ -471,9 +453,7 @@ async fn check_layers(f: &mut Fixture, layers: &[&[Op<'_>]]) {
 }
 
 async fn remove_directory_in_lower_layer(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     check_layers(
         &mut f,
         &[
@@ -495,9 +475,7 @@ async fn remove_directory_in_lower_layer(test: &str, kind: &'static str) {
 }
 
 async fn chown(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     check_layers(
         &mut f,
         &[
@@ -519,9 +497,7 @@ async fn chown(test: &str, kind: &'static str) {
 }
 
 async fn directory_permission_on_commit(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     check_layers(
         &mut f,
         &[
@@ -552,9 +528,7 @@ async fn directory_permission_on_commit(test: &str, kind: &'static str) {
 }
 
 async fn remove_intermediate_snapshot(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("base", "base-p", "", &[Op::File("/foo", "foo", 0o644)])
         .await;
     f.layer("inter", "inter-p", "base", &[]).await;
@@ -568,9 +542,7 @@ async fn remove_intermediate_snapshot(test: &str, kind: &'static str) {
 }
 
 async fn deleted_files_in_child_snapshot(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     check_layers(
         &mut f,
         &[
@@ -586,9 +558,7 @@ async fn deleted_files_in_child_snapshot(test: &str, kind: &'static str) {
 }
 
 async fn move_file_from_lower_layer(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     check_layers(
         &mut f,
         &[
@@ -609,9 +579,7 @@ async fn move_file_from_lower_layer(test: &str, kind: &'static str) {
 }
 
 async fn view_readonly(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     f.layer("base", "base-p", "", &[Op::File("/foo", "foo", 0o644)])
         .await;
     f.layer("l2", "l2-p", "base", &[Op::File("/bar", "bar", 0o644)])
@@ -628,9 +596,7 @@ async fn view_readonly(test: &str, kind: &'static str) {
 }
 
 async fn stat_in_walk(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let l = labels(&[("containerd.io/gc.root", "stat-in-walk"), ("x", "y")]);
     f.s.prepare_labels("a", "", l.clone()).await.unwrap();
     f.s.commit_full("b", "a", l.clone(), "").await.unwrap();
@@ -644,9 +610,7 @@ async fn stat_in_walk(test: &str, kind: &'static str) {
 }
 
 async fn root_permission(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     // The daemon runs with umask 077 (see `Daemon`): the mode must not come from it.
     let mounts = f.s.prepare("prep", "").await.unwrap();
     with_mounted(&mounts, &f.mnt, |root| {
@@ -657,9 +621,7 @@ async fn root_permission(test: &str, kind: &'static str) {
 }
 
 async fn rename(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let mut layers: Vec<&[Op]> = vec![
         &[
             Op::Dir("/dir1", 0o755),
@@ -681,9 +643,7 @@ async fn rename(test: &str, kind: &'static str) {
 }
 
 async fn layers_128_mount(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let reference = f.reference("ref");
     let mut parent = String::new();
     for i in 0..128 {
@@ -716,9 +676,7 @@ async fn layers_128_mount(test: &str, kind: &'static str) {
 /// Commit with a parent for a snapshot prepared without one (containerd 2.2's rebase): the
 /// layer's own overlay whiteouts and opaque markers must take effect over the new parent.
 async fn rebase_commit(test: &str, kind: &'static str) {
-    let Some(mut f) = Fixture::new(test, kind).await else {
-        return;
-    };
+    let mut f = Fixture::new(test, kind).await;
     let base = [
         Op::Dir("/keep", 0o755),
         Op::File("/keep/a", "a", 0o644),
@@ -780,10 +738,9 @@ async fn rebase_commit(test: &str, kind: &'static str) {
 /// A 500-layer chain mounts (through the new mount API: the classic option string cannot
 /// hold it) and shows every layer's file; 501 layers fail with a clear error.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
 async fn overlay_500_layers() {
-    let Some(mut f) = Fixture::new("overlay-500", "overlayfs").await else {
-        return;
-    };
+    let mut f = Fixture::new("overlay-500", "overlayfs").await;
     let mut parent = String::new();
     for i in 0..501 {
         let mounts = f.s.prepare(&format!("p{i}"), &parent).await.unwrap();

@@ -10,29 +10,15 @@ use strata::api::types::Mount as PbMount;
 use strata::cli::SnapshotsClient;
 use strata::convert::mount_from_pb;
 
-/// Whether a root-only test may run. Under `CI=true` a missing root is a failure; elsewhere
-/// the test is skipped with a printed reason.
-pub fn require_root(test: &str) -> bool {
-    if rustix_is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root and CI=true: refusing to skip");
-    }
-    eprintln!("SKIP {test}: needs root");
-    false
-}
-
-fn rustix_is_root() -> bool {
-    // The effective uid of this process, read without libc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+/// Asserts that this process is root. Every test that needs root is marked
+/// `#[ignore = "needs root"]`: a plain `cargo test` lists it as ignored, and it runs only when
+/// asked for (`cargo test -- --include-ignored`, as `.ci/run` does as root), so not being
+/// root here is an error, never a silent pass.
+pub fn assert_root(test: &str) {
+    assert!(
+        mountutil::at::effective_ids().0 == 0,
+        "{test} needs root: run it as root, or leave out --include-ignored to skip it"
+    );
 }
 
 /// A private temporary directory, removed on drop (after unmounting anything left in it).

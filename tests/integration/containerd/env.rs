@@ -244,22 +244,15 @@ pub struct Env {
 }
 
 impl Env {
-    /// Installs what is missing and starts Strata with a `kind` snapshotter and then
-    /// `release`, or returns `None` if `test` must be skipped for want of root.
-    pub fn start(test: &str, kind: &str, release: Containerd) -> Option<Env> {
+    /// Starts Strata with a `kind` snapshotter and then `release` (the programs must be
+    /// installed: see `scripts/e2e`). `test` needs root.
+    pub fn start(test: &str, kind: &str, release: Containerd) -> Env {
         Self::start_with(test, kind, release, &[])
     }
 
     /// [`Env::start`] with more arguments for `strata serve`.
-    pub fn start_with(
-        test: &str,
-        kind: &str,
-        release: Containerd,
-        strata_extra: &[&str],
-    ) -> Option<Env> {
-        if !util::require_root(test) {
-            return None;
-        }
+    pub fn start_with(test: &str, kind: &str, release: Containerd, strata_extra: &[&str]) -> Env {
+        util::assert_root(test);
         // No colon in the path: it would split overlay lowerdir options.
         let tmp = TempDir::new(&test.replace("::", "-"));
         // Tests never install: `.ci/run` (or the scripts by hand) does, before `cargo test`.
@@ -322,7 +315,7 @@ impl Env {
             tmp,
         };
         env.wait_ready();
-        Some(env)
+        env
     }
 
     /// Waits until containerd answers `ctr version`.
