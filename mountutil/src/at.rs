@@ -397,6 +397,12 @@ pub fn fxattrs(fd: impl AsFd) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Whether `e` says a path had too many levels of symlinks (ELOOP; `io::ErrorKind`'s
+/// `FilesystemLoop` is not stable).
+pub fn is_symlink_loop(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
 /// The effective user and group ids of this process.
 pub fn effective_ids() -> (u32, u32) {
     (

@@ -1,0 +1,238 @@
+//! Writing a layer's tar stream into a directory.
+//!
+//! Every entry path is normalised to plain components and its parent directory opened with
+//! `openat2(RESOLVE_IN_ROOT)`, so nothing (`..`, absolute names, symlinks in the layer or
+//! already on disk, hard-link targets, whiteouts) reaches outside the target. The final
+//! component is created with `*at` calls that never follow symlinks. Per regular file the
+//! syscalls are: openat, write(s), futimens, close, plus fchown/fchmod only when the owner
+//! or mode would otherwise be wrong — no more than GNU tar.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, Path, PathBuf};
+
+use mountutil::at::{self, Dir, Kind, Root};
+use mountutil::fs::NodeKind;
+pub use mountutil::overlay::WhiteoutMode;
+
+use crate::pipeline::{self, Decoded};
+use crate::tarstream::{EntryKind, Header, TarStream};
+use crate::{Compression, Digest, Error, Result};
+
+mod entries;
+mod resolve;
+mod whiteout;
+
+/// What was applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// sha256 of the uncompressed tar: the layer's diffID.
+    pub diff_id: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+    /// sha256 of the blob as read.
+    pub blob_digest: Digest,
+    /// Size of the blob as read.
+    pub blob_size: u64,
+}
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
+/// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
+/// directory `target`. Decompression runs on its own thread; this thread writes files.
+///
+/// `lowers` (overlay mode) are the directories of the layers below `target`, nearest first.
+/// A directory the layer writes into without declaring it, missing from `target`, is
+/// created with the owner, mode, times and non-`trusted.` xattrs of the same path in the
+/// nearest lower layer that has it as a directory, as containerd's overlay applier does,
+/// so the merged view keeps them.
+pub fn apply_layer(
+    source: Box<dyn Read + Send>,
+    compression: Option<Compression>,
+    target: &Path,
+    mode: WhiteoutMode,
+    lowers: &[PathBuf],
+) -> Result<Applied> {
+    let root = Root::open(target).map_err(|e| Error::io("open", target, e))?;
+    let lowers = lowers
+        .iter()
+        .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut stream = pipeline::decode(source, compression);
+    let written = LayerWriter::new(&root, mode, lowers).write_all(stream.reader());
+    let decoded: Decoded = match written {
+        Ok(()) => stream.finish()?,
+        // A corrupt stream shows up to the writer as a short read; say what it really was.
+        Err(e) => return Err(stream.abort().unwrap_or(e)),
+    };
+    Ok(Applied {
+        diff_id: decoded.uncompressed.0,
+        size: decoded.uncompressed.1,
+        blob_digest: decoded.compressed.0,
+        blob_size: decoded.compressed.1,
+    })
+}
+
+/// Normalises a tar path to components inside the root: `/`, `.` and empty parts dropped,
+/// `..` taken lexically and never above the root (as RESOLVE_IN_ROOT does).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn layer_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::InvalidLayer(format!("{what} {}: {e}", path.display()))
+}
+
+struct CachedDir {
+    dir: Dir,
+    /// The directory has the setgid bit: new entries inherit its group, so their owner
+    /// must be set even when it is ours.
+    setgid: bool,
+}
+
+struct LayerWriter<'r> {
+    root: &'r Root,
+    mode: WhiteoutMode,
+    /// The layers below `root`, nearest first (overlay mode).
+    lowers: Vec<Root>,
+    /// Open directories by normalised relative path (hashed as bytes: a `Path` hashes
+    /// component by component, which showed in profiles).
+    dirs: HashMap<OsString, CachedDir>,
+    dir_times: Vec<(PathBuf, (i64, i64))>,
+    /// Paths this layer created (native mode: what an opaque whiteout must keep).
+    created: HashSet<OsString>,
+    ids: (u32, u32),
+    umask: u32,
+}
+
+impl<'r> LayerWriter<'r> {
+    fn new(root: &'r Root, mode: WhiteoutMode, lowers: Vec<Root>) -> Self {
+        LayerWriter {
+            root,
+            mode,
+            lowers,
+            dirs: HashMap::new(),
+            dir_times: Vec::new(),
+            created: HashSet::new(),
+            ids: at::effective_ids(),
+            umask: at::current_umask(),
+        }
+    }
+
+    fn write_all(mut self, input: impl BufRead) -> Result<()> {
+        let mut tar = TarStream::new(input);
+        while let Some(header) = tar.next_entry()? {
+            self.entry(header, &mut tar)?;
+        }
+        self.finish()
+    }
+
+    fn entry(&mut self, h: Header, tar: &mut TarStream<impl BufRead>) -> Result<()> {
+        let raw = PathBuf::from(OsString::from_vec(h.path));
+        let rel = normalize(&raw);
+        let meta = h.meta;
+        if let Some((name, _)) = meta.xattrs.iter().find(|(n, _)| {
+            let n = n.as_bytes();
+            n.starts_with(b"trusted.overlay.") || n.starts_with(b"user.overlay.")
+        }) {
+            return Err(layer_err("overlay xattr on", &rel, name.to_string_lossy()));
+        }
+        let name = rel.file_name().map(OsStr::to_os_string);
+        let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+
+        if let Some(n) = &name
+            && let Some(hidden) = n.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes())
+        {
+            return self.whiteout(&parent, n, OsStr::from_bytes(hidden), &meta);
+        }
+        let Some(name) = name else {
+            // The root itself ("./"): containerd ignores it ("resolved to root"), so the
+            // snapshot's root keeps its own owner, mode and times.
+            return Ok(());
+        };
+        let link = || PathBuf::from(OsString::from_vec(h.link.clone()));
+        match h.kind {
+            EntryKind::Regular => self.file(&parent, &name, &rel, tar, &meta, h.sparse.as_ref()),
+            EntryKind::Dir => self.dir(&parent, &name, &rel, &meta),
+            EntryKind::Symlink if h.link.is_empty() => {
+                Err(layer_err("symlink without target", &rel, "refused"))
+            }
+            EntryKind::Symlink => self.symlink(&parent, &name, &rel, &link(), &meta),
+            EntryKind::HardLink if h.link.is_empty() => {
+                Err(layer_err("hard link without target", &rel, "refused"))
+            }
+            EntryKind::HardLink => self.hard_link(&parent, &name, &rel, &normalize(&link())),
+            EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
+                let node = match h.kind {
+                    EntryKind::Char => NodeKind::Char,
+                    EntryKind::Block => NodeKind::Block,
+                    _ => NodeKind::Fifo,
+                };
+                let (major, minor) = h.dev;
+                self.node(&parent, &name, &rel, node, major, minor, &meta)
+            }
+        }
+    }
+
+    /// Directory times last, deepest first, so creating children does not change them. A
+    /// path the layer later replaced by something else keeps that thing's own time.
+    fn finish(mut self) -> Result<()> {
+        let times = std::mem::take(&mut self.dir_times);
+        for (rel, t) in times.iter().rev() {
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                let root = self
+                    .root
+                    .open_dir(Path::new(""))
+                    .map_err(|e| Error::io("open", "/", e))?;
+                at::futimens(&root, *t, *t).map_err(|e| Error::io("utimens", "/", e))?;
+                continue;
+            };
+            let Ok(Some(cached)) = self.dir_at(parent, false) else {
+                continue;
+            };
+            let dir = &cached.dir;
+            if dir.kind(name).map_err(|e| Error::io("stat", rel, e))? != Some(Kind::Dir) {
+                continue;
+            }
+            dir.set_times(name, *t, *t)
+                .map_err(|e| Error::io("utimens", rel, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether removing an entry of this kind can invalidate cached directory handles (a
+/// directory, or a symlink through which a directory was opened).
+fn resolves_as_dir(kind: Option<Kind>) -> bool {
+    matches!(kind, Some(Kind::Dir | Kind::Symlink))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_stays_inside() {
+        assert_eq!(
+            normalize(Path::new("/etc/passwd")),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(normalize(Path::new("../../x")), PathBuf::from("x"));
+        assert_eq!(normalize(Path::new("a/../../b/./c")), PathBuf::from("b/c"));
+        assert_eq!(normalize(Path::new("./")), PathBuf::new());
+    }
+}
