@@ -12,6 +12,31 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+
+/// One hostile case as two tests: `NAME::native`, and `NAME::overlay`, which writes
+/// `trusted.*` xattrs and so needs root (ignored otherwise, like every root test).
+macro_rules! hostile_case {
+    ($name:ident, $expect:expr, $setup:expr, $layer:expr, $check:expr $(,)?) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn native() {
+                let mode = WhiteoutMode::Native;
+                run(stringify!($name), mode, $expect, $setup, $layer, $check);
+            }
+
+            #[test]
+            #[ignore = "needs root"]
+            fn overlay() {
+                assert_root(concat!(stringify!($name), " in overlay mode"));
+                let mode = WhiteoutMode::Overlay { userxattr: false };
+                run(stringify!($name), mode, $expect, $setup, $layer, $check);
+            }
+        }
+    };
+}
+
 mod extensions;
 mod links;
 mod paths;

@@ -19,183 +19,147 @@ fn first_entry_whole(root: &Path, _: WhiteoutMode) {
     }
 }
 
-#[test]
-fn truncated_tar_mid_file() {
-    hostile(
-        "truncated_tar_mid_file",
-        Expect::Refused,
-        &no_setup,
-        &|_| payload()[..512 * 3 + 1000].to_vec(),
-        &no_check,
-    );
-}
+hostile_case!(
+    truncated_tar_mid_file,
+    Expect::Refused,
+    &no_setup,
+    &|_| payload()[..512 * 3 + 1000].to_vec(),
+    &no_check,
+);
 
-#[test]
-fn truncated_tar_mid_header() {
-    hostile(
-        "truncated_tar_mid_header",
-        Expect::Refused,
-        &no_setup,
-        &|_| payload()[..512 * 2 + 200].to_vec(),
-        &no_check,
-    );
-}
+hostile_case!(
+    truncated_tar_mid_header,
+    Expect::Refused,
+    &no_setup,
+    &|_| payload()[..512 * 2 + 200].to_vec(),
+    &no_check,
+);
 
-#[test]
-fn bad_header_checksum() {
-    hostile(
-        "bad_header_checksum",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let mut block = Header::new(b'0', "aaaa").block();
-            block[0] = b'b';
-            let mut t = RawTar::default();
-            t.file("first", b"ok").raw(&block);
-            t.finish()
-        },
-        &no_check,
-    );
-}
+hostile_case!(
+    bad_header_checksum,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let mut block = Header::new(b'0', "aaaa").block();
+        block[0] = b'b';
+        let mut t = RawTar::default();
+        t.file("first", b"ok").raw(&block);
+        t.finish()
+    },
+    &no_check,
+);
 
-#[test]
-fn size_field_larger_than_data() {
-    hostile(
-        "size_field_larger_than_data",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let mut h = Header::new(b'0', "big");
-            h.size = 100_000;
-            let mut t = RawTar::default();
-            t.raw(&h.block()).raw(&[b'x'; 512]);
-            t.finish()
-        },
-        &no_check,
-    );
-}
+hostile_case!(
+    size_field_larger_than_data,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let mut h = Header::new(b'0', "big");
+        h.size = 100_000;
+        let mut t = RawTar::default();
+        t.raw(&h.block()).raw(&[b'x'; 512]);
+        t.finish()
+    },
+    &no_check,
+);
 
-#[test]
-fn pax_size_larger_than_data() {
-    hostile(
-        "pax_size_larger_than_data",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            RawTar::default()
-                .pax(&[("size", b"100000")])
-                .file("big", b"small")
-                .finish()
-        },
-        &no_check,
-    );
-}
+hostile_case!(
+    pax_size_larger_than_data,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        RawTar::default()
+            .pax(&[("size", b"100000")])
+            .file("big", b"small")
+            .finish()
+    },
+    &no_check,
+);
 
-#[test]
-fn truncated_gzip() {
-    hostile(
-        "truncated_gzip",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let gz = gzip(&payload());
-            gz[..gz.len() / 2].to_vec()
-        },
-        &first_entry_whole,
-    );
-}
+hostile_case!(
+    truncated_gzip,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let gz = gzip(&payload());
+        gz[..gz.len() / 2].to_vec()
+    },
+    &first_entry_whole,
+);
 
-#[test]
-fn gzip_without_its_trailer() {
-    hostile(
-        "gzip_without_its_trailer",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let gz = gzip(&payload());
-            gz[..gz.len() - 4].to_vec()
-        },
-        &first_entry_whole,
-    );
-}
+hostile_case!(
+    gzip_without_its_trailer,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let gz = gzip(&payload());
+        gz[..gz.len() - 4].to_vec()
+    },
+    &first_entry_whole,
+);
 
-#[test]
-fn corrupt_gzip() {
-    hostile(
-        "corrupt_gzip",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let mut gz = gzip(&payload());
-            let mid = gz.len() / 2;
-            for b in &mut gz[mid..mid + 16] {
-                *b = !*b;
-            }
-            gz
-        },
-        &first_entry_whole,
-    );
-}
+hostile_case!(
+    corrupt_gzip,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let mut gz = gzip(&payload());
+        let mid = gz.len() / 2;
+        for b in &mut gz[mid..mid + 16] {
+            *b = !*b;
+        }
+        gz
+    },
+    &first_entry_whole,
+);
 
-#[test]
-fn truncated_zstd() {
-    hostile(
-        "truncated_zstd",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let z = zstd(&payload());
-            z[..z.len() / 2].to_vec()
-        },
-        &first_entry_whole,
-    );
-}
+hostile_case!(
+    truncated_zstd,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let z = zstd(&payload());
+        z[..z.len() / 2].to_vec()
+    },
+    &first_entry_whole,
+);
 
-/// The frame carries a content checksum (see [`zstd`]); without one, flipped bytes in a
-/// stored block are undetectable by any decoder.
-#[test]
-fn corrupt_zstd() {
-    hostile(
-        "corrupt_zstd",
-        Expect::Refused,
-        &no_setup,
-        &|_| {
-            let mut z = zstd(&payload());
-            let mid = z.len() / 2;
-            for b in &mut z[mid..mid + 16] {
-                *b = !*b;
-            }
-            z
-        },
-        &first_entry_whole,
-    );
-}
+// The frame carries a content checksum (see [`zstd`]); without one, flipped bytes in a
+// stored block are undetectable by any decoder.
+hostile_case!(
+    corrupt_zstd,
+    Expect::Refused,
+    &no_setup,
+    &|_| {
+        let mut z = zstd(&payload());
+        let mid = z.len() / 2;
+        for b in &mut z[mid..mid + 16] {
+            *b = !*b;
+        }
+        z
+    },
+    &first_entry_whole,
+);
 
-#[test]
-fn garbage_after_tar() {
-    hostile(
-        "garbage_after_tar",
-        Expect::Either,
-        &no_setup,
-        &|_| [payload(), b"garbage after the end of the archive".to_vec()].concat(),
-        &|root, _| {
-            // The end-of-archive marker came first: everything before it is applied.
-            assert_eq!(read(&root.join("a")), "first");
-            assert_eq!(read(&root.join("z")), "last");
-        },
-    );
-}
+hostile_case!(
+    garbage_after_tar,
+    Expect::Either,
+    &no_setup,
+    &|_| [payload(), b"garbage after the end of the archive".to_vec()].concat(),
+    &|root, _| {
+        // The end-of-archive marker came first: everything before it is applied.
+        assert_eq!(read(&root.join("a")), "first");
+        assert_eq!(read(&root.join("z")), "last");
+    },
+);
 
-#[test]
-fn garbage_after_gzip() {
-    hostile(
-        "garbage_after_gzip",
-        Expect::Either,
-        &no_setup,
-        &|_| [gzip(&payload()), b"garbage".to_vec()].concat(),
-        &first_entry_whole,
-    );
-}
+hostile_case!(
+    garbage_after_gzip,
+    Expect::Either,
+    &no_setup,
+    &|_| [gzip(&payload()), b"garbage".to_vec()].concat(),
+    &first_entry_whole,
+);
 
 /// Offsets of the header blocks of a well-formed tar.
 fn header_offsets(tar: &[u8]) -> Vec<usize> {

@@ -12,8 +12,8 @@ use tonic::Code;
 use crate::tree::{Entry, Op, apply, capture};
 
 mod layers;
-use layers::*;
 use crate::util::{Daemon, Snap, TempDir, assert_root, labels, with_mounted};
+use layers::*;
 
 /// A daemon of one kind on a private root, a client, and a place for mount points.
 pub struct Fixture {
