@@ -43,11 +43,15 @@ impl Compression {
         })
     }
 
-    /// The compression of a stream starting with `magic`.
+    /// The compression of a stream starting with `magic`: gzip's magic, or zstd's frame or
+    /// skippable-frame magic (a zstd stream may begin with skippable frames; the decoder
+    /// passes over them).
     pub fn sniff(magic: &[u8]) -> Self {
+        let zstd_skippable =
+            magic.len() >= 4 && magic[0] & 0xf0 == 0x50 && magic[1..4] == [0x2a, 0x4d, 0x18];
         if magic.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || zstd_skippable {
             Compression::Zstd
         } else {
             Compression::None
@@ -174,6 +178,26 @@ mod tests {
         assert!(
             Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn zstd_streams_starting_with_skippable_frames_are_zstd() {
+        let mut frame = zstd::stream::encode_all(&b"layer"[..], 3).unwrap();
+        // A skippable frame (magic 0x184D2A5?, little-endian length, payload) first.
+        let mut stream = vec![0x53, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3];
+        stream.append(&mut frame);
+        assert_eq!(Compression::sniff(&stream), Compression::Zstd);
+        let mut out = String::new();
+        Compression::Zstd
+            .decoder(&stream[..])
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "layer");
+        assert_eq!(
+            Compression::sniff(&[0x53, 0x2a, 0x4d, 0x19]),
+            Compression::None
         );
     }
 

@@ -39,6 +39,10 @@ const GNU_REAL_SIZE: Range<usize> = 483..495;
 pub(super) const SPARSE_EXTENTS_PER_BLOCK: usize = 21;
 pub(super) const EXT_IS_EXTENDED: usize = 504;
 
+/// The largest device major and minor numbers Linux represents (`MINORBITS` is 20 of 32).
+const MAX_DEV_MAJOR: i64 = (1 << 12) - 1;
+const MAX_DEV_MINOR: i64 = (1 << 20) - 1;
+
 /// One header block, its checksum verified.
 pub(super) struct HeaderBlock<'a>(pub &'a [u8; BLOCK]);
 
@@ -126,11 +130,23 @@ impl HeaderBlock<'_> {
         self.number(MTIME, "mtime")
     }
 
-    /// Device major and minor numbers.
+    /// Device major and minor numbers, refused unless the kernel can hold them (12 and 20
+    /// bits): mknod(2) would silently drop the high bits, and a number that wraps to 0/0 is
+    /// an overlay whiteout, hiding what the layers below have at that path.
     pub fn device(&self) -> Result<(u32, u32)> {
+        let part = |field, what, max: i64| {
+            let v = self.number(field, what)?;
+            if (0..=max).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err(bad(format!(
+                    "{what} {v} cannot be represented (at most {max})"
+                )))
+            }
+        };
         Ok((
-            self.number(DEV_MAJOR, "device major")? as u32,
-            self.number(DEV_MINOR, "device minor")? as u32,
+            part(DEV_MAJOR, "device major", MAX_DEV_MAJOR)?,
+            part(DEV_MINOR, "device minor", MAX_DEV_MINOR)?,
         ))
     }
 
@@ -233,6 +249,29 @@ pub(super) fn cstr(field: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_numbers_the_kernel_cannot_hold_are_refused() {
+        let block_with = |major: &[u8], minor: &[u8]| {
+            let mut b = [0u8; BLOCK];
+            b[TYPEFLAG] = b'3';
+            b[DEV_MAJOR][..major.len()].copy_from_slice(major);
+            b[DEV_MINOR][..minor.len()].copy_from_slice(minor);
+            b
+        };
+        let dev = |major: &[u8], minor: &[u8]| HeaderBlock(&block_with(major, minor)).device();
+        assert_eq!(dev(b"0000001\0", b"0000003\0").unwrap(), (1, 3));
+        assert_eq!(
+            dev(b"0007777\0", b"3777777\0").unwrap(),
+            (4095, (1 << 20) - 1)
+        );
+        // 4096:0 would reach mknod(2) as 0:0, an overlay whiteout.
+        assert!(dev(b"0010000\0", b"0000000\0").is_err());
+        assert!(dev(b"0000000\0", b"4000000\0").is_err());
+        // Base-256 numbers past 32 bits, and negative ones.
+        assert!(dev(&[0x80, 0, 0, 1, 0, 0, 0, 0], b"0\0").is_err());
+        assert!(dev(&[0xff; 8], b"0\0").is_err());
+    }
 
     #[test]
     fn numbers_parse_as_go_does() {
