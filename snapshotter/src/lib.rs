@@ -37,10 +37,13 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// Read-only, created by View; can never be committed.
+    #[serde(rename = "View")]
     View,
     /// Writable, created by Prepare; can be committed.
+    #[serde(rename = "Active")]
     Active,
     /// Immutable, created by Commit; the only kind that can be a parent.
+    #[serde(rename = "Committed")]
     Committed,
 }
 
@@ -76,8 +79,10 @@ pub struct Info {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Allocated bytes (`st_blocks * 512`, each inode once).
+    #[serde(rename = "size")]
     pub size: i64,
     /// Distinct inodes, the root directory included.
+    #[serde(rename = "inodes")]
     pub inodes: i64,
 }
 

@@ -23,17 +23,26 @@ use crate::{Error, Info, Kind, Labels, Result, Usage};
 const SCHEMA_VERSION: u64 = 1;
 const MAP_SIZE: usize = 4 << 30;
 
-/// A stored snapshot.
+/// A stored snapshot, as JSON with fixed field names (schema version 1): renaming a Rust
+/// field, type or variant must not change what is on disk, so every name is spelled out.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Record {
     /// Directory id: `<root>/snapshots/<id>`.
+    #[serde(rename = "id")]
     pub id: u64,
+    #[serde(rename = "kind")]
     pub kind: Kind,
+    #[serde(rename = "parent")]
     pub parent: String,
+    /// Seconds and nanoseconds since the epoch.
+    #[serde(rename = "created")]
     pub created: (i64, u32),
+    #[serde(rename = "updated")]
     pub updated: (i64, u32),
+    #[serde(rename = "labels")]
     pub labels: Labels,
     /// Measured at commit; `None` for active snapshots and views.
+    #[serde(rename = "usage")]
     pub usage: Option<Usage>,
 }
 
@@ -261,6 +270,49 @@ mod tests {
         ] {
             assert_eq!(to_time(from_time(t)), t);
         }
+    }
+
+    #[test]
+    fn records_encode_as_schema_1_json() {
+        let record = Record {
+            id: 7,
+            kind: Kind::Committed,
+            parent: "p".into(),
+            created: (1, 2),
+            updated: (3, 4),
+            labels: [("k".to_string(), "v".to_string())].into(),
+            usage: Some(Usage {
+                size: 4096,
+                inodes: 2,
+            }),
+        };
+        let json = r#"{"id":7,"kind":"Committed","parent":"p","created":[1,2],"updated":[3,4],"labels":{"k":"v"},"usage":{"size":4096,"inodes":2}}"#;
+        assert_eq!(serde_json::to_string(&record).unwrap(), json);
+        let back: Record = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (back.id, back.kind, back.usage),
+            (7, Kind::Committed, record.usage)
+        );
+    }
+
+    #[test]
+    fn an_index_of_a_newer_schema_is_refused() {
+        let root = std::env::temp_dir().join(format!("strata-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = RootLock::acquire(&root).unwrap();
+        let dir = root.join("metadata");
+        let store = MetaStore::open(&lock, &dir).unwrap();
+        store
+            .write(|txn| Ok(store.meta.put(txn, "version", &(SCHEMA_VERSION + 1))?))
+            .unwrap();
+        drop(store);
+        let err = MetaStore::open(&lock, &dir).err().expect("refused");
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("version 2")),
+            "{err}"
+        );
+        drop(lock);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
