@@ -190,11 +190,11 @@ fn fill_from(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Starts decoding `source` on its own thread.
+/// Starts decoding `source` on its own thread (an error if the thread cannot be started).
 pub(crate) fn decode(
     source: Box<dyn Read + Send>,
     compression: Option<Compression>,
-) -> DecodedStream {
+) -> Result<DecodedStream> {
     let (chunk_tx, chunks) = sync_channel(CHUNKS_IN_FLIGHT);
     let decoder = std::thread::Builder::new()
         .name("layer-decode".into())
@@ -218,11 +218,11 @@ pub(crate) fn decode(
                 DecodeError::Layer(e) => e,
             })
         })
-        .expect("spawn decoder thread");
-    DecodedStream {
+        .map_err(|e| Error::io("start thread", "layer-decode", e))?;
+    Ok(DecodedStream {
         chunks: InPlace::new(chunks),
         decoder,
-    }
+    })
 }
 
 enum DecodeError {
@@ -242,7 +242,7 @@ fn decode_all(
     compression: Option<Compression>,
     chunks: &SyncSender<io::Result<Chunk>>,
 ) -> std::result::Result<Decoded, DecodeError> {
-    let (to_hasher, hasher) = spawn_hasher();
+    let (to_hasher, hasher) = spawn_hasher()?;
     let mut input = InPlace::new(BlobChunks {
         source,
         failed,
@@ -281,9 +281,12 @@ fn decode_all(
     })
 }
 
+/// The hashing thread: its result is (blob, uncompressed tar).
+type HashThread = JoinHandle<(Hashed, Hashed)>;
+
 /// A thread hashing the blob and the uncompressed stream from the chunks it is sent, until
 /// every sender is dropped.
-fn spawn_hasher() -> (SyncSender<ToHash>, JoinHandle<(Hashed, Hashed)>) {
+fn spawn_hasher() -> io::Result<(SyncSender<ToHash>, HashThread)> {
     let (tx, rx) = sync_channel::<ToHash>(CHUNKS_IN_FLIGHT * 2);
     let handle = std::thread::Builder::new()
         .name("layer-hash".into())
@@ -296,9 +299,8 @@ fn spawn_hasher() -> (SyncSender<ToHash>, JoinHandle<(Hashed, Hashed)>) {
                 }
             }
             (blob.finish(), layer.finish())
-        })
-        .expect("spawn hasher thread");
-    (tx, handle)
+        })?;
+    Ok((tx, handle))
 }
 
 impl DecodedStream {

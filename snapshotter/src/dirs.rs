@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use heed::RoTxn;
@@ -97,6 +97,13 @@ fn now() -> (i64, u32) {
 fn clean_labels(mut labels: Labels) -> Labels {
     labels.retain(|_, v| !v.is_empty());
     labels
+}
+
+/// Locks `m` even if a thread panicked while holding it: what these locks guard (the
+/// directory layout, the set of directories being built) stays consistent at every step, so
+/// one panicking request must not make every later one panic too.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<D: Driver> DirSnapshotter<D> {
@@ -206,7 +213,7 @@ impl<D: Driver> DirSnapshotter<D> {
             labels: clean_labels(labels),
             usage: None,
         };
-        let _layout = self.layout.lock().expect("layout lock");
+        let _layout = lock(&self.layout);
         let mut placed = None;
         let result = self.store.write(|txn| {
             if self.check_new(txn, key, parent)? != parent_ids {
@@ -240,10 +247,7 @@ impl<D: Driver> DirSnapshotter<D> {
 
     fn temp_dir(&self) -> Result<TempDir<'_>> {
         let name = format!("new-{}", self.temp_seq.fetch_add(1, Ordering::Relaxed));
-        self.building
-            .lock()
-            .expect("building set")
-            .insert(name.clone());
+        lock(&self.building).insert(name.clone());
         let temp = TempDir {
             dir: SnapshotDir {
                 path: self.snapshots_dir().join(&name),
@@ -264,7 +268,7 @@ impl<D: Driver> DirSnapshotter<D> {
         let from = self.snapshots_dir().join(name);
         let to = self.snapshots_dir().join(format!("rm-{name}"));
         {
-            let _layout = self.layout.lock().expect("layout lock");
+            let _layout = lock(&self.layout);
             if !from.exists() {
                 return Ok(());
             }
@@ -286,7 +290,7 @@ impl Drop for TempDir<'_> {
         if self.dir.path().exists() {
             let _ = remove_tree(self.dir.path());
         }
-        self.owner.lock().expect("building set").remove(&self.name);
+        lock(self.owner).remove(&self.name);
     }
 }
 
@@ -521,14 +525,14 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
     fn cleanup(&self) -> Result<()> {
         let mut doomed = Vec::new();
         {
-            let _layout = self.layout.lock().expect("layout lock");
+            let _layout = lock(&self.layout);
             let ids: HashSet<String> = self
                 .store
                 .read(|txn| self.store.all(txn))?
                 .into_iter()
                 .map(|(_, rec)| rec.id.to_string())
                 .collect();
-            let building = self.building.lock().expect("building set").clone();
+            let building = lock(&self.building).clone();
             let dir = self.snapshots_dir();
             for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
                 let entry = entry.map_err(|e| Error::io("read", &dir, e))?;

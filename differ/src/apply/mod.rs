@@ -62,7 +62,7 @@ pub fn apply_layer(
         .iter()
         .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
         .collect::<Result<Vec<_>>>()?;
-    let mut stream = pipeline::decode(source, compression);
+    let mut stream = pipeline::decode(source, compression)?;
     let written = LayerWriter::new(&root, mode, lowers).write_all(stream.reader());
     let decoded: Decoded = match written {
         Ok(()) => stream.finish()?,

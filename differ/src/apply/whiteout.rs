@@ -2,6 +2,7 @@
 //! expects them into an upper directory, or carried out (deleting) in a plain tree.
 
 use std::ffi::OsStr;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -78,8 +79,18 @@ impl LayerWriter<'_> {
     /// Native opaque whiteout: remove what the lower layers put in `parent`, keeping what
     /// this layer created (and looking inside directories it re-declared).
     pub(super) fn empty_dir(&mut self, parent: &Path) -> Result<()> {
-        let Ok(dir) = self.root.open_dir(parent) else {
-            return Ok(());
+        // Nothing to empty where there is no directory; any other failure is the layer's.
+        let dir = match self.root.open_dir(parent) {
+            Ok(dir) => dir,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("open", parent, e)),
         };
         let mut removed_dir = false;
         let mut keep_dirs = Vec::new();
