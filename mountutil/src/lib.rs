@@ -2,14 +2,16 @@
 //! mount API, file metadata calls used when copying or writing trees (xattrs, device nodes,
 //! timestamps, sparse copies), and the exclusive lock of a snapshotter root.
 //!
-//! Syscalls only, and no `unsafe`: everything goes through the safe wrappers of
-//! `rustix`/`nix` (the workspace lints deny unsafe code here).
+//! Syscalls only, and no `unsafe`: everything goes through the safe wrappers of `rustix`
+//! (and `nix` for the one call rustix only offers as unsafe, `unshare`); the workspace lints
+//! deny unsafe code here.
 
 pub mod at;
 mod error;
 pub mod fs;
 pub mod lock;
 pub mod mount;
+mod options;
 pub mod overlay;
 pub mod probe;
 

@@ -5,61 +5,29 @@
 //! layer), which has no one-page limit on the option string. Kernels without `lowerdir+` get
 //! the classic mount(2) data string, compacted to paths relative to the layers' common parent
 //! and mounted from a thread with its own working directory, so the daemon's never changes.
+//!
+//! This module makes the syscalls (through rustix); turning options into flags, data strings
+//! and compacted `lowerdir=` lists, and the [`Mount`] description itself, are in `options.rs`.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::mount::{MntFlags, MsFlags};
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
 
+pub use crate::options::Mount;
+use crate::options::{
+    MS_REC, compact_lowerdirs, data_cstring, mount_attr, page_size, parse_options,
+};
 use crate::{Error, Result};
 
 /// Most lower layers one overlay mount can stack (the kernel's `OVL_MAX_STACK`).
 pub const OVERLAY_MAX_LOWERS: usize = 500;
-
-/// One mount, as containerd's `containerd.types.Mount` describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Mount {
-    /// Filesystem type: `bind`, `overlay`, ...
-    pub fstype: String,
-    /// Source path, or `overlay`.
-    pub source: String,
-    /// fstab-style options.
-    pub options: Vec<String>,
-}
-
-impl Mount {
-    /// A recursive bind mount of `source`, read-only when `readonly`.
-    pub fn bind(source: &Path, readonly: bool) -> Self {
-        Mount {
-            fstype: "bind".into(),
-            source: source.to_string_lossy().into_owned(),
-            options: vec![if readonly { "ro" } else { "rw" }.into(), "rbind".into()],
-        }
-    }
-
-    /// The lower directories of an overlay mount, highest priority first.
-    pub fn lowerdirs(&self) -> Vec<&str> {
-        self.option_value("lowerdir")
-            .map(|v| v.split(':').filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The value of option `key=value`, if present (the last one wins, as in the kernel).
-    pub fn option_value(&self, key: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find_map(|o| o.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-    }
-
-    /// Whether the bare option `flag` is present.
-    pub fn has_option(&self, flag: &str) -> bool {
-        self.options.iter().any(|o| o == flag)
-    }
-}
 
 /// Mounts every mount in `mounts`, in order, on `target` (later ones stack on earlier ones).
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
@@ -82,76 +50,6 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     }
 }
 
-/// Flag options of mount(2): (name, set?, flag).
-const FLAG_OPTIONS: &[(&str, bool, MsFlags)] = &[
-    ("async", false, MsFlags::MS_SYNCHRONOUS),
-    ("atime", false, MsFlags::MS_NOATIME),
-    ("bind", true, MsFlags::MS_BIND),
-    ("defaults", false, MsFlags::empty()),
-    ("dev", false, MsFlags::MS_NODEV),
-    ("diratime", false, MsFlags::MS_NODIRATIME),
-    ("dirsync", true, MsFlags::MS_DIRSYNC),
-    ("exec", false, MsFlags::MS_NOEXEC),
-    ("mand", true, MsFlags::MS_MANDLOCK),
-    ("noatime", true, MsFlags::MS_NOATIME),
-    ("nodev", true, MsFlags::MS_NODEV),
-    ("nodiratime", true, MsFlags::MS_NODIRATIME),
-    ("noexec", true, MsFlags::MS_NOEXEC),
-    ("nomand", false, MsFlags::MS_MANDLOCK),
-    ("norelatime", false, MsFlags::MS_RELATIME),
-    ("nostrictatime", false, MsFlags::MS_STRICTATIME),
-    ("nosuid", true, MsFlags::MS_NOSUID),
-    ("rbind", true, MsFlags::MS_BIND.union(MsFlags::MS_REC)),
-    ("relatime", true, MsFlags::MS_RELATIME),
-    ("remount", true, MsFlags::MS_REMOUNT),
-    ("ro", true, MsFlags::MS_RDONLY),
-    ("rw", false, MsFlags::MS_RDONLY),
-    ("strictatime", true, MsFlags::MS_STRICTATIME),
-    ("suid", false, MsFlags::MS_NOSUID),
-    ("sync", true, MsFlags::MS_SYNCHRONOUS),
-];
-
-const PROPAGATION_OPTIONS: &[(&str, MsFlags)] = &[
-    ("private", MsFlags::MS_PRIVATE),
-    ("rprivate", MsFlags::MS_PRIVATE.union(MsFlags::MS_REC)),
-    ("shared", MsFlags::MS_SHARED),
-    ("rshared", MsFlags::MS_SHARED.union(MsFlags::MS_REC)),
-    ("slave", MsFlags::MS_SLAVE),
-    ("rslave", MsFlags::MS_SLAVE.union(MsFlags::MS_REC)),
-    ("unbindable", MsFlags::MS_UNBINDABLE),
-    ("runbindable", MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC)),
-];
-
-/// Options split into mount(2) flags, propagation flags and the data string's parts.
-#[derive(Debug, PartialEq)]
-struct ParsedOptions {
-    flags: MsFlags,
-    propagation: MsFlags,
-    data: Vec<String>,
-}
-
-fn parse_options(options: &[String]) -> ParsedOptions {
-    let mut parsed = ParsedOptions {
-        flags: MsFlags::empty(),
-        propagation: MsFlags::empty(),
-        data: Vec::new(),
-    };
-    for o in options {
-        if let Some((_, set, flag)) = FLAG_OPTIONS.iter().find(|(n, _, _)| n == o) {
-            if *set {
-                parsed.flags |= *flag;
-            } else {
-                parsed.flags &= !*flag;
-            }
-        } else if let Some((_, flag)) = PROPAGATION_OPTIONS.iter().find(|(n, _)| n == o) {
-            parsed.propagation |= *flag;
-        } else {
-            parsed.data.push(o.clone());
-        }
-    }
-    parsed
-}
-
 fn mount_err(fstype: &str, target: &Path, e: impl Into<std::io::Error>) -> Error {
     Error::Mount {
         fstype: fstype.to_string(),
@@ -160,37 +58,68 @@ fn mount_err(fstype: &str, target: &Path, e: impl Into<std::io::Error>) -> Error
     }
 }
 
+/// One classic mount(2) call, `mount(source, target, fstype, flags, data)` plus `MS_REMOUNT`
+/// when `remount`, made through the rustix call that passes the same arguments the kernel
+/// acts on. It tells the cases apart in the kernel's own order (`path_mount`):
+/// - remount (of a bind mount too): `mount_remount`, which adds `MS_REMOUNT` and passes no
+///   source or type, which the kernel ignores for a remount anyway;
+/// - bind: `mount_bind`/`mount_bind_recursive`; the kernel takes only `MS_REC` from the
+///   flags on creating a bind mount and ignores type and data (hence the read-only remount
+///   after it);
+/// - anything else is a new mount, which needs a type: without one the kernel says `EINVAL`.
+fn mount_syscall(
+    source: &str,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MountFlags,
+    remount: bool,
+    data: Option<&CStr>,
+) -> rustix::io::Result<()> {
+    if remount {
+        rustix::mount::mount_remount(target, flags, data.unwrap_or(c""))
+    } else if flags.contains(MountFlags::BIND) {
+        if flags.contains(MS_REC) {
+            rustix::mount::mount_bind_recursive(source, target)
+        } else {
+            rustix::mount::mount_bind(source, target)
+        }
+    } else {
+        let fstype = fstype.ok_or(Errno::INVAL)?;
+        rustix::mount::mount(source, target, fstype, flags, data)
+    }
+}
+
 fn mount_legacy(m: &Mount, target: &Path) -> Result<()> {
     let parsed = parse_options(&m.options);
-    let data = parsed.data.join(",");
-    let data = (!data.is_empty()).then_some(data.as_str());
     let fstype = (m.fstype != "bind").then_some(m.fstype.as_str());
-    let err = |e: nix::Error| mount_err(&m.fstype, target, e);
-    let bind = parsed.flags.contains(MsFlags::MS_BIND);
+    let err = |e: Errno| mount_err(&m.fstype, target, e);
+    let data = data_cstring(&parsed.data).map_err(err)?;
+    let bind = parsed.flags.contains(MountFlags::BIND);
     // A bind mount ignores MS_RDONLY on creation: bind first, then remount read-only.
     let first = if bind {
-        parsed.flags & !MsFlags::MS_RDONLY
+        parsed.flags & !MountFlags::RDONLY
     } else {
         parsed.flags
     };
-    nix::mount::mount(Some(m.source.as_str()), target, fstype, first, data).map_err(err)?;
-    if bind && parsed.flags.contains(MsFlags::MS_RDONLY) {
-        let remount = parsed.flags | MsFlags::MS_REMOUNT;
-        if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, remount, None::<&str>)
-        {
+    mount_syscall(
+        &m.source,
+        target,
+        fstype,
+        first,
+        parsed.remount,
+        data.as_deref(),
+    )
+    .map_err(err)?;
+    if bind && parsed.flags.contains(MountFlags::RDONLY) {
+        // mount(NULL, target, NULL, flags | MS_REMOUNT, ""): with MS_BIND set the kernel
+        // only reconfigures the mount's flags and never reads the data.
+        if let Err(e) = rustix::mount::mount_remount(target, parsed.flags, c"") {
             let _ = unmount(target);
             return Err(err(e));
         }
     }
     if !parsed.propagation.is_empty() {
-        nix::mount::mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            parsed.propagation,
-            None::<&str>,
-        )
-        .map_err(err)?;
+        rustix::mount::mount_change(target, parsed.propagation).map_err(err)?;
     }
     Ok(())
 }
@@ -271,73 +200,6 @@ fn mount_overlay_fsconfig(
     .map_err(|e| fail("move_mount", e))
 }
 
-/// Per-mount attributes of the new mount API that correspond to classic flag options.
-fn mount_attr(option: &str) -> Option<MountAttrFlags> {
-    Some(match option {
-        "ro" => MountAttrFlags::MOUNT_ATTR_RDONLY,
-        "nosuid" => MountAttrFlags::MOUNT_ATTR_NOSUID,
-        "nodev" => MountAttrFlags::MOUNT_ATTR_NODEV,
-        "noexec" => MountAttrFlags::MOUNT_ATTR_NOEXEC,
-        "noatime" => MountAttrFlags::MOUNT_ATTR_NOATIME,
-        "relatime" => MountAttrFlags::MOUNT_ATTR_RELATIME,
-        "strictatime" => MountAttrFlags::MOUNT_ATTR_STRICTATIME,
-        "nodiratime" => MountAttrFlags::MOUNT_ATTR_NODIRATIME,
-        "rw" | "defaults" => MountAttrFlags::empty(),
-        _ => return None,
-    })
-}
-
-fn page_size() -> usize {
-    rustix::param::page_size()
-}
-
-/// Rewrites `lowerdir=` relative to the lowers' common parent directory when the data string
-/// would not fit in a page, as containerd does. Returns the options and that directory.
-fn compact_lowerdirs(options: &[String]) -> (Vec<String>, Option<PathBuf>) {
-    let total: usize = options.iter().map(|o| o.len() + 1).sum();
-    let Some(idx) = options.iter().position(|o| o.starts_with("lowerdir=")) else {
-        return (options.to_vec(), None);
-    };
-    if total < page_size() - 512 {
-        return (options.to_vec(), None);
-    }
-    let lowers: Vec<&str> = options[idx]["lowerdir=".len()..].split(':').collect();
-    let prefix = longest_common_prefix(&lowers);
-    // Like Go's path.Dir: everything before the last '/'.
-    let common_str = match prefix.rfind('/') {
-        Some(i) if i > 0 => &prefix[..i],
-        _ => return (options.to_vec(), None),
-    };
-    let common = Path::new(common_str);
-    let mut relative = Vec::with_capacity(lowers.len());
-    for l in &lowers {
-        match l.strip_prefix(common_str).and_then(|r| r.strip_prefix('/')) {
-            Some(r) if !r.is_empty() => relative.push(r),
-            _ => return (options.to_vec(), None),
-        }
-    }
-    let mut out = options.to_vec();
-    out[idx] = format!("lowerdir={}", relative.join(":"));
-    (out, Some(common.to_path_buf()))
-}
-
-fn longest_common_prefix<'a>(strs: &[&'a str]) -> &'a str {
-    let Some(first) = strs.first() else { return "" };
-    let mut len = first.len();
-    for s in &strs[1..] {
-        len = first
-            .bytes()
-            .zip(s.bytes())
-            .take(len)
-            .take_while(|(a, b)| a == b)
-            .count();
-    }
-    while !first.is_char_boundary(len) {
-        len -= 1;
-    }
-    &first[..len]
-}
-
 fn mount_overlay_legacy(m: &Mount, target: &Path) -> Result<()> {
     let (options, workdir) = compact_lowerdirs(&m.options);
     let parsed = parse_options(&options);
@@ -349,31 +211,35 @@ fn mount_overlay_legacy(m: &Mount, target: &Path) -> Result<()> {
             page_size()
         )));
     }
+    let (flags, remount) = (parsed.flags, parsed.remount);
     let Some(dir) = workdir else {
-        return nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            parsed.flags,
-            Some(data.as_str()),
-        )
-        .map_err(|e| mount_err("overlay", target, e));
+        return CString::new(data)
+            .map_err(|_| Errno::INVAL)
+            .and_then(|data| {
+                let fstype = Some("overlay");
+                mount_syscall("overlay", target, fstype, flags, remount, Some(&data))
+            })
+            .map_err(|e| mount_err("overlay", target, e));
     };
     // Relative lowerdirs resolve against the working directory: mount from a thread that
     // unshares its filesystem context, so the process's working directory never moves.
     let target_abs = std::path::absolute(target).map_err(|e| Error::io("resolve", target, e))?;
-    let flags = parsed.flags;
     let data = CString::new(data).map_err(|_| Error::InvalidMount("NUL in options".into()))?;
-    std::thread::spawn(move || -> nix::Result<()> {
+    std::thread::spawn(move || -> io::Result<()> {
+        // nix, not rustix, for this one call: rustix 1.x only has `unshare_unsafe` (its safe
+        // `unshare` is deprecated), and this crate has no unsafe code. CLONE_FS gives this
+        // thread its own working directory and nothing else.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-        nix::unistd::chdir(&dir)?;
-        nix::mount::mount(
-            Some("overlay"),
+        rustix::process::chdir(&dir)?;
+        mount_syscall(
+            "overlay",
             &target_abs,
             Some("overlay"),
             flags,
-            Some(data.as_c_str()),
-        )
+            remount,
+            Some(&data),
+        )?;
+        Ok(())
     })
     .join()
     .map_err(|_| Error::InvalidMount("overlay mount thread panicked".into()))?
@@ -383,9 +249,9 @@ fn mount_overlay_legacy(m: &Mount, target: &Path) -> Result<()> {
 /// Unmounts `target`, retrying while it is busy, and detaching it as a last resort.
 pub fn unmount(target: &Path) -> Result<()> {
     for _ in 0..50 {
-        match nix::mount::umount2(target, MntFlags::empty()) {
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
             Ok(()) => return Ok(()),
-            Err(nix::Error::EBUSY) => std::thread::sleep(Duration::from_millis(10)),
+            Err(Errno::BUSY) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
                 return Err(Error::Unmount {
                     target: target.to_path_buf(),
@@ -395,7 +261,7 @@ pub fn unmount(target: &Path) -> Result<()> {
         }
     }
     tracing::warn!(target = %target.display(), "mount still busy, detaching");
-    nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(|e| Error::Unmount {
+    rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(|e| Error::Unmount {
         target: target.to_path_buf(),
         source: e.into(),
     })
@@ -502,7 +368,7 @@ pub fn reclaim_temp_mounts(dir: &Path) -> Result<()> {
     for point in mount_points_under(dir)? {
         if point != dir {
             tracing::warn!(mount = %point.display(), "detaching leaked temporary mount");
-            nix::mount::umount2(&point, MntFlags::MNT_DETACH).map_err(|e| Error::Unmount {
+            rustix::mount::unmount(&point, UnmountFlags::DETACH).map_err(|e| Error::Unmount {
                 target: point.clone(),
                 source: e.into(),
             })?;
@@ -536,76 +402,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_flags_and_data() {
-        let opts: Vec<String> = ["ro", "rbind", "nosuid", "index=off", "rprivate"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let p = parse_options(&opts);
-        assert_eq!(
-            p.flags,
-            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID
-        );
-        assert_eq!(p.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
-        assert_eq!(p.data, vec!["index=off".to_string()]);
-    }
-
-    #[test]
-    fn rw_clears_ro() {
-        let p = parse_options(&["ro".to_string(), "rw".to_string()]);
-        assert!(!p.flags.contains(MsFlags::MS_RDONLY));
-    }
-
-    #[test]
-    fn compacts_long_lowerdirs_to_common_parent() {
-        let lowers: Vec<String> = (1..=200)
-            .rev()
-            .map(|i| format!("/var/lib/strata/snapshots/{i}/fs"))
-            .collect();
-        let opts = vec![
-            "workdir=/var/lib/strata/snapshots/201/work".to_string(),
-            format!("lowerdir={}", lowers.join(":")),
-        ];
-        let (out, dir) = compact_lowerdirs(&opts);
-        assert_eq!(dir.as_deref(), Some(Path::new("/var/lib/strata/snapshots")));
-        assert!(out[1].starts_with("lowerdir=200/fs:199/fs:"), "{}", out[1]);
-        assert!(out[1].ends_with(":1/fs"));
-        assert_eq!(out[0], opts[0]);
-    }
-
-    #[test]
-    fn short_options_are_not_compacted() {
-        let opts = vec!["lowerdir=/a/1/fs:/a/2/fs".to_string()];
-        assert_eq!(compact_lowerdirs(&opts), (opts.clone(), None));
-    }
-
-    #[test]
-    fn common_prefix_stops_at_difference() {
-        assert_eq!(longest_common_prefix(&["/x/10/fs", "/x/1/fs"]), "/x/1");
-        assert_eq!(longest_common_prefix(&["abc"]), "abc");
-    }
-
-    #[test]
     fn mountinfo_escapes() {
         assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
         assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
-    }
-
-    #[test]
-    fn lowerdirs_and_option_values() {
-        let m = Mount {
-            fstype: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                "upperdir=/u".into(),
-                "lowerdir=/a:/b".into(),
-                "userxattr".into(),
-            ],
-        };
-        assert_eq!(m.lowerdirs(), vec!["/a", "/b"]);
-        assert_eq!(m.option_value("upperdir"), Some("/u"));
-        assert!(m.has_option("userxattr"));
-        assert_eq!(m.option_value("workdir"), None);
     }
 
     fn running_as_root(test: &str) -> bool {
@@ -659,5 +458,68 @@ mod tests {
         unmount(&target).unwrap();
         std::fs::remove_dir_all(&base).unwrap();
         assert!(read, "every lower layer's file is visible");
+    }
+
+    /// The mount options and optional (propagation) fields of the mount on `point`.
+    fn mountinfo_of(point: &Path) -> (String, String) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info
+            .lines()
+            .rfind(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(point))
+            .expect("mounted");
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-").unwrap();
+        (f[5].to_string(), f[6..sep].join(" "))
+    }
+
+    #[test]
+    fn legacy_mounts_set_the_flags_their_options_ask_for() {
+        if !running_as_root("legacy_mounts_set_the_flags_their_options_ask_for") {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("mountutil-flags-{}", std::process::id()));
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        let mount = |fstype: &str, source: &Path, options: &[&str]| Mount {
+            fstype: fstype.into(),
+            source: source.to_string_lossy().into_owned(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+
+        // ro on a bind: bound, then remounted read-only; propagation in a call of its own.
+        mount_all(&[mount("bind", &src, &["ro", "rbind", "rprivate"])], &dst).unwrap();
+        let (opts, optional) = mountinfo_of(&dst);
+        assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+        assert!(!optional.contains("shared:"), "private: {optional}");
+        let write = std::fs::write(dst.join("f"), "x").unwrap_err();
+        assert_eq!(write.raw_os_error(), Some(Errno::ROFS.raw_os_error()));
+        unmount(&dst).unwrap();
+
+        // Flags and data of a new mount.
+        mount_all(
+            &[mount(
+                "tmpfs",
+                Path::new("tmpfs"),
+                &["nosuid", "nodev", "size=1m"],
+            )],
+            &dst,
+        )
+        .unwrap();
+        let (opts, _) = mountinfo_of(&dst);
+        for want in ["rw", "nosuid", "nodev"] {
+            assert!(opts.split(',').any(|o| o == want), "{want} in {opts}");
+        }
+        unmount(&dst).unwrap();
+
+        // A `bind` mount without a bind option has no type: the kernel's EINVAL, as before.
+        let err = mount_all(&[mount("bind", &src, &["ro"])], &dst).unwrap_err();
+        assert!(matches!(err, Error::Mount { .. }), "{err:?}");
+        assert_eq!(err.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+        // Unmounting what is not mounted is the kernel's EINVAL, as an Unmount error.
+        let err = unmount(&dst).unwrap_err();
+        assert!(matches!(err, Error::Unmount { .. }), "{err:?}");
+        assert_eq!(err.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
