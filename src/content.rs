@@ -202,7 +202,8 @@ impl Read for StreamReader {
                     self.pos = 0;
                 }
                 Ok(None) => return Ok(0),
-                Err(s) => return Err(io::Error::other(format!("content read: {}", s.message()))),
+                // Kept whole, so the apply reports the store's class (Unavailable, ...).
+                Err(s) => return Err(io::Error::other(remote_error("content read", &s))),
             }
         }
         let n = buf.len().min(self.chunk.len() - self.pos);

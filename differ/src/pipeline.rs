@@ -209,9 +209,7 @@ pub(crate) fn decode(
                 let _ = chunk_tx.send(Err(io::Error::other(msg)));
             }
             result.map_err(|e| match e {
-                DecodeError::Io(e) if failed.load(Ordering::Relaxed) => {
-                    Error::io("read blob", "", e)
-                }
+                DecodeError::Io(e) if failed.load(Ordering::Relaxed) => source_error(e),
                 DecodeError::Io(e) => {
                     Error::InvalidLayer(format!("corrupt or truncated stream: {e}"))
                 }
@@ -223,6 +221,19 @@ pub(crate) fn decode(
         chunks: InPlace::new(chunks),
         decoder,
     })
+}
+
+/// Why reading the blob failed: the source's own classified error when it passed one
+/// (a content store that went away stays Unavailable), else an I/O error.
+fn source_error(e: io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(inner)) => *inner,
+            _ => unreachable!("checked to hold a differ error"),
+        }
+    } else {
+        Error::io("read blob", "", e)
+    }
 }
 
 enum DecodeError {
@@ -330,5 +341,26 @@ impl DecodedStream {
             .ok()
             .and_then(|r| r.err())
             .filter(|e| !matches!(e, Error::InvalidLayer(m) if m.contains("layer writer stopped")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_source_keeps_its_error_class() {
+        struct Gone;
+        impl Read for Gone {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other(Error::Unavailable("content store".into())))
+            }
+        }
+        let stream = decode(Box::new(Gone), Some(Compression::None)).unwrap();
+        assert!(matches!(stream.abort(), Some(Error::Unavailable(_))));
+        assert!(matches!(
+            source_error(io::Error::other("disk")),
+            Error::Io(_)
+        ));
     }
 }
