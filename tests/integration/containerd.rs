@@ -4,7 +4,7 @@
 //! collection, after which Strata must hold no snapshot at all.
 //!
 //! Debian 12's containerd 1.6 has no proxy differs: its walking differ unpacks images into
-//! Strata's mounts. containerd 1.7.24 (Debian 13's, see `scripts/e2e/containerd-1.7.sh`) also
+//! Strata's mounts. containerd 1.7.24 (Debian 13's, see `scripts/e2e/containerd.sh`) also
 //! uses Strata as its differ `strata-diff`, both for unpacking in `ctr` and in containerd's
 //! transfer service, and Strata must then apply every layer straight into its own snapshots;
 //! `ctr snapshots diff` must get its layer from Strata too, through containerd's content store.
@@ -55,11 +55,18 @@ fn overlayfs_150_layers() {
 #[test]
 #[ignore = "needs root"]
 fn strata_differ_1_7() {
-    let env = Env::start(
-        "containerd::strata_differ_1_7",
-        "overlayfs",
-        Containerd::V1_7,
-    );
+    strata_differ("containerd::strata_differ_1_7", Containerd::V1_7);
+}
+
+/// The same on containerd 2.1.9 with the README's version-3 configuration.
+#[test]
+#[ignore = "needs root"]
+fn strata_differ_2_1() {
+    strata_differ("containerd::strata_differ_2_1", Containerd::V2_1);
+}
+
+fn strata_differ(test: &str, release: Containerd) {
+    let env = Env::start(test, "overlayfs", release);
     snapshot_commands(&env, "overlayfs");
     diff_through_containerd(&env);
 

@@ -1,5 +1,5 @@
 //! The end-to-end harness: a Strata daemon and a private containerd (Debian 12's 1.6, or
-//! Debian 13's 1.7.24 from `scripts/e2e/containerd-1.7.sh`) using it, driven with that
+//! 1.7.24 or 2.1.9 from `scripts/e2e/containerd.sh`) using it, driven with that
 //! release's `ctr`; image import, container run and image removal with the checks every test
 //! shares; both daemons' logs printed when a test fails.
 
@@ -61,6 +61,26 @@ pub enum Containerd {
     /// `strata` unpack entry. Strata reads the layer blobs back through containerd's Content
     /// API, and must apply every layer itself.
     V1_7,
+    /// 2.1.9 from Debian unstable, configured with the README's version-3 configuration:
+    /// Strata as snapshotter (`rebase` advertised, `exports.root`) and as differ, first in
+    /// the diff-service order and named in the transfer service's unpack configuration.
+    V2_1,
+}
+
+impl Containerd {
+    /// The release `scripts/e2e/containerd.sh` unpacks, or `None` for the system's 1.6.
+    fn unpacked(self) -> Option<&'static str> {
+        match self {
+            Containerd::V1_6 => None,
+            Containerd::V1_7 => Some("1.7"),
+            Containerd::V2_1 => Some("2.1"),
+        }
+    }
+
+    /// Whether Strata is also containerd's differ (1.7.4 and later).
+    pub fn strata_differ(self) -> bool {
+        self != Containerd::V1_6
+    }
 }
 
 /// How `ctr images import` unpacks the image.
@@ -150,8 +170,18 @@ fn toml_path(path: &Path) -> String {
     toml::Value::String(path.to_str().expect("UTF-8 path").to_owned()).to_string()
 }
 
-/// The configuration of a containerd under `dir` using the Strata daemon at `strata`.
-fn containerd_config(release: Containerd, dir: &Path, socket: &Path, strata: &Path) -> String {
+/// The configuration of a containerd under `dir` using the Strata daemon serving `strata`
+/// (its socket) for `strata_root`.
+fn containerd_config(
+    release: Containerd,
+    dir: &Path,
+    socket: &Path,
+    strata: &Path,
+    strata_root: &Path,
+) -> String {
+    if release == Containerd::V2_1 {
+        return containerd_config_v3(dir, socket, strata, strata_root);
+    }
     let strata = toml_path(strata);
     let mut config = format!(
         r#"version = 2
@@ -215,6 +245,60 @@ disabled_plugins = [
     config
 }
 
+/// containerd 2.x's configuration: the README's version-3 proxy, diff-service and transfer
+/// sections as they are, around this test's paths.
+fn containerd_config_v3(dir: &Path, socket: &Path, strata: &Path, strata_root: &Path) -> String {
+    let platform = format!("linux/{}", oci_arch());
+    format!(
+        r#"version = 3
+root = {root}
+state = {state}
+# The CRI plugins are slow to start and unused; the other snapshotters are unused too.
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = {socket}
+
+[plugins.'io.containerd.gc.v1.scheduler']
+  startup_delay = "0s"
+
+[proxy_plugins.{SNAPSHOTTER}]
+  type = "snapshot"
+  address = {strata}
+  capabilities = ["rebase"]
+  exports = {{ root = {strata_root} }}
+
+[proxy_plugins.{DIFFER}]
+  type = "diff"
+  address = {strata}
+
+[plugins.'io.containerd.service.v1.diff-service']
+  default = ["{DIFFER}", "walking"]
+
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "{platform}"
+  snapshotter = "overlayfs"
+  differ = "walking"
+[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+  platform = "{platform}"
+  snapshotter = "{SNAPSHOTTER}"
+  differ = "{DIFFER}"
+"#,
+        root = toml_path(&dir.join("root")),
+        state = toml_path(&dir.join("state")),
+        socket = toml_path(socket),
+        strata = toml_path(strata),
+        strata_root = toml_path(strata_root),
+    )
+}
+
 /// This machine's architecture as OCI names it.
 fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -257,9 +341,12 @@ impl Env {
         let tmp = TempDir::new(&test.replace("::", "-"));
         // Tests never install: `.ci/run` (or the scripts by hand) does, before `cargo test`.
         run(script("ensure-deps.sh").arg("--check"), tmp.path()).check(&"ensure-deps.sh");
-        let bin = (release == Containerd::V1_7).then(|| {
-            let out = run(script("containerd-1.7.sh").arg("--check"), tmp.path())
-                .check(&"containerd-1.7.sh");
+        let bin = release.unpacked().map(|version| {
+            let out = run(
+                script("containerd.sh").args([version, "--check"]),
+                tmp.path(),
+            )
+            .check(&"containerd.sh");
             PathBuf::from(out.stdout.trim_end())
         });
 
@@ -271,7 +358,7 @@ impl Env {
         let strata_dir = tmp.path().join("strata");
         std::fs::create_dir(&strata_dir).expect("strata dir");
         let mut strata_args = vec!["--snapshotter", kind];
-        if release == Containerd::V1_7 {
+        if release.strata_differ() {
             strata_args.extend(["--containerd-address", socket.to_str().expect("UTF-8")]);
         }
         strata_args.extend(strata_extra);
@@ -280,7 +367,7 @@ impl Env {
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
-            containerd_config(release, &dir, &socket, &strata.socket),
+            containerd_config(release, &dir, &socket, &strata.socket, &strata.root),
         )
         .expect("write config");
         let log = dir.join("containerd.log");
@@ -404,7 +491,7 @@ impl Env {
         let applied = &self.applied_lines()[applied_before..];
         let expected = match self.release {
             Containerd::V1_6 => 0,
-            Containerd::V1_7 => layers,
+            Containerd::V1_7 | Containerd::V2_1 => layers,
         };
         assert_eq!(applied.len(), expected, "Strata's applies: {applied:#?}");
         // The snapshot field holds the extraction's backend key, "e2e/<seq>/extract-...",

@@ -1,4 +1,4 @@
-//! Creating layers through containerd 1.7.24: `ctr snapshots diff` of a change over 50 MB,
+//! Creating layers through containerd 1.7.24 and 2.1.9: `ctr snapshots diff` of a change over 50 MB,
 //! on a single-layer parent and on a two-layer parent, five times each. containerd routes
 //! the Diff to Strata, which walks only the snapshot's upper directory and writes the blob
 //! through containerd's Content service; ctr then reads it back. containerd's proxies pass
@@ -29,11 +29,21 @@ const SMALL_FILES: usize = 3000;
 #[test]
 #[ignore = "needs root"]
 fn layer_creation_1_7() {
+    layer_creation("containerd::layer_creation_1_7", Containerd::V1_7);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn layer_creation_2_1() {
+    layer_creation("containerd::layer_creation_2_1", Containerd::V2_1);
+}
+
+fn layer_creation(test: &str, release: Containerd) {
     let expiry = LEASE_EXPIRY_SECS.to_string();
     let env = Env::start_with(
-        "containerd::layer_creation_1_7",
+        test,
         "overlayfs",
-        Containerd::V1_7,
+        release,
         &["--diff-lease-expiry", &expiry],
     );
     let snap = |args: &[&str]| {

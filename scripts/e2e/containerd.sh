@@ -1,56 +1,68 @@
 #!/usr/bin/env bash
-# Makes containerd 1.7 binaries (Debian 13 "trixie"'s `containerd` package, 1.7.24~ds1-*)
-# available on a Debian 12 (bookworm) machine without installing or upgrading anything
-# system-wide, and prints the directory holding them (containerd, ctr, containerd-shim-runc-v2,
-# ...) as the only line on stdout. Progress goes to stderr.
+# Makes a containerd release's binaries available on a Debian 12 (bookworm) machine without
+# installing or upgrading anything system-wide, and prints the directory holding them
+# (containerd, ctr, containerd-shim-runc-v2, ...) as the only line on stdout. Progress goes to
+# stderr.
 #
-# How: a private apt configuration under $CACHE/apt (its own sources list naming the trixie
-# suite of the Debian mirror the system's apt sources use, its own state/lists/cache dirs, no
-# system apt.conf.d hooks, no system preferences), `apt-get update` + `apt-get download
-# containerd=1.7.24~ds1-*` with it, then `dpkg -x` into $CACHE/containerd-1.7. The .deb is never
-# installed, /etc/apt and dpkg's database are never touched, libc is never upgraded.
+#   scripts/e2e/containerd.sh RELEASE [--check]
 #
-# Idempotent: if $CACHE/containerd-1.7/usr/bin/containerd exists and `containerd --version`
-# reports 1.7, nothing is downloaded; the path is just printed. A downloaded .deb is reused.
-# With --check, nothing is downloaded: the path is printed if the binaries are there, else it
-# fails (what the tests call: they never install).
+#   RELEASE   1.7: Debian 13 "trixie"'s containerd 1.7.24~ds1-*
+#             2.1: Debian unstable's containerd 2.1.9+ds1-*
+#
+# How: a private apt configuration under $CACHE/apt-<suite> (its own sources list naming
+# that suite of the Debian mirror the system's apt sources use, its own state/lists/cache
+# dirs, no system apt.conf.d hooks, no system preferences), `apt-get update` + `apt-get
+# download containerd=<version>` with it, then `dpkg -x` into $CACHE/containerd-<RELEASE>.
+# The .deb is never installed, /etc/apt and dpkg's database are never touched, libc is
+# never upgraded.
+#
+# Idempotent: if $CACHE/containerd-<RELEASE>/usr/bin/containerd exists and `containerd
+# --version` reports that release, nothing is downloaded; the path is just printed. A
+# downloaded .deb is reused. With --check, nothing is downloaded: the path is printed if the
+# binaries are there, else it fails (what the tests call: they never install).
 #
 # Environment:
 #   STRATA_E2E_CACHE          cache dir (default /var/cache/strata-e2e)
 #   STRATA_E2E_DEBIAN_MIRROR  Debian mirror URI to use instead of the one found in
 #                             /etc/apt/sources.list{,.d/*} (e.g. http://deb.debian.org/debian)
-#   STRATA_E2E_SUITE          suite to download from (default trixie)
-#   STRATA_E2E_CONTAINERD_VERSION
-#                             glob for the wanted package version (default 1.7.24~ds1-*)
 #
 # Needs root for the first run only if $CACHE is not writable otherwise.
 #
-# The binaries are dynamically linked against libc only and need at most GLIBC_2.34, so they
-# run on bookworm's glibc 2.36 as they are (no wrapper or private libc needed).
+# The binaries are dynamically linked against libc only and run on bookworm's glibc 2.36 as
+# they are (no wrapper or private libc needed).
 #
 # Start the daemon with the directory first in PATH: containerd looks up
 # containerd-shim-runc-v2 in PATH before its own directory, so otherwise bookworm's 1.6.20 shim
 # in /usr/bin would be used. The shim runs `runc` from PATH (bookworm's /usr/sbin/runc).
 #
-# Usage: bin=$(scripts/e2e/containerd-1.7.sh) &&
+# Usage: bin=$(scripts/e2e/containerd.sh 1.7) &&
 #        PATH=$bin:$PATH "$bin/containerd" --config config.toml
 set -euo pipefail
 
+release=${1:-}
+check_only=false
+[[ ${2:-} == --check ]] && check_only=true
+case $release in
+1.7) suite=trixie want_version='1.7.24~ds1-*' ;;
+2.1) suite=unstable want_version='2.1.9+ds1-*' ;;
+*)
+	echo "usage: $0 1.7|2.1 [--check]" >&2
+	exit 2
+	;;
+esac
 cache=${STRATA_E2E_CACHE:-/var/cache/strata-e2e}
-suite=${STRATA_E2E_SUITE:-trixie}
-want_version=${STRATA_E2E_CONTAINERD_VERSION:-'1.7.24~ds1-*'}
-dest=$cache/containerd-1.7
+dest=$cache/containerd-$release
 bindir=$dest/usr/bin
-aptdir=$cache/apt
+aptdir=$cache/apt-$suite
 
-log() { echo "containerd-1.7: $*" >&2; }
+log() { echo "containerd-$release: $*" >&2; }
 
-# Prints the version line if $1/containerd runs and is a 1.7 release.
+# Prints the version line if $1/containerd runs and is of $release.
 is_ready() {
 	local out
 	[[ -x $1/containerd && -x $1/ctr && -x $1/containerd-shim-runc-v2 ]] || return 1
 	out=$("$1/containerd" --version 2>/dev/null) || return 1
-	[[ $out =~ [[:space:]]v?1\.7\.[0-9] ]] || return 1
+	[[ $out =~ [[:space:]]v?${release//./\\.}\.[0-9] ]] || return 1
 	echo "$out"
 }
 
@@ -59,14 +71,14 @@ if v=$(is_ready "$bindir"); then
 	echo "$bindir"
 	exit 0
 fi
-if [[ ${1:-} == --check ]]; then
-	log "containerd 1.7 is not in $bindir: run scripts/e2e/containerd-1.7.sh (as .ci/run does)"
+if $check_only; then
+	log "containerd $release is not in $bindir: run scripts/e2e/containerd.sh $release (as .ci/run does)"
 	exit 1
 fi
 
 mkdir -p "$cache"
 # Serialise concurrent runs.
-exec 9>"$cache/.containerd-1.7.lock"
+exec 9>"$cache/.containerd-$release.lock"
 flock 9
 if v=$(is_ready "$bindir"); then
 	log "already present: $v"
@@ -155,7 +167,7 @@ fi
 mkdir -p "$aptdir"/{etc/apt.conf.d,etc/preferences.d,etc/sources.list.d,lists/partial,cache/archives/partial,debs}
 : >"$aptdir/status"
 cat >"$aptdir/etc/sources.list" <<EOF
-# Written by scripts/e2e/containerd-1.7.sh; used only with APT_CONFIG=$aptdir/apt.conf
+# Written by scripts/e2e/containerd.sh; used only with APT_CONFIG=$aptdir/apt.conf
 deb [signed-by=$keyring] $mirror $suite main
 EOF
 
@@ -166,7 +178,7 @@ passthrough=$(apt-config dump 2>/dev/null |
 	grep -E '^Acquire::([a-z]+::Proxy|Check-Valid-Until|Check-Date|Max-ValidTime)( |::)' || true)
 
 cat >"$aptdir/apt.conf" <<EOF
-// Written by scripts/e2e/containerd-1.7.sh. Private apt configuration: nothing under /etc/apt
+// Written by scripts/e2e/containerd.sh. Private apt configuration: nothing under /etc/apt
 // or /var/lib/{apt,dpkg} is read for packages or written.
 Dir::Etc "$aptdir/etc/";
 Dir::Etc::main "/dev/null";
@@ -244,7 +256,7 @@ fi
 
 # --- extract ------------------------------------------------------------------------------
 log "extracting $(basename "$deb") into $dest"
-tmp=$(mktemp -d "$cache/.containerd-1.7.XXXXXX")
+tmp=$(mktemp -d "$cache/.containerd-$release.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 dpkg -x "$deb" "$tmp"
 rm -rf "$dest"
@@ -253,7 +265,7 @@ trap - EXIT
 chmod 755 "$dest"
 
 if ! v=$(is_ready "$bindir"); then
-	log "extracted binaries in $bindir do not run or are not 1.7:"
+	log "extracted binaries in $bindir do not run or are not $release:"
 	"$bindir/containerd" --version >&2 || true
 	exit 1
 fi
