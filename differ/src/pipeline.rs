@@ -254,12 +254,31 @@ fn decode_all(
     chunks: &SyncSender<io::Result<Chunk>>,
 ) -> std::result::Result<Decoded, DecodeError> {
     let (to_hasher, hasher) = spawn_hasher()?;
-    let mut input = InPlace::new(BlobChunks {
+    let input = InPlace::new(BlobChunks {
         source,
         failed,
         pool: Pool::new(),
         hasher: to_hasher.clone(),
     });
+    let decoded = decode_into(input, compression, &to_hasher, chunks);
+    // Every sender gone, the hasher ends: joined on failure too, so no thread outlives the
+    // apply.
+    drop(to_hasher);
+    let (compressed, uncompressed) = hasher.join().expect("hasher thread does not panic");
+    decoded.map(|()| Decoded {
+        compressed,
+        uncompressed,
+    })
+}
+
+/// Decompresses `input` into chunks for the writer and the hasher; the rest of the blob
+/// after the compressed stream is read too (it counts towards the blob's digest).
+fn decode_into(
+    mut input: InPlace<BlobChunks>,
+    compression: Option<Compression>,
+    to_hasher: &SyncSender<ToHash>,
+    chunks: &SyncSender<io::Result<Chunk>>,
+) -> std::result::Result<(), DecodeError> {
     let compression = match compression {
         Some(c) => c,
         None => Compression::sniff(input.fill_buf()?),
@@ -281,15 +300,8 @@ fn decode_all(
             }
         }
     }
-    // Anything after the compressed stream still counts towards the blob's digest.
     io::copy(&mut input, &mut io::sink())?;
-    drop(input);
-    drop(to_hasher);
-    let (compressed, uncompressed) = hasher.join().expect("hasher thread does not panic");
-    Ok(Decoded {
-        compressed,
-        uncompressed,
-    })
+    Ok(())
 }
 
 /// The hashing thread: its result is (blob, uncompressed tar).
