@@ -60,7 +60,8 @@ impl BlobSink for BlobStore {
 #[derive(Clone)]
 pub struct ContainerdContent {
     client: ContentClient<Channel>,
-    client_channel: Channel,
+    /// The same connection, for the Leases service.
+    channel: Channel,
     namespace: String,
     lease: Option<String>,
     runtime: Handle,
@@ -90,7 +91,7 @@ impl ContainerdContent {
         ContainerdContent {
             client: ContentClient::new(channel.clone())
                 .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
-            client_channel: channel,
+            channel,
             namespace,
             lease,
             runtime,
@@ -112,7 +113,7 @@ impl ContainerdContent {
             id: id.clone(),
             labels: [(GC_EXPIRE_LABEL.to_string(), expires)].into(),
         });
-        let mut client = LeasesClient::new(self.client_channel.clone());
+        let mut client = LeasesClient::new(self.channel.clone());
         self.runtime
             .block_on(client.create(request))
             .map_err(|s| remote_error(&format!("create lease {id}"), &s))?;
@@ -137,7 +138,7 @@ impl ContainerdContent {
         let info = self.request(pb::InfoRequest {
             digest: digest.to_string(),
         });
-        let mut leases = LeasesClient::new(self.client_channel.clone());
+        let mut leases = LeasesClient::new(self.channel.clone());
         let mut content = self.client.clone();
         self.runtime
             .block_on(async move {
