@@ -28,7 +28,7 @@ fn mount_paths(mounts: &[strata::api::types::Mount]) -> Vec<String> {
 
 /// The index and the directories agree: every entry's directories exist, and after Cleanup
 /// every directory belongs to an entry. Nothing is left mounted under the root.
-async fn assert_consistent(s: &mut Snap, root: &Path) {
+pub async fn assert_consistent(s: &mut Snap, root: &Path) {
     s.cleanup().await.unwrap();
     let infos = s.list(&[]).await.unwrap();
     for info in &infos {

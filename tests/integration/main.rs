@@ -4,6 +4,7 @@ mod containerd;
 mod crash;
 mod diff;
 mod errors;
+mod load;
 mod suite;
 mod tree;
 mod util;
