@@ -17,13 +17,31 @@ pub trait Classify: std::error::Error {
     fn code(&self) -> Code;
 }
 
+/// The class of an OS error: a full filesystem or quota is ResourceExhausted (the caller
+/// may free space and retry), anything else Internal.
+fn os_code(e: &std::io::Error) -> Code {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
+    }
+}
+
+impl Classify for mountutil::IoError {
+    fn code(&self) -> Code {
+        os_code(&self.source)
+    }
+}
+
 impl Classify for mountutil::Error {
     fn code(&self) -> Code {
         use mountutil::Error as M;
         match self {
             M::InvalidMount(_) => Code::InvalidArgument,
             M::Locked { .. } => Code::Unavailable,
-            M::Mount { .. } | M::Unmount { .. } | M::Io(_) => Code::Internal,
+            M::Io(e) => e.code(),
+            M::Mount { source, .. } | M::Unmount { source, .. } => os_code(source),
         }
     }
 }
@@ -38,7 +56,8 @@ impl Classify for snapshotter::Error {
             S::FailedPrecondition(_) => Code::FailedPrecondition,
             S::NotImplemented(_) => Code::Unimplemented,
             S::Sys(e) => e.code(),
-            S::Index(_) | S::CorruptRecord { .. } | S::Io(_) => Code::Internal,
+            S::Io(e) => e.code(),
+            S::Index(_) | S::CorruptRecord { .. } => Code::Internal,
         }
     }
 }
@@ -54,7 +73,8 @@ impl Classify for differ::Error {
             D::Unavailable(_) => Code::Unavailable,
             D::TimedOut(_) => Code::DeadlineExceeded,
             D::Sys(e) => e.code(),
-            D::Io(_) | D::Store(_) => Code::Internal,
+            D::Io(e) => e.code(),
+            D::Store(_) => Code::Internal,
         }
     }
 }
@@ -152,6 +172,15 @@ mod tests {
         assert_eq!(locked.code(), Code::Unavailable);
         let bad_mount = LayerError::Mount(mountutil::Error::InvalidMount("x".into()));
         assert_eq!(bad_mount.code(), Code::InvalidArgument);
+        let full = |kind| std::io::Error::from(kind);
+        let no_space = differ::Error::io("write", "/f", full(std::io::ErrorKind::StorageFull));
+        assert_eq!(no_space.code(), Code::ResourceExhausted);
+        let quota = Error::Io(mountutil::IoError::new(
+            "copy",
+            "/f",
+            full(std::io::ErrorKind::QuotaExceeded),
+        ));
+        assert_eq!(quota.code(), Code::ResourceExhausted);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use heed::RoTxn;
+use heed::{RoTxn, RwTxn};
 use mountutil::lock::RootLock;
 
 use crate::metastore::{MetaStore, Record, from_time};
@@ -74,6 +74,12 @@ pub struct Options {
     /// Delete a removed snapshot's directory at once instead of at the next cleanup.
     pub sync_remove: bool,
 }
+
+/// Space kept in `<root>/reserve` so that on a full filesystem a Remove can still record
+/// itself in the index (LMDB needs room to write) and so free the space; released when an
+/// index write of a removal finds the filesystem full, made again by Cleanup.
+const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: usize = 2 << 20;
 
 /// A snapshotter keeping one directory per snapshot under a root, indexed in LMDB.
 pub struct DirSnapshotter<D: Driver> {
@@ -136,6 +142,31 @@ impl<D: Driver> DirSnapshotter<D> {
     /// The driver.
     pub fn driver(&self) -> &D {
         &self.driver
+    }
+
+    /// Keeps [`RESERVE_BYTES`] of the filesystem in `<root>/reserve` when there is room.
+    fn ensure_reserve(&self) {
+        let path = self.root.join(RESERVE_FILE);
+        if path.exists() {
+            return;
+        }
+        let tmp = self.root.join(format!("{RESERVE_FILE}.tmp"));
+        let written =
+            fs::write(&tmp, vec![0u8; RESERVE_BYTES]).and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!(error = %e, "no room for the index reserve yet");
+        }
+    }
+
+    /// Frees the reserve so an index write can go through on a full filesystem; whether
+    /// there was one.
+    fn release_reserve(&self) -> bool {
+        let released = fs::remove_file(self.root.join(RESERVE_FILE)).is_ok();
+        if released {
+            tracing::warn!("filesystem full: released the index reserve for a removal");
+        }
+        released
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -315,6 +346,14 @@ fn remove_tree(path: &Path) -> Result<()> {
     }
 }
 
+/// Whether `e` is a full filesystem or quota.
+fn is_out_of_space(e: &Error) -> bool {
+    matches!(e, Error::Io(io) if matches!(
+        io.source.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ))
+}
+
 /// Creates directory `path` with exactly `mode`, whatever the umask.
 pub(crate) fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
     fs::create_dir(path).map_err(|e| Error::io("create", path, e))?;
@@ -462,7 +501,7 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let rec = self.store.write(|txn| {
+        let remove_entry = |txn: &mut RwTxn| {
             let rec = self.store.require(txn, key)?;
             if self.store.has_children(txn, key)? {
                 return Err(Error::FailedPrecondition(format!(
@@ -472,7 +511,15 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             self.store.delete(txn, key, &rec)?;
             self.store.remove_child(txn, &rec.parent, key)?;
             Ok(rec)
-        })?;
+        };
+        // On a full filesystem the index may need room to record the very removal that
+        // would free space: that is what the reserve is for.
+        let rec = match self.store.write(remove_entry) {
+            Err(e) if is_out_of_space(&e) && self.release_reserve() => {
+                self.store.write(remove_entry)?
+            }
+            result => result?,
+        };
         if self.options.sync_remove {
             self.discard_dir(&rec.id.to_string())?;
         }
@@ -555,6 +602,7 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             tracing::info!(path = %path.display(), "reclaiming orphan snapshot directory");
             remove_tree(&path)?;
         }
+        self.ensure_reserve();
         Ok(())
     }
 }

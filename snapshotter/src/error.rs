@@ -26,9 +26,11 @@ pub enum Error {
     /// This snapshotter does not support the operation.
     #[error("{0}: not implemented")]
     NotImplemented(String),
-    /// The LMDB index failed.
+    /// The LMDB index failed (its I/O failures, a full disk or map included, are [`Io`]).
+    ///
+    /// [`Io`]: Error::Io
     #[error("metadata index")]
-    Index(#[from] heed::Error),
+    Index(#[source] heed::Error),
     /// A stored record could not be decoded.
     #[error("corrupt index record for {key}")]
     CorruptRecord {
@@ -44,6 +46,22 @@ pub enum Error {
     /// A syscall wrapper from mountutil failed.
     #[error(transparent)]
     Sys(#[from] mountutil::Error),
+}
+
+impl From<heed::Error> for Error {
+    /// The index's I/O failures, and a full map, are I/O errors like any other, so a full
+    /// disk is classified the same wherever it strikes.
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::Io(e) => Error::io("write index", "", e),
+            heed::Error::Mdb(heed::MdbError::MapFull) => Error::io(
+                "write index",
+                "",
+                io::Error::new(io::ErrorKind::StorageFull, "the LMDB map is full"),
+            ),
+            e => Error::Index(e),
+        }
+    }
 }
 
 impl Error {

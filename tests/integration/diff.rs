@@ -23,16 +23,31 @@ struct DiffFixture {
     d: DiffClient<Channel>,
     content: LocalStore,
     mnt: std::path::PathBuf,
+    /// Where the daemon lives, when not in `tmp` (dropped before `tmp`).
+    daemon_fs: Option<mountutil::TempMount>,
     tmp: TempDir,
     daemon: Daemon,
 }
 
 async fn fixture(test: &str, kind: &str) -> DiffFixture {
+    fixture_on(test, kind, None).await
+}
+
+/// A fixture whose daemon root is on `daemon_fs` (a filesystem of the test's own), with
+/// the content store and scratch trees outside it.
+async fn fixture_on(
+    test: &str,
+    kind: &str,
+    daemon_fs: Option<mountutil::TempMount>,
+) -> DiffFixture {
     assert_root(test);
     let tmp = TempDir::new(test);
     let content_dir = tmp.path().join("content");
+    let daemon_dir = daemon_fs
+        .as_ref()
+        .map_or_else(|| tmp.path().to_path_buf(), |m| m.path().to_path_buf());
     let daemon = Daemon::start_with(
-        tmp.path(),
+        &daemon_dir,
         &[
             "--snapshotter",
             kind,
@@ -48,6 +63,7 @@ async fn fixture(test: &str, kind: &str) -> DiffFixture {
         d: DiffClient::new(channel),
         content: LocalStore::new(content_dir),
         mnt,
+        daemon_fs,
         tmp,
         daemon,
     }
@@ -375,4 +391,90 @@ async fn foreign_mounts_and_misuse() {
     );
     let r = dpb::ApplyRequest::default();
     assert_eq!(code(f.d.apply(r).await), Code::InvalidArgument);
+}
+
+/// A full filesystem: the daemon's root on a 24 MiB tmpfs. Applying a 40 MiB layer and
+/// copying a 16 MiB native parent fail with ResourceExhausted; the index stays consistent
+/// (the failed Prepare left no entry, the failed Apply's snapshot can be removed) and the
+/// daemon keeps serving once space is freed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn a_full_filesystem_is_resource_exhausted() {
+    for kind in ["overlayfs", "native"] {
+        let test = format!("full-fs-{kind}");
+        assert_root(&test);
+        let tmpfs = mountutil::Mount {
+            fstype: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec!["size=24m".into()],
+        };
+        let parent = TempDir::new(&format!("{test}-fs"));
+        let small = mountutil::TempMount::new(&[tmpfs], parent.path()).unwrap();
+        let mut f = fixture_on(&test, kind, Some(small)).await;
+
+        // Data that does not compress: 40 files of 1 MiB.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let data: Vec<String> = (0..40)
+            .map(|_| {
+                (0..1 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        char::from(b'!' + (x % 90) as u8)
+                    })
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = (0..40).map(|i| format!("/big{i}")).collect();
+        let ops: Vec<Op> = names
+            .iter()
+            .zip(&data)
+            .map(|(n, d)| Op::File(n, d, 0o644))
+            .collect();
+        let (big, _) = make_layer(&f, "big", &ops, Compression::Gzip);
+
+        let mounts = f.s.prepare("a", "").await.unwrap();
+        let err = apply_rpc(&mut f.d, big, mounts).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{kind}: {err:?}");
+        let kind_of_a = f.s.stat("a").await.unwrap().kind;
+        assert_eq!(
+            kind_of_a,
+            strata::api::services::snapshots::v1::Kind::Active as i32
+        );
+        f.s.remove("a").await.unwrap();
+        f.s.cleanup().await.unwrap();
+
+        if kind == "native" {
+            // A 16 MiB parent fits; its copy does not.
+            let mounts = f.s.prepare("base-p", "").await.unwrap();
+            with_mounted(&mounts, &f.mnt, |root| {
+                for (n, d) in names.iter().zip(&data).take(16) {
+                    std::fs::write(root.join(n.trim_start_matches('/')), d).unwrap();
+                }
+            });
+            f.s.commit("base", "base-p").await.unwrap();
+            let err = f.s.prepare("copy", "base").await.unwrap_err();
+            assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+            assert_eq!(code(f.s.stat("copy").await), Code::NotFound);
+            f.s.remove("base").await.unwrap();
+        }
+
+        // Serving again: a small layer applies.
+        let (small_layer, diff_id) = make_layer(
+            &f,
+            "small",
+            &[Op::File("/ok", "ok", 0o644)],
+            Compression::Gzip,
+        );
+        let mounts = f.s.prepare("b", "").await.unwrap();
+        let applied = apply_rpc(&mut f.d, small_layer, mounts).await.unwrap();
+        assert_eq!(applied.digest, diff_id.to_string());
+        crate::crash::assert_consistent(&mut f.s, &f.daemon.root).await;
+        let DiffFixture {
+            daemon, daemon_fs, ..
+        } = f;
+        drop(daemon);
+        daemon_fs.unwrap().release().unwrap();
+    }
 }
