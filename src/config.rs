@@ -46,6 +46,10 @@ pub struct DifferConfig {
     /// (by a lease of Strata's own) when the request brought no lease of the caller's.
     #[serde(default = "default_lease_expiry_secs")]
     pub lease_expiry_secs: u64,
+    /// Bounds on each applied layer (`[differ.limits]`: `max_entries`, `max_path_depth`,
+    /// `max_name_bytes`).
+    #[serde(default)]
+    pub limits: differ::LayerLimits,
 }
 
 /// containerd's default socket.
@@ -73,6 +77,7 @@ impl Default for DifferConfig {
             containerd_address: default_containerd_address(),
             namespace: default_namespace(),
             lease_expiry_secs: DEFAULT_LEASE_EXPIRY_SECS,
+            limits: differ::LayerLimits::default(),
         }
     }
 }
@@ -225,5 +230,19 @@ mod tests {
             toml::from_str("[[snapshotters]]\nname = \"a\"\n[[snapshotters]]\nname = \"a\"\n")
                 .unwrap();
         assert!(matches!(c.instances(), Err(ConfigError::DuplicateName(_))));
+    }
+
+    #[test]
+    fn layer_limits_are_read_and_checked() {
+        let c: Config =
+            toml::from_str("[differ.limits]\nmax_entries = 10\nmax_path_depth = 4\n").unwrap();
+        let limits = c.differ.limits;
+        assert_eq!((limits.max_entries, limits.max_path_depth), (10, 4));
+        assert_eq!(
+            limits.max_name_bytes,
+            differ::LayerLimits::default().max_name_bytes
+        );
+        let err = toml::from_str::<Config>("[differ.limits]\nmax_files = 1\n").unwrap_err();
+        assert!(err.to_string().contains("max_files"), "{err}");
     }
 }

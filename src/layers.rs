@@ -110,6 +110,7 @@ pub struct Layers {
     instances: Arc<Instances>,
     content: Content,
     scratch: PathBuf,
+    limits: differ::LayerLimits,
     applied: AtomicU64,
 }
 
@@ -194,6 +195,7 @@ impl Layers {
             instances,
             content,
             scratch,
+            limits: config.limits,
             applied: AtomicU64::new(0),
         }
     }
@@ -263,7 +265,14 @@ impl Layers {
         };
         let key = target.key().map(str::to_string);
         let blob = self.store(ctx, key.as_deref()).open(&req.digest)?;
-        let applied = differ::apply_layer(blob, req.compression, target.path(), mode, &lowers)?;
+        let applied = differ::apply_layer(
+            blob,
+            req.compression,
+            target.path(),
+            mode,
+            &lowers,
+            &self.limits,
+        )?;
         if req.sync_fs {
             mountutil::fs::sync_filesystem(target.path())?;
         }

@@ -17,7 +17,7 @@ pub mod parallel_gzip;
 mod pipeline;
 mod tarstream;
 
-pub use apply::{Applied, WhiteoutMode, apply_layer};
+pub use apply::{Applied, LayerLimits, WhiteoutMode, apply_layer};
 pub use compression::Compression;
 pub use digest::Digest;
 pub use error::{Error, Result};

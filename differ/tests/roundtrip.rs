@@ -184,8 +184,15 @@ fn single_layer_round_trips_for_each_compression_and_whiteout_mode() {
             fs::create_dir(&dst).unwrap();
             // Once with the compression named, once sniffed.
             let hint = (i == 0).then_some(compression);
-            let applied =
-                apply_layer(Box::new(Cursor::new(blob.clone())), hint, &dst, mode, &[]).unwrap();
+            let applied = apply_layer(
+                Box::new(Cursor::new(blob.clone())),
+                hint,
+                &dst,
+                mode,
+                &[],
+                &differ::LayerLimits::default(),
+            )
+            .unwrap();
             assert_eq!(applied.diff_id, created.diff_id, "{what}");
             assert_eq!(applied.size, created.uncompressed_size, "{what}");
             assert_eq!(applied.blob_digest, created.digest, "{what}");

@@ -37,6 +37,7 @@ fn no_pipeline_thread_outlives_an_apply() {
                 tmp.path(),
                 WhiteoutMode::Native,
                 &[],
+                &differ::LayerLimits::default(),
             );
             let left = pipeline_threads();
             assert!(left.is_empty(), "round {round}: {left:?} still running");

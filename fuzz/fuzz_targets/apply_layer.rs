@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
         &root,
         mode,
         &[],
+        &differ::LayerLimits::default(),
     );
     assert_eq!(
         outside(tmp.path(), &root),

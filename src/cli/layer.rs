@@ -89,7 +89,14 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Mode::Native => WhiteoutMode::Native,
             };
             let file = std::fs::File::open(&blob)?;
-            let applied = differ::apply_layer(Box::new(file), None, &dir, mode, &lowers)?;
+            let applied = differ::apply_layer(
+                Box::new(file),
+                None,
+                &dir,
+                mode,
+                &lowers,
+                &differ::LayerLimits::default(),
+            )?;
             println!("{} {}", applied.diff_id, applied.size);
         }
         LayerCommand::Diff {

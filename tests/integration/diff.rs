@@ -6,7 +6,6 @@
 use std::io::Write;
 
 use differ::content::{BlobSink, LocalStore};
-use differ::diff::{Changes, DiffOptions, write_layer};
 use differ::{Compression, Digest};
 use strata::api::services::diff::v1 as dpb;
 use strata::api::services::diff::v1::diff_client::DiffClient;
@@ -16,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::suite::without_root;
 use crate::tree::{Op, apply, capture};
-use crate::util::{Daemon, Snap, TempDir, assert_root, with_mounted};
+use crate::util::{Daemon, Snap, TempDir, assert_root, store_layer, with_mounted};
 
 struct DiffFixture {
     s: Snap,
@@ -81,27 +80,7 @@ fn make_layer(
     std::fs::create_dir_all(&src).unwrap();
     std::fs::create_dir_all(&empty).unwrap();
     apply(&src, ops);
-    let mut w = f.content.create().unwrap();
-    let created = write_layer(
-        Changes::Trees {
-            lower: &empty,
-            upper: &src,
-        },
-        &mut w,
-        DiffOptions {
-            compression,
-            source_date_epoch: None,
-        },
-    )
-    .unwrap();
-    w.commit(&created.digest, created.size, &[]).unwrap();
-    let desc = Descriptor {
-        media_type: created.media_type.into(),
-        digest: created.digest.to_string(),
-        size: created.size as i64,
-        annotations: Default::default(),
-    };
-    (desc, created.diff_id)
+    store_layer(&f.content, &empty, &src, compression)
 }
 
 /// Writes a plain tar of regular files (mode 0644, no directory entries) into the content

@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::crash::assert_consistent;
 use crate::suite::Fixture;
-use crate::util::Snap;
+use crate::util::{Rng, Snap};
 
 const CLIENTS: u64 = 16;
 const OPERATIONS: u64 = 1000;
@@ -101,11 +101,9 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> {
 /// One client: [`OPERATIONS`] operations picked by a per-client pseudo-random sequence.
 async fn run_client(mut s: Snap, client: u64) -> Seen {
     let mut seen = Seen::default();
-    let mut x = client.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = Rng::new(client);
     for _ in 0..OPERATIONS {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let k = x % KEYS;
         let (key, name, view) = (format!("k{k}"), format!("n{k}"), format!("v{k}"));
         let op = (x >> 32) % 10;

@@ -2,6 +2,7 @@
 
 mod containerd;
 mod crash;
+mod crash_loop;
 mod diff;
 mod errors;
 mod load;

@@ -53,7 +53,7 @@ pub fn apply(root: &Path, ops: &[Op]) {
 }
 
 /// What a process sees at one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub kind: char,
     pub mode: u32,
@@ -68,7 +68,13 @@ pub fn capture(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).sort_by_file_name() {
         let e = e.unwrap();
-        let md = e.path().symlink_metadata().unwrap();
+        // A whiteout in a directory that exists only in the overlay's upper layer (a layer
+        // can whiteout a path no layer below has, and containerd writes it all the same) is
+        // listed by readdir yet cannot be looked up: nothing a process can open.
+        let md = match e.path().symlink_metadata() {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            md => md.unwrap_or_else(|err| panic!("{}: {err}", e.path().display())),
+        };
         let rel = format!("/{}", e.path().strip_prefix(root).unwrap().display());
         let ft = md.file_type();
         let (kind, data) = if ft.is_dir() {

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use differ::content::{BlobSink, LocalStore};
+use differ::diff::{Changes, DiffOptions, write_layer};
+use differ::{Compression, Digest};
 use strata::api::services::snapshots::v1 as pb;
-use strata::api::types::Mount as PbMount;
+use strata::api::types::{Descriptor, Mount as PbMount};
 use strata::cli::SnapshotsClient;
 use strata::convert::mount_from_pb;
 
@@ -355,4 +358,54 @@ pub fn snapshot_dirs(root: &Path) -> Vec<String> {
 /// Mount points at or under `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     mountutil::mount::mount_points_under(dir).expect("read mountinfo")
+}
+
+/// Writes the layer that turns tree `lower` into tree `upper` into `content`: its
+/// descriptor and diffID.
+pub fn store_layer(
+    content: &LocalStore,
+    lower: &Path,
+    upper: &Path,
+    compression: Compression,
+) -> (Descriptor, Digest) {
+    let mut w = content.create().unwrap();
+    let created = write_layer(
+        Changes::Trees { lower, upper },
+        &mut w,
+        DiffOptions {
+            compression,
+            source_date_epoch: None,
+        },
+    )
+    .unwrap();
+    w.commit(&created.digest, created.size, &[]).unwrap();
+    let desc = Descriptor {
+        media_type: created.media_type.into(),
+        digest: created.digest.to_string(),
+        size: created.size as i64,
+        annotations: Default::default(),
+    };
+    (desc, created.diff_id)
+}
+
+/// A small seeded pseudo-random generator (xorshift64*): test workloads that a seed
+/// reproduces.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }

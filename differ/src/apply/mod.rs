@@ -39,6 +39,65 @@ pub struct Applied {
     pub blob_size: u64,
 }
 
+/// Bounds on one layer, so a hostile layer cannot make Apply work without end: exceeding
+/// one fails the Apply with an [`Error::InvalidLayer`] naming the limit. The defaults are
+/// far above any real image's layers (a full distribution root has ~10^5 entries, depth
+/// under 30) and never below what the kernel itself allows for names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LayerLimits {
+    /// Tar entries per layer, whiteouts included.
+    pub max_entries: u64,
+    /// Components of an entry's path (`a/b/c` is 3).
+    pub max_path_depth: usize,
+    /// Bytes of one path component (Linux refuses more than 255 anyway).
+    pub max_name_bytes: usize,
+}
+
+impl Default for LayerLimits {
+    fn default() -> Self {
+        LayerLimits {
+            max_entries: 4_000_000,
+            max_path_depth: 256,
+            max_name_bytes: 255,
+        }
+    }
+}
+
+impl LayerLimits {
+    /// Refuses the `count`-th entry (1-based) at `path` if it exceeds a limit.
+    fn check(&self, count: u64, path: &Path) -> Result<()> {
+        if count > self.max_entries {
+            return Err(Error::InvalidLayer(format!(
+                "more than {} entries (limit max_entries)",
+                self.max_entries
+            )));
+        }
+        let mut depth = 0;
+        for c in path.components() {
+            depth += 1;
+            if c.as_os_str().len() > self.max_name_bytes {
+                return Err(layer_err(
+                    "name too long in",
+                    path,
+                    format_args!("over {} bytes (limit max_name_bytes)", self.max_name_bytes),
+                ));
+            }
+        }
+        if depth > self.max_path_depth {
+            return Err(layer_err(
+                "path too deep:",
+                path,
+                format_args!(
+                    "{depth} components, over {} (limit max_path_depth)",
+                    self.max_path_depth
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
@@ -49,13 +108,14 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// A directory the layer writes into without declaring it, missing from `target`, is
 /// created with the owner, mode, times and non-`trusted.` xattrs of the same path in the
 /// nearest lower layer that has it as a directory, as containerd's overlay applier does,
-/// so the merged view keeps them.
+/// so the merged view keeps them. A layer beyond `limits` is refused.
 pub fn apply_layer(
     source: Box<dyn Read + Send>,
     compression: Option<Compression>,
     target: &Path,
     mode: WhiteoutMode,
     lowers: &[PathBuf],
+    limits: &LayerLimits,
 ) -> Result<Applied> {
     let root = Root::open(target).map_err(|e| Error::io("open", target, e))?;
     let lowers = lowers
@@ -63,7 +123,7 @@ pub fn apply_layer(
         .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
         .collect::<Result<Vec<_>>>()?;
     let mut stream = pipeline::decode(source, compression)?;
-    let written = LayerWriter::new(&root, mode, lowers).write_all(stream.reader());
+    let written = LayerWriter::new(&root, mode, lowers, limits).write_all(stream.reader());
     let decoded: Decoded = match written {
         Ok(()) => stream.finish()?,
         // A corrupt stream shows up to the writer as a short read; say what it really was.
@@ -117,10 +177,12 @@ struct LayerWriter<'r> {
     created: HashSet<OsString>,
     ids: (u32, u32),
     umask: u32,
+    limits: &'r LayerLimits,
+    entries: u64,
 }
 
 impl<'r> LayerWriter<'r> {
-    fn new(root: &'r Root, mode: WhiteoutMode, lowers: Vec<Root>) -> Self {
+    fn new(root: &'r Root, mode: WhiteoutMode, lowers: Vec<Root>, limits: &'r LayerLimits) -> Self {
         LayerWriter {
             root,
             mode,
@@ -130,6 +192,8 @@ impl<'r> LayerWriter<'r> {
             created: HashSet::new(),
             ids: at::effective_ids(),
             umask: at::current_umask(),
+            limits,
+            entries: 0,
         }
     }
 
@@ -143,6 +207,9 @@ impl<'r> LayerWriter<'r> {
 
     fn entry(&mut self, h: Header, tar: &mut TarStream<impl BufRead>) -> Result<()> {
         let raw = PathBuf::from(OsString::from_vec(h.path));
+        self.entries += 1;
+        // The path as written: a hostile name is refused before `..` could shorten it.
+        self.limits.check(self.entries, &raw)?;
         let rel = normalize(&raw);
         let meta = h.meta;
         if let Some((name, _)) = meta.xattrs.iter().find(|(n, _)| {

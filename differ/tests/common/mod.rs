@@ -83,6 +83,7 @@ pub fn apply(blob: &[u8], target: &Path, mode: WhiteoutMode) -> differ::Result<A
         target,
         mode,
         &[],
+        &differ::LayerLimits::default(),
     )
 }
 
