@@ -7,8 +7,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use strata::api::services::leases::v1 as leases;
+use strata::api::services::leases::v1::leases_client::LeasesClient;
 use strata::api::services::snapshots::v1 as pb;
 use strata::cli::SnapshotsClient;
+use strata::content::{LEASE_HEADER, NAMESPACE_HEADER};
 use tonic::Request;
 
 struct Args {
@@ -60,29 +63,50 @@ fn parse_args() -> Args {
     a
 }
 
-/// One connection to the socket, adding the namespace header and snapshotter name that
-/// containerd's own Snapshots service needs.
+/// One connection to the socket. For containerd's own Snapshots service it adds what
+/// that needs: the namespace header, the snapshotter name, and a lease of the client's own
+/// (containerd's collector removes snapshots no lease or image holds, as `ctr` and every
+/// containerd client use one).
 struct Client {
     rpc: SnapshotsClient,
     namespace: Option<String>,
+    lease: Option<String>,
     snapshotter: String,
 }
 
 impl Client {
     async fn connect(a: &Args) -> Client {
         let channel = strata::cli::connect(&a.address).await.expect("connect");
-        Client {
-            rpc: strata::cli::snapshots_client(channel),
+        let mut c = Client {
+            rpc: strata::cli::snapshots_client(channel.clone()),
             namespace: a.namespace.clone(),
+            lease: None,
             snapshotter: a.snapshotter.clone(),
+        };
+        if a.namespace.is_some() {
+            let id = format!("snapshot-ops-{}-{}", std::process::id(), client_seq());
+            let r = c.request(leases::CreateRequest {
+                id: id.clone(),
+                labels: Default::default(),
+            });
+            LeasesClient::new(channel)
+                .create(r)
+                .await
+                .expect("create lease");
+            c.lease = Some(id);
         }
+        c
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
         if let Some(ns) = &self.namespace {
             r.metadata_mut()
-                .insert("containerd-namespace", ns.parse().expect("namespace"));
+                .insert(NAMESPACE_HEADER, ns.parse().expect("namespace"));
+        }
+        if let Some(lease) = &self.lease {
+            r.metadata_mut()
+                .insert(LEASE_HEADER, lease.parse().expect("lease"));
         }
         r
     }
@@ -145,6 +169,12 @@ impl Client {
         }
         Ok(n)
     }
+}
+
+/// A suffix that differs between the clients of one process.
+fn client_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn percentiles(mut v: Vec<Duration>) -> String {
@@ -222,6 +252,21 @@ async fn cycle_phase(a: &Args) {
     println!("[{tag}]   Remove  {}", percentiles(all.remove));
 }
 
+/// Stat of one snapshot, `a.count` times: the cost of a call that only reads.
+async fn stat_phase(a: &Args, c: &mut Client) {
+    c.prepare("stat-k", "").await.expect("prepare");
+    let mut lat = Vec::new();
+    for _ in 0..a.count {
+        let r = c.request(pb::StatSnapshotRequest {
+            snapshotter: c.snapshotter.clone(),
+            key: "stat-k".into(),
+        });
+        timed(&mut lat, c.rpc.stat(r)).await;
+    }
+    println!("[{}] Stat {}", a.label, percentiles(lat));
+    c.remove("stat-k").await.expect("remove");
+}
+
 async fn list_phase(a: &Args, c: &mut Client) {
     let tag = &a.label;
     for i in 0..a.count {
@@ -296,6 +341,7 @@ async fn main() {
             "cycles" => cycle_phase(&a).await,
             "list" => list_phase(&a, &mut c).await,
             "mounts" => mount_phase(&a, &mut c).await,
+            "stat" => stat_phase(&a, &mut c).await,
             other => panic!("unknown phase {other}"),
         }
     }

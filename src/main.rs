@@ -115,9 +115,19 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     Ok(config)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // At least two runtime threads, also on one CPU: the Snapshots service may run one call
+    // on a runtime thread (see `SnapshotsService::call`) while another keeps serving.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("start the async runtime");
+    runtime.block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_json);

@@ -57,7 +57,7 @@ impl Classify for snapshotter::Error {
             S::NotImplemented(_) => Code::Unimplemented,
             S::Sys(e) => e.code(),
             S::Io(e) => e.code(),
-            S::Index(_) | S::CorruptRecord { .. } => Code::Internal,
+            S::Index(_) | S::CorruptRecord { .. } | S::Panicked(_) => Code::Internal,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use heed::{RoTxn, RwTxn};
@@ -52,6 +52,13 @@ pub struct SnapshotDir {
 }
 
 impl SnapshotDir {
+    /// `<snapshots>/<id>`.
+    fn of(snapshots: &Path, id: u64) -> Self {
+        SnapshotDir {
+            path: snapshots.join(id.to_string()),
+        }
+    }
+
     /// The directory itself.
     pub fn path(&self) -> &Path {
         &self.path
@@ -88,9 +95,11 @@ pub struct DirSnapshotter<D: Driver> {
     driver: D,
     options: Options,
     /// Temporary directories of creations in flight, which cleanup must leave alone.
-    building: Mutex<HashSet<String>>,
-    /// Serialises renames into `snapshots/` against cleanup's scan of it.
-    layout: Mutex<()>,
+    building: Arc<Mutex<HashSet<String>>>,
+    /// Serialises a removed snapshot's rename to `rm-<id>` against cleanup's renames.
+    /// (Creations rename into `snapshots/` inside index mutations, which cleanup's scan is
+    /// one of, so they never race it.)
+    layout: Arc<Mutex<()>>,
     temp_seq: AtomicU64,
     _lock: RootLock,
 }
@@ -125,8 +134,8 @@ impl<D: Driver> DirSnapshotter<D> {
             store,
             driver,
             options,
-            building: Mutex::new(HashSet::new()),
-            layout: Mutex::new(()),
+            building: Arc::new(Mutex::new(HashSet::new())),
+            layout: Arc::new(Mutex::new(())),
             temp_seq: AtomicU64::new(0),
             _lock: lock,
         };
@@ -175,9 +184,7 @@ impl<D: Driver> DirSnapshotter<D> {
 
     /// The directory of snapshot id `id`.
     pub fn dir(&self, id: u64) -> SnapshotDir {
-        SnapshotDir {
-            path: self.snapshots_dir().join(id.to_string()),
-        }
+        SnapshotDir::of(&self.snapshots_dir(), id)
     }
 
     /// The directory of an active snapshot or view, with the kind: lets the daemon recognise
@@ -206,37 +213,37 @@ impl<D: Driver> DirSnapshotter<D> {
         info
     }
 
-    /// Checks that `key` is free and `parent` (if any) is a committed snapshot.
-    fn check_new(&self, txn: &RoTxn, key: &str, parent: &str) -> Result<Vec<u64>> {
-        if self.store.get(txn, key)?.is_some() {
-            return Err(Error::AlreadyExists(format!("snapshot {key}")));
-        }
-        if parent.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.store.get(txn, parent)? {
-            None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
-            Some(p) if p.kind != Kind::Committed => Err(Error::InvalidArgument(format!(
-                "parent {parent} is not a committed snapshot"
-            ))),
-            Some(_) => self.store.parent_ids(txn, parent),
-        }
-    }
-
     fn create(&self, kind: Kind, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
         if key.is_empty() {
             return Err(Error::InvalidArgument(
                 "snapshot key must not be empty".into(),
             ));
         }
-        let parent_ids = self.store.read(|txn| self.check_new(txn, key, parent))?;
+        let parent_ids = self
+            .store
+            .read(|txn| check_new(&self.store, txn, key, parent))?;
         let parents: Vec<PathBuf> = parent_ids.iter().map(|id| self.dir(*id).fs()).collect();
         let temp = self.temp_dir()?;
-        self.driver.populate(&temp.dir, kind, &parents)?;
+        if let Err(e) = self.driver.populate(&temp.dir, kind, &parents) {
+            // A parent removed while it was being copied is the Remove winning the race, as
+            // if it had come first: NotFound, not the copy's I/O error.
+            self.store
+                .read(|txn| check_new(&self.store, txn, key, parent))
+                .and_then(|now| {
+                    if now == parent_ids {
+                        Ok(())
+                    } else {
+                        Err(Error::FailedPrecondition(format!(
+                            "parent {parent} changed while {key} was being created"
+                        )))
+                    }
+                })?;
+            return Err(e);
+        }
 
         let time = now();
-        let record = |id| Record {
-            id,
+        let mut record = Record {
+            id: 0,
             kind,
             parent: parent.to_string(),
             created: time,
@@ -244,31 +251,39 @@ impl<D: Driver> DirSnapshotter<D> {
             labels: clean_labels(labels),
             usage: None,
         };
-        let _layout = lock(&self.layout);
-        let mut placed = None;
-        let result = self.store.write(|txn| {
-            if self.check_new(txn, key, parent)? != parent_ids {
-                return Err(Error::FailedPrecondition(format!(
-                    "parent {parent} changed while {key} was being created"
-                )));
+        let placed: Arc<Mutex<Option<(u64, SnapshotDir)>>> = Arc::default();
+        let result = self.store.write({
+            let (key, parent, temp) = (key.to_string(), parent.to_string(), temp.dir.clone());
+            let (snapshots, placed) = (self.snapshots_dir(), Arc::clone(&placed));
+            move |store, txn| {
+                if check_new(store, txn, &key, &parent)? != parent_ids {
+                    return Err(Error::FailedPrecondition(format!(
+                        "parent {parent} changed while {key} was being created"
+                    )));
+                }
+                record.id = store.next_id(txn)?;
+                store.put(txn, &key, &record)?;
+                store.add_child(txn, &parent, &key)?;
+                let dir = SnapshotDir::of(&snapshots, record.id);
+                if dir.path().exists() {
+                    // An id not yet in the index: a crash left this directory behind.
+                    remove_tree(dir.path())?;
+                }
+                fs::rename(temp.path(), dir.path())
+                    .map_err(|e| Error::io("rename", dir.path(), e))?;
+                *lock(&placed) = Some((record.id, dir.clone()));
+                Ok(dir)
             }
-            let id = self.store.next_id(txn)?;
-            self.store.put(txn, key, &record(id))?;
-            self.store.add_child(txn, parent, key)?;
-            let dir = self.dir(id);
-            if dir.path().exists() {
-                // An id not yet in the index: a crash left this directory behind.
-                remove_tree(dir.path())?;
-            }
-            fs::rename(temp.dir.path(), dir.path())
-                .map_err(|e| Error::io("rename", dir.path(), e))?;
-            placed = Some(dir.clone());
-            Ok(dir)
         });
         match result {
             Ok(dir) => Ok(self.driver.mounts(&dir, kind, &parents)),
             Err(e) => {
-                if let Some(dir) = placed {
+                // Placed but not indexed (the batch failed): take the directory back. If the
+                // index has it (only the flush failed), it stays, for Remove to reclaim.
+                let placed = lock(&placed).take();
+                if let Some((id, dir)) = placed
+                    && matches!(self.store.read(|txn| self.store.key_of(txn, id)), Ok(None))
+                {
                     let _ = remove_tree(dir.path());
                 }
                 Err(e)
@@ -325,6 +340,95 @@ impl Drop for TempDir<'_> {
     }
 }
 
+/// Checks that `key` is free and `parent` (if any) is a committed snapshot; the parent's
+/// chain of ids.
+fn check_new(store: &MetaStore, txn: &RoTxn, key: &str, parent: &str) -> Result<Vec<u64>> {
+    if store.get(txn, key)?.is_some() {
+        return Err(Error::AlreadyExists(format!("snapshot {key}")));
+    }
+    if parent.is_empty() {
+        return Ok(Vec::new());
+    }
+    match store.get(txn, parent)? {
+        None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
+        Some(p) if p.kind != Kind::Committed => Err(Error::InvalidArgument(format!(
+            "parent {parent} is not a committed snapshot"
+        ))),
+        Some(_) => store.parent_ids(txn, parent),
+    }
+}
+
+/// Checks that active snapshot `key` can be committed as `name` (onto `parent`, if given and
+/// not already its parent); its record and, for a rebase, the new parent chain.
+fn check_commit(
+    store: &MetaStore,
+    txn: &RoTxn,
+    key: &str,
+    name: &str,
+    parent: &str,
+) -> Result<(Record, Option<Vec<u64>>)> {
+    let rec = store.require(txn, key)?;
+    if rec.kind != Kind::Active {
+        return Err(Error::FailedPrecondition(format!(
+            "snapshot {key} is a {}, only active snapshots can be committed",
+            rec.kind.as_str()
+        )));
+    }
+    if store.get(txn, name)?.is_some() {
+        return Err(Error::AlreadyExists(format!("snapshot {name}")));
+    }
+    if parent.is_empty() || parent == rec.parent {
+        return Ok((rec, None));
+    }
+    if !rec.parent.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot {key} has parent {}, cannot commit it onto {parent}",
+            rec.parent
+        )));
+    }
+    match store.get(txn, parent)? {
+        None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
+        Some(p) if p.kind != Kind::Committed => Err(Error::FailedPrecondition(format!(
+            "parent {parent} is not a committed snapshot"
+        ))),
+        Some(_) => Ok((rec, Some(store.parent_ids(txn, parent)?))),
+    }
+}
+
+/// Takes `key` out of the index, refused while it has children; its record.
+fn remove_entry(store: &MetaStore, txn: &mut RwTxn, key: &str) -> Result<Record> {
+    let rec = store.require(txn, key)?;
+    if store.has_children(txn, key)? {
+        return Err(Error::FailedPrecondition(format!(
+            "cannot remove snapshot {key} with child"
+        )));
+    }
+    store.delete(txn, key, &rec)?;
+    store.remove_child(txn, &rec.parent, key)?;
+    Ok(rec)
+}
+
+/// `labels` as `fieldpaths` (`labels`, `labels.<k>`, or none: all) update `current`.
+fn updated_labels(mut current: Labels, labels: &Labels, fieldpaths: &[String]) -> Labels {
+    if fieldpaths.is_empty() {
+        return clean_labels(labels.clone());
+    }
+    for path in fieldpaths {
+        match path.strip_prefix("labels.") {
+            None => current = clean_labels(labels.clone()),
+            Some(key) => match labels.get(key).filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    current.insert(key.to_string(), v.clone());
+                }
+                None => {
+                    current.remove(key);
+                }
+            },
+        }
+    }
+    current
+}
+
 /// `<id>/fs` → `<id>`.
 trait StripFs {
     fn strip_suffix_fs(&self) -> Option<&str>;
@@ -376,26 +480,13 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 )));
             }
         }
-        let rec = self.store.write(|txn| {
-            let mut rec = self.store.require(txn, &info.name)?;
-            if fieldpaths.is_empty() {
-                rec.labels = clean_labels(info.labels.clone());
-            }
-            for path in fieldpaths {
-                match path.strip_prefix("labels.") {
-                    None => rec.labels = clean_labels(info.labels.clone()),
-                    Some(key) => match info.labels.get(key).filter(|v| !v.is_empty()) {
-                        Some(v) => {
-                            rec.labels.insert(key.to_string(), v.clone());
-                        }
-                        None => {
-                            rec.labels.remove(key);
-                        }
-                    },
-                }
-            }
+        let name = info.name.clone();
+        let (labels, fieldpaths) = (info.labels, fieldpaths.to_vec());
+        let rec = self.store.write(move |store, txn| {
+            let mut rec = store.require(txn, &name)?;
+            rec.labels = updated_labels(rec.labels, &labels, &fieldpaths);
             rec.updated = now();
-            self.store.put(txn, &info.name, &rec)?;
+            store.put(txn, &name, &rec)?;
             Ok(rec)
         })?;
         Ok(self.info(&info.name, &rec))
@@ -434,36 +525,9 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 "snapshot name must not be empty".into(),
             ));
         }
-        // Validates the request; returns the record and, for a rebase, the new parent chain.
-        let check = |txn: &RoTxn| -> Result<(Record, Option<Vec<u64>>)> {
-            let rec = self.store.require(txn, key)?;
-            if rec.kind != Kind::Active {
-                return Err(Error::FailedPrecondition(format!(
-                    "snapshot {key} is a {}, only active snapshots can be committed",
-                    rec.kind.as_str()
-                )));
-            }
-            if self.store.get(txn, name)?.is_some() {
-                return Err(Error::AlreadyExists(format!("snapshot {name}")));
-            }
-            if parent.is_empty() || parent == rec.parent {
-                return Ok((rec, None));
-            }
-            if !rec.parent.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshot {key} has parent {}, cannot commit it onto {parent}",
-                    rec.parent
-                )));
-            }
-            match self.store.get(txn, parent)? {
-                None => Err(Error::NotFound(format!("parent snapshot {parent}"))),
-                Some(p) if p.kind != Kind::Committed => Err(Error::FailedPrecondition(format!(
-                    "parent {parent} is not a committed snapshot"
-                ))),
-                Some(_) => Ok((rec, Some(self.store.parent_ids(txn, parent)?))),
-            }
-        };
-        let (rec, rebase) = self.store.read(check)?;
+        let (rec, rebase) = self
+            .store
+            .read(|txn| check_commit(&self.store, txn, key, name, parent))?;
         let dir = self.dir(rec.id);
         if let Some(ids) = &rebase {
             let parents: Vec<PathBuf> = ids.iter().map(|id| self.dir(*id).fs()).collect();
@@ -471,8 +535,9 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
         }
         let usage = disk_usage(&dir.fs())?;
         let labels = clean_labels(labels);
-        self.store.write(|txn| {
-            let (again, rebase_again) = check(txn)?;
+        let (key, name, parent) = (key.to_string(), name.to_string(), parent.to_string());
+        self.store.write(move |store, txn| {
+            let (again, rebase_again) = check_commit(store, txn, &key, &name, &parent)?;
             if again.id != rec.id || rebase_again != rebase {
                 return Err(Error::FailedPrecondition(format!(
                     "snapshot {key} changed while being committed"
@@ -481,43 +546,34 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             let new_parent = if rebase.is_some() {
                 parent
             } else {
-                rec.parent.as_str()
+                rec.parent.clone()
             };
             let time = now();
             let committed = Record {
                 id: rec.id,
                 kind: Kind::Committed,
-                parent: new_parent.to_string(),
+                parent: new_parent.clone(),
                 created: time,
                 updated: time,
                 labels,
                 usage: Some(usage),
             };
-            self.store.delete(txn, key, &rec)?;
-            self.store.remove_child(txn, &rec.parent, key)?;
-            self.store.put(txn, name, &committed)?;
-            self.store.add_child(txn, new_parent, name)
+            store.delete(txn, &key, &rec)?;
+            store.remove_child(txn, &rec.parent, &key)?;
+            store.put(txn, &name, &committed)?;
+            store.add_child(txn, &new_parent, &name)
         })
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let remove_entry = |txn: &mut RwTxn| {
-            let rec = self.store.require(txn, key)?;
-            if self.store.has_children(txn, key)? {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot remove snapshot {key} with child"
-                )));
-            }
-            self.store.delete(txn, key, &rec)?;
-            self.store.remove_child(txn, &rec.parent, key)?;
-            Ok(rec)
+        let remove = || {
+            let key = key.to_string();
+            move |store: &MetaStore, txn: &mut RwTxn| remove_entry(store, txn, &key)
         };
         // On a full filesystem the index may need room to record the very removal that
         // would free space: that is what the reserve is for.
-        let rec = match self.store.write(remove_entry) {
-            Err(e) if is_out_of_space(&e) && self.release_reserve() => {
-                self.store.write(remove_entry)?
-            }
+        let rec = match self.store.write(remove()) {
+            Err(e) if is_out_of_space(&e) && self.release_reserve() => self.store.write(remove())?,
             result => result?,
         };
         if self.options.sync_remove {
@@ -570,34 +626,39 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
     }
 
     fn cleanup(&self) -> Result<()> {
-        let mut doomed = Vec::new();
-        {
-            let _layout = lock(&self.layout);
-            let ids: HashSet<String> = self
-                .store
-                .read(|txn| self.store.all(txn))?
-                .into_iter()
-                .map(|(_, rec)| rec.id.to_string())
-                .collect();
-            let building = lock(&self.building).clone();
-            let dir = self.snapshots_dir();
-            for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
-                let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if ids.contains(&name) || building.contains(&name) {
-                    continue;
+        // The scan is an index mutation (that writes nothing): it sees every creation
+        // before or in its batch, whose directories were renamed into place there.
+        let doomed = self.store.write({
+            let (dir, building, layout) = (
+                self.snapshots_dir(),
+                Arc::clone(&self.building),
+                Arc::clone(&self.layout),
+            );
+            move |store, txn| {
+                let _layout = lock(&layout);
+                let ids = store.ids(txn)?;
+                let building = lock(&building).clone();
+                let mut doomed = Vec::new();
+                for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
+                    let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let indexed = name.parse::<u64>().is_ok_and(|id| ids.contains(&id));
+                    if indexed || building.contains(&name) {
+                        continue;
+                    }
+                    let target = if name.starts_with("rm-") {
+                        entry.path()
+                    } else {
+                        let to = dir.join(format!("rm-{name}"));
+                        fs::rename(entry.path(), &to)
+                            .map_err(|e| Error::io("rename", entry.path(), e))?;
+                        to
+                    };
+                    doomed.push(target);
                 }
-                let target = if name.starts_with("rm-") {
-                    entry.path()
-                } else {
-                    let to = dir.join(format!("rm-{name}"));
-                    fs::rename(entry.path(), &to)
-                        .map_err(|e| Error::io("rename", entry.path(), e))?;
-                    to
-                };
-                doomed.push(target);
+                Ok(doomed)
             }
-        }
+        })?;
         for path in doomed {
             tracing::info!(path = %path.display(), "reclaiming orphan snapshot directory");
             remove_tree(&path)?;

@@ -46,6 +46,9 @@ pub enum Error {
     /// A syscall wrapper from mountutil failed.
     #[error(transparent)]
     Sys(#[from] mountutil::Error),
+    /// An index update panicked (a bug); the other updates of its batch went on.
+    #[error("index update panicked: {0}")]
+    Panicked(String),
 }
 
 impl From<heed::Error> for Error {
@@ -65,6 +68,19 @@ impl From<heed::Error> for Error {
 }
 
 impl Error {
+    /// The same failure again, for each mutation of a batch that failed as a whole: I/O
+    /// errors keep their kind (a full disk stays ResourceExhausted), others their message.
+    pub(crate) fn replica(&self) -> Error {
+        match self {
+            Error::Io(e) => Error::io(
+                e.op,
+                e.path.clone(),
+                io::Error::new(e.source.kind(), e.source.to_string()),
+            ),
+            other => Error::io("commit index", "", io::Error::other(other.to_string())),
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io(mountutil::IoError::new(op, path, source))
     }

@@ -7,21 +7,37 @@
 //! - `ids`: directory id → key or name, to recognise a snapshot from its mounts;
 //! - `meta`: `version`, `next_id`.
 //!
-//! Every mutation is one write transaction ([`MetaStore::write`]): committed on `Ok`, aborted
-//! on `Err`.
+//! Every mutation is a job ([`MetaStore::write`]) run in a nested transaction of a batch:
+//! its changes are kept if it returns `Ok` and dropped if it fails, and it returns once the
+//! batch is committed and on disk.
+//!
+//! Group commit: a writer that finds no batch running leads one. It takes every job queued
+//! so far (its own included), runs them one after another in one LMDB write transaction,
+//! commits, flushes the file once and hands each job its result; writers arriving meanwhile
+//! queue up for the next batch. One client pays what it paid before (a commit and a flush);
+//! sixteen share them. LMDB runs with `MDB_NOMETASYNC`: a commit flushes its data pages but
+//! not the meta page that makes them current (the previous meta page and its pages stay
+//! intact, so the file is consistent whenever it is cut off); the flush after the commit
+//! makes the batch durable before anyone is told it succeeded.
+//!
+//! The map grows: when more than half of it is in use, it is doubled before the next batch,
+//! while no transaction of this process is open (the `gate`).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64, Unit};
-use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, RoTxn, RwTxn, WithoutTls};
 use mountutil::lock::RootLock;
 
 use crate::{Error, Info, Kind, Labels, Result, Usage};
 
 const SCHEMA_VERSION: u64 = 1;
-const MAP_SIZE: usize = 4 << 30;
+/// The map's initial size (address space, not disk: the file grows as pages are used).
+const MAP_SIZE: usize = 1 << 30;
 
 /// A stored snapshot, as JSON with fixed field names (schema version 1): renaming a Rust
 /// field, type or variant must not change what is on disk, so every name is spelled out.
@@ -89,6 +105,78 @@ pub(crate) struct MetaStore {
     children: Database<Bytes, Unit>,
     ids: Database<U64<BigEndian>, Str>,
     meta: Database<Str, U64<BigEndian>>,
+    page_size: usize,
+    /// Held shared by every transaction and flush, exclusively to resize the map (LMDB
+    /// allows that only while this process has no transaction open).
+    gate: RwLock<()>,
+    writers: Mutex<Writers>,
+    /// Signalled when a batch ends.
+    batch_done: Condvar,
+}
+
+/// Jobs waiting for the next batch, and whether one is running.
+#[derive(Default)]
+struct Writers {
+    queue: Vec<Box<dyn Job>>,
+    leading: bool,
+}
+
+/// A mutation waiting in a batch, type-erased.
+trait Job: Send {
+    /// Runs the mutation in its own nested transaction of the batch's `txn`.
+    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn);
+    /// Delivers the result, given how the batch ended.
+    fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>);
+}
+
+/// The shared place a job's result is delivered to.
+type Slot<T> = Arc<Mutex<Option<Result<T>>>>;
+
+struct Mutation<T, F> {
+    f: Option<F>,
+    result: Option<Result<T>>,
+    slot: Slot<T>,
+}
+
+impl<T, F> Job for Mutation<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&MetaStore, &mut RwTxn) -> Result<T> + Send + 'static,
+{
+    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn) {
+        let Some(f) = self.f.take() else { return };
+        // A panicking job fails alone: its nested transaction is dropped (aborted) while
+        // unwinding, and the batch goes on.
+        let ran = catch_unwind(AssertUnwindSafe(|| -> Result<T> {
+            let mut nested = store.env.nested_write_txn(txn)?;
+            let out = f(store, &mut nested)?;
+            nested.commit()?;
+            Ok(out)
+        }));
+        self.result = Some(ran.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Panicked(what))
+        }));
+    }
+
+    fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>) {
+        let result = match (self.result, batch) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (_, Err(e)) => Err(e.replica()),
+            (None, Ok(())) => Err(Error::Panicked("job never ran".into())),
+        };
+        *lock(&self.slot) = Some(result);
+    }
+}
+
+/// Locks `m`, also after a panic elsewhere (what it guards stays consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn child_key(parent: &str, child: &str) -> Vec<u8> {
@@ -107,20 +195,29 @@ fn child_prefix(parent: &str) -> Vec<u8> {
 /// Opens (creating if needed) the LMDB environment in `dir`, inside the root `_lock` holds.
 /// The lock is the argument's point: it is what makes mapping the file sound.
 #[allow(unsafe_code)]
-fn open_env(_lock: &RootLock, dir: &Path) -> Result<Env<WithoutTls>> {
+fn open_env(_lock: &RootLock, dir: &Path, map_size: usize) -> Result<Env<WithoutTls>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(MAP_SIZE).max_dbs(8);
+    options.map_size(map_size).max_dbs(8);
     // SAFETY: LMDB maps the file into memory, which is unsound only if the file is modified
     // behind its back. This process holds the root's exclusive flock (`_lock`), so no other
     // Strata process opens this environment, and within the process heed allows repeated
-    // opens of one path.
-    Ok(unsafe { options.open(dir) }?)
+    // opens of one path. NO_META_SYNC keeps the file consistent (the module's doc: durability
+    // comes from the flush after each batch, before any of its mutations is acknowledged).
+    unsafe {
+        options.flags(EnvFlags::NO_META_SYNC);
+        Ok(options.open(dir)?)
+    }
 }
 
 impl MetaStore {
     pub fn open(lock: &RootLock, dir: &Path) -> Result<Self> {
-        let env = open_env(lock, dir)?;
+        Self::open_sized(lock, dir, MAP_SIZE)
+    }
+
+    /// Opens with an initial map of `map_size` bytes (a larger existing file wins).
+    pub fn open_sized(lock: &RootLock, dir: &Path, map_size: usize) -> Result<Self> {
+        let env = open_env(lock, dir, map_size)?;
         let mut txn = env.write_txn()?;
         let snapshots = env.create_database(&mut txn, Some("snapshots"))?;
         let children = env.create_database(&mut txn, Some("children"))?;
@@ -136,27 +233,107 @@ impl MetaStore {
             }
         }
         txn.commit()?;
+        env.force_sync()?;
+        let page_size = env.stat().page_size as usize;
         Ok(MetaStore {
             env,
             snapshots,
             children,
             ids,
             meta,
+            page_size,
+            gate: RwLock::new(()),
+            writers: Mutex::new(Writers::default()),
+            batch_done: Condvar::new(),
         })
     }
 
     /// Runs `f` in a read transaction.
     pub fn read<T>(&self, f: impl FnOnce(&RoTxn) -> Result<T>) -> Result<T> {
+        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         let txn = self.env.read_txn()?;
         f(&txn)
     }
 
-    /// Runs `f` in a write transaction, committed if `f` succeeds and aborted otherwise.
-    pub fn write<T>(&self, f: impl FnOnce(&mut RwTxn) -> Result<T>) -> Result<T> {
-        let mut txn = self.env.write_txn()?;
-        let out = f(&mut txn)?;
-        txn.commit()?;
-        Ok(out)
+    /// Runs `f` as one mutation (see the module doc): its changes are committed if it
+    /// returns `Ok`, dropped if not, and on disk when this returns `Ok`. `f` may run on
+    /// another writer's thread, in a transaction with other mutations before and after it.
+    pub fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&MetaStore, &mut RwTxn) -> Result<T> + Send + 'static,
+    {
+        let slot: Slot<T> = Arc::new(Mutex::new(None));
+        let mut writers = lock(&self.writers);
+        writers.queue.push(Box::new(Mutation {
+            f: Some(f),
+            result: None,
+            slot: Arc::clone(&slot),
+        }));
+        loop {
+            if let Some(result) = lock(&slot).take() {
+                return result;
+            }
+            if writers.leading {
+                writers = self
+                    .batch_done
+                    .wait(writers)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            writers.leading = true;
+            let jobs = std::mem::take(&mut writers.queue);
+            drop(writers);
+            self.run_batch(jobs);
+            writers = lock(&self.writers);
+            writers.leading = false;
+            self.batch_done.notify_all();
+        }
+    }
+
+    /// Runs `jobs` in one transaction, commits and flushes it, and delivers the results.
+    fn run_batch(&self, mut jobs: Vec<Box<dyn Job>>) {
+        let outcome = (|| -> Result<()> {
+            self.ensure_headroom()?;
+            let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+            let mut txn = self.env.write_txn()?;
+            for job in &mut jobs {
+                job.run(self, &mut txn);
+            }
+            txn.commit()?;
+            self.env.force_sync()?;
+            Ok(())
+        })();
+        for job in jobs {
+            job.finish(outcome.as_ref().map(drop));
+        }
+    }
+
+    /// Doubles the map when more than half of it is in use, so a write never finds it
+    /// full.
+    fn ensure_headroom(&self) -> Result<()> {
+        let info = self.env.info();
+        if (info.last_page_number + 1) * self.page_size * 2 <= info.map_size {
+            return Ok(());
+        }
+        self.grow()
+    }
+
+    #[allow(unsafe_code)]
+    fn grow(&self) -> Result<()> {
+        let _all = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let info = self.env.info();
+        if (info.last_page_number + 1) * self.page_size * 2 <= info.map_size {
+            return Ok(());
+        }
+        let size = info.map_size * 2;
+        // SAFETY: LMDB allows resizing the map only while this process has no transaction
+        // open. Every transaction and flush of this store holds `gate` shared for its whole
+        // life, and this thread holds it exclusively; no other code opens transactions on
+        // this environment (the root lock keeps other processes out).
+        unsafe { self.env.resize(size) }?;
+        tracing::info!(bytes = size, "index map grown");
+        Ok(())
     }
 
     pub fn get(&self, txn: &RoTxn, key: &str) -> Result<Option<Record>> {
@@ -189,6 +366,15 @@ impl MetaStore {
         self.ids.delete(txn, &record.id)?;
         self.snapshots.delete(txn, key)?;
         Ok(())
+    }
+
+    /// Every directory id in the index.
+    pub fn ids(&self, txn: &RoTxn) -> Result<std::collections::HashSet<u64>> {
+        let mut out = std::collections::HashSet::new();
+        for item in self.ids.iter(txn)? {
+            out.insert(item?.0);
+        }
+        Ok(out)
     }
 
     /// The key or name of the snapshot with directory id `id`.
@@ -303,7 +489,7 @@ mod tests {
         let dir = root.join("metadata");
         let store = MetaStore::open(&lock, &dir).unwrap();
         store
-            .write(|txn| Ok(store.meta.put(txn, "version", &(SCHEMA_VERSION + 1))?))
+            .write(|store, txn| Ok(store.meta.put(txn, "version", &(SCHEMA_VERSION + 1))?))
             .unwrap();
         drop(store);
         let err = MetaStore::open(&lock, &dir).err().expect("refused");
@@ -311,6 +497,103 @@ mod tests {
             matches!(&err, Error::FailedPrecondition(m) if m.contains("version 2")),
             "{err}"
         );
+        drop(lock);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A record of `n` bytes of labels.
+    fn record(id: u64, n: usize) -> Record {
+        Record {
+            id,
+            kind: Kind::Committed,
+            parent: String::new(),
+            created: (0, 0),
+            updated: (0, 0),
+            labels: [("l".to_string(), "x".repeat(n))].into(),
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn the_map_grows_instead_of_filling_up() {
+        let root = std::env::temp_dir().join(format!("strata-grow-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = RootLock::acquire(&root).unwrap();
+        let store =
+            Arc::new(MetaStore::open_sized(&lock, &root.join("metadata"), 1 << 20).unwrap());
+        // 16 MiB of records into a 1 MiB map, from several threads at once.
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..256u64 {
+                        let key = format!("k{t}-{i}");
+                        store
+                            .write(move |store, txn| {
+                                store.put(txn, &key, &record(t * 1000 + i, 16 << 10))
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(
+            store.env.info().map_size >= 16 << 20,
+            "{}",
+            store.env.info().map_size
+        );
+        let all = store.read(|txn| store.all(txn)).unwrap();
+        assert_eq!(all.len(), 1024);
+        drop(store);
+        drop(lock);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_failing_or_panicking_mutation_fails_alone() {
+        let root = std::env::temp_dir().join(format!("strata-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = RootLock::acquire(&root).unwrap();
+        let store = Arc::new(MetaStore::open(&lock, &root.join("metadata")).unwrap());
+        let threads: Vec<_> = (0..24u64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.write(move |store, txn| {
+                        store.put(txn, &format!("k{i}"), &record(i, 10))?;
+                        match i % 3 {
+                            0 => Ok(()),
+                            1 => Err(Error::InvalidArgument("no".into())),
+                            _ => panic!("job {i}"),
+                        }
+                    })
+                })
+            })
+            .collect();
+        for (i, t) in threads.into_iter().enumerate() {
+            let result = t.join().unwrap();
+            match i % 3 {
+                0 => assert!(result.is_ok(), "{i}: {result:?}"),
+                1 => assert!(matches!(result, Err(Error::InvalidArgument(_))), "{i}"),
+                _ => assert!(matches!(result, Err(Error::Panicked(_))), "{i}"),
+            }
+        }
+        let keys: Vec<String> = store
+            .read(|txn| store.all(txn))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut want: Vec<String> = (0..24)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("k{i}"))
+            .collect();
+        want.sort();
+        assert_eq!(keys, want, "only the successful mutations are kept");
+        drop(store);
         drop(lock);
         std::fs::remove_dir_all(&root).unwrap();
     }

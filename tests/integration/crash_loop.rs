@@ -303,11 +303,12 @@ impl Worker {
             format!("w{}-k{seq}", self.id),
             format!("w{}-n{seq}", self.id),
         );
+        // Held before the call: a Prepare cut off by the kill may still have taken effect.
+        self.hold(&key);
         let r = self.s.prepare(&key, &parent).await;
         let Some(mounts) = self.outcome("prepare", InFlight::Discardable, r)? else {
             return Ok(());
         };
-        self.hold(&key);
         let apply_layer = self.rng.below(10) < 6;
         if apply_layer {
             let layer = self.layers[self.rng.below(self.layers.len() as u64) as usize].clone();
@@ -363,11 +364,11 @@ impl Worker {
             return Ok(());
         };
         let key = format!("w{}-v{}", self.id, self.next_seq());
+        self.hold(&key);
         let r = self.s.view(&key, &name).await;
         let Some(mounts) = self.outcome("view", InFlight::Discardable, r)? else {
             return Ok(());
         };
-        self.hold(&key);
         let mnt = self.mnt.clone();
         let tree = tokio::task::spawn_blocking(move || with_mounted(&mounts, &mnt, tree_hash))
             .await
@@ -463,11 +464,14 @@ fn write_files(root: &Path, id: usize, seq: u64, pick: u64) {
     entries.sort();
     if !entries.is_empty() && pick.is_multiple_of(3) {
         let victim = &entries[(pick >> 32) as usize % entries.len()];
-        if victim.symlink_metadata().unwrap().is_dir() {
-            std::fs::remove_dir_all(victim).unwrap();
+        // A directory only the overlay's upper layer has, holding a layer's whiteout of a
+        // path no lower layer has, cannot be removed through the mount (ENOTEMPTY), as
+        // with containerd: the tree is hashed after, whatever this did.
+        let _ = if victim.symlink_metadata().unwrap().is_dir() {
+            std::fs::remove_dir_all(victim)
         } else {
-            std::fs::remove_file(victim).unwrap();
-        }
+            std::fs::remove_file(victim)
+        };
     }
 }
 
@@ -577,6 +581,12 @@ async fn run_kind(kind: &str, kills: usize, seed: u64) -> (Counts, Vec<String>) 
     }
     daemon.stop();
     let m = std::mem::take(&mut *model(&shared));
+    if !m.violations.is_empty() {
+        // The test directory goes with the test: keep the daemon's log for the post-mortem.
+        let kept = std::env::temp_dir().join(format!("crash-loop-{kind}-{seed}.log"));
+        let _ = std::fs::write(&kept, daemon.log_text());
+        eprintln!("crash-loop: {kind}: daemon log kept at {}", kept.display());
+    }
     (m.counts, m.violations)
 }
 
