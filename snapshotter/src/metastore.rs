@@ -593,6 +593,10 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(keys, want, "only the successful mutations are kept");
+        // Nothing is left locked or poisoned by the panics.
+        store
+            .write(|store, txn| store.put(txn, "after", &record(99, 1)))
+            .unwrap();
         drop(store);
         drop(lock);
         std::fs::remove_dir_all(&root).unwrap();

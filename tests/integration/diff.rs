@@ -372,10 +372,27 @@ async fn foreign_mounts_and_misuse() {
     assert_eq!(code(f.d.apply(r).await), Code::InvalidArgument);
 }
 
+/// Writes `path` until the filesystem is full.
+fn fill(path: &std::path::Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    loop {
+        match file.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("fill {}: {e}", path.display()),
+        }
+    }
+    // The last partial pages.
+    while file.write_all(&[7u8]).is_ok() {}
+}
+
 /// A full filesystem: the daemon's root on a 24 MiB tmpfs. Applying a 40 MiB layer and
 /// copying a 16 MiB native parent fail with ResourceExhausted; the index stays consistent
 /// (the failed Prepare left no entry, the failed Apply's snapshot can be removed) and the
-/// daemon keeps serving once space is freed.
+/// daemon keeps serving once space is freed. With not a byte left, a Prepare and a Commit
+/// whose index records need new pages fail with ResourceExhausted, change nothing, and
+/// succeed once space is freed.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn a_full_filesystem_is_resource_exhausted() {
@@ -421,7 +438,61 @@ async fn a_full_filesystem_is_resource_exhausted() {
             kind_of_a,
             strata::api::services::snapshots::v1::Kind::Active as i32
         );
+
         f.s.remove("a").await.unwrap();
+        f.s.cleanup().await.unwrap();
+
+        // Not a byte left, and calls whose index records need new pages (labels of 240 KB):
+        // Prepare and Commit fail with ResourceExhausted and change nothing; once space is
+        // freed, they succeed.
+        let mounts = f.s.prepare("d", "").await.unwrap();
+        with_mounted(&mounts, &f.mnt, |root| {
+            std::fs::write(root.join("small"), "small").unwrap()
+        });
+        let big_labels: crate::util::Labels = (0..60)
+            .map(|i| (format!("label-{i}"), "v".repeat(4000)))
+            .collect();
+        let filler = f.daemon.root.parent().unwrap().join("filler");
+        fill(&filler);
+        let err =
+            f.s.prepare_labels("c", "", big_labels.clone())
+                .await
+                .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "{kind} prepare: {err:?}"
+        );
+        let err =
+            f.s.commit_full("d-done", "d", big_labels.clone(), "")
+                .await
+                .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::ResourceExhausted,
+            "{kind} commit: {err:?}"
+        );
+        let listed: Vec<String> =
+            f.s.list(&[])
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+        assert_eq!(
+            listed,
+            ["d"],
+            "{kind}: the full-disk calls changed the index"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        f.s.prepare_labels("c", "", big_labels.clone())
+            .await
+            .unwrap();
+        f.s.commit_full("d-done", "d", big_labels, "")
+            .await
+            .unwrap();
+        f.s.remove("c").await.unwrap();
+        f.s.remove("d-done").await.unwrap();
         f.s.cleanup().await.unwrap();
 
         if kind == "native" {
