@@ -1,5 +1,6 @@
-//! Daemon configuration: a TOML file (`--config`) and command-line overrides, turned into
-//! snapshotter instances with typed options. The snapshotter crate never sees TOML.
+//! Daemon configuration: a TOML file (`--config`, else `/etc/strata/config.toml` when it
+//! exists) and command-line overrides, turned into snapshotter instances with typed options.
+//! Unknown keys are errors naming the key. The snapshotter crate never sees TOML.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,8 @@ use serde::Deserialize;
 pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 /// Default socket path.
 pub const DEFAULT_ADDRESS: &str = "/run/strata/strata.sock";
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/strata/config.toml";
 
 /// The daemon's configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -26,6 +29,9 @@ pub struct Config {
     /// Where the Diff service reads and writes layer blobs.
     #[serde(default)]
     pub differ: DifferConfig,
+    /// `host:port` to serve Prometheus metrics on over HTTP (`/metrics`); off when unset.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 /// Where layer blobs live for the Diff service.
@@ -131,6 +137,7 @@ impl Default for Config {
             address: default_address(),
             snapshotters: Vec::new(),
             differ: DifferConfig::default(),
+            metrics_address: None,
         }
     }
 }
@@ -149,7 +156,59 @@ pub enum ConfigError {
     DuplicateName(String),
 }
 
+/// A complete configuration with every default, commented: what `strata config default`
+/// prints and the package installs as `/etc/strata/config.toml`.
+pub const DEFAULT_TOML: &str = r#"# Strata's configuration. Every value below is the default; flags of `strata serve` override
+# what is set here. Unknown keys are refused.
+
+# Root directory: the index, and the snapshots of a single instance (several instances
+# live in <root>/<name>).
+root = "/var/lib/strata"
+# Unix socket serving the Snapshots and Diff services (mode 0600). Under systemd socket
+# activation (strata.socket) the daemon serves on the socket it is given instead.
+address = "/run/strata/strata.sock"
+# Prometheus metrics over HTTP at http://<metrics_address>/metrics; off when unset.
+# metrics_address = "127.0.0.1:9323"
+
+[differ]
+# A local OCI-layout directory for layer blobs, instead of containerd's Content service.
+# content_dir = "/var/lib/strata-content"
+# containerd's socket, whose Content and Leases services hold layer blobs.
+containerd_address = "/run/containerd/containerd.sock"
+# Namespace for content calls when neither the request nor the snapshot key names one.
+namespace = "default"
+# Seconds a layer created by Diff is protected from containerd's collector when the
+# request brought no lease of its own.
+lease_expiry_secs = 3600
+
+[differ.limits]
+# A layer beyond any of these is refused with InvalidArgument naming the limit.
+max_entries = 4000000
+max_path_depth = 256
+max_name_bytes = 255
+
+# Snapshotter instances; none listed means one overlayfs instance named "strata" at root.
+# With several, the request's snapshotter field (containerd's proxy_plugins name) picks one.
+# [[snapshotters]]
+# name = "strata"
+# type = "overlayfs"            # or "native"
+# root = "/var/lib/strata"      # default: root, or <root>/<name> with several instances
+# sync_remove = false           # delete removed snapshots at once (native default: true)
+# upperdir_label = false        # report containerd.io/snapshot/overlay.upperdir
+# mount_options = []            # extra overlay options, e.g. ["volatile"]
+"#;
+
 impl Config {
+    /// The configuration to start from: `explicit` (`--config`; it must exist), else the
+    /// file at `default` if there is one, else the built-in defaults.
+    pub fn locate(explicit: Option<&Path>, default: &Path) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(path) => Self::load(path),
+            None if default.exists() => Self::load(default),
+            None => Ok(Config::default()),
+        }
+    }
+
     /// Reads a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
@@ -244,5 +303,80 @@ mod tests {
         );
         let err = toml::from_str::<Config>("[differ.limits]\nmax_files = 1\n").unwrap_err();
         assert!(err.to_string().contains("max_files"), "{err}");
+    }
+
+    #[test]
+    fn the_printed_default_is_the_default_and_complete() {
+        let c: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(c, Config::default());
+        // Uncommenting every example gives a valid configuration too.
+        let uncommented: String = DEFAULT_TOML
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = ") || rest.starts_with("[["))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full: Config = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(full.metrics_address.as_deref(), Some("127.0.0.1:9323"));
+        assert_eq!(full.snapshotters.len(), 1);
+        for key in [
+            "root",
+            "address",
+            "metrics_address",
+            "content_dir",
+            "containerd_address",
+            "namespace",
+            "lease_expiry_secs",
+            "max_entries",
+            "max_path_depth",
+            "max_name_bytes",
+            "name",
+            "type",
+            "sync_remove",
+            "upperdir_label",
+            "mount_options",
+        ] {
+            assert!(
+                DEFAULT_TOML.contains(&format!("{key} = ")),
+                "{key} is not documented"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (text, key) in [
+            ("bogus = 1", "bogus"),
+            ("[differ]\ncontent_directory = \"/x\"", "content_directory"),
+            ("[[snapshotters]]\nname = \"a\"\nkind = \"native\"", "kind"),
+        ] {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown field `{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_there_is_one_and_config_wins() {
+        let dir = std::env::temp_dir().join(format!("strata-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (default, explicit) = (dir.join("default.toml"), dir.join("explicit.toml"));
+        assert_eq!(Config::locate(None, &default).unwrap(), Config::default());
+        std::fs::write(&default, "root = \"/from-default\"").unwrap();
+        std::fs::write(&explicit, "root = \"/from-explicit\"").unwrap();
+        assert_eq!(
+            Config::locate(None, &default).unwrap().root,
+            PathBuf::from("/from-default")
+        );
+        let c = Config::locate(Some(&explicit), &default).unwrap();
+        assert_eq!(c.root, PathBuf::from("/from-explicit"));
+        let missing = dir.join("missing.toml");
+        assert!(matches!(
+            Config::locate(Some(&missing), &default),
+            Err(ConfigError::Read(..))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

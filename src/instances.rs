@@ -2,7 +2,7 @@
 //! own root and name, selected per request by the `snapshotter` field containerd fills in.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use snapshotter::native::NativeSnapshotter;
@@ -18,6 +18,8 @@ pub struct Instance {
     pub name: String,
     /// The snapshotter.
     pub snapshotter: Arc<dyn Snapshotter>,
+    /// Its root directory.
+    pub root: PathBuf,
 }
 
 /// The instances a daemon serves, selected by the request's `snapshotter` field.
@@ -41,6 +43,7 @@ impl Instances {
                 Instance {
                     name: inst.name,
                     snapshotter,
+                    root,
                 },
             );
         }

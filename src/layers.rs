@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use crate::config::DifferConfig;
 use crate::content::{BlobStore, ContainerdContent, containerd_channel};
 use crate::instances::Instances;
+use crate::metrics::METRICS;
 
 /// Label (and annotation) naming a compressed layer's uncompressed digest.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -289,7 +290,9 @@ impl Layers {
             return Err(mismatch("uncompressed digest", want, &applied.diff_id));
         }
         let n = self.applied.fetch_add(1, Ordering::Relaxed) + 1;
-        let secs = started.elapsed().as_secs_f64();
+        let took = started.elapsed();
+        METRICS.layer_applied(applied.blob_size, applied.size, took);
+        let secs = took.as_secs_f64();
         tracing::info!(
             layer = %req.digest,
             diff_id = %applied.diff_id,
@@ -334,6 +337,7 @@ impl Layers {
         if let BlobStore::Containerd(c) = &store {
             c.hold(&created.digest)?;
         }
+        METRICS.layer_created();
         tracing::info!(
             layer = %created.digest,
             diff_id = %created.diff_id,

@@ -12,8 +12,10 @@ pub mod content;
 pub mod convert;
 pub mod instances;
 pub mod layers;
+pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod systemd;
 
 /// Code generated from `proto/` (containerd's wire API).
 pub mod api {

@@ -1,11 +1,13 @@
 //! `strata`: the daemon (`strata serve`) and its command-line client.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use strata::cli::snapshot::SnapshotArgs;
-use strata::config::{Config, DEFAULT_ADDRESS, InstanceConfig, SnapshotterKind};
+use strata::config::{
+    Config, DEFAULT_ADDRESS, DEFAULT_CONFIG, DEFAULT_TOML, InstanceConfig, SnapshotterKind,
+};
 use strata::status::chain;
 
 #[derive(Debug, Parser)]
@@ -31,6 +33,17 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Apply or create layers directly, without a daemon.
     Layer(strata::cli::layer::LayerArgs),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a complete configuration with every default, commented.
+    Default,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,9 +55,13 @@ struct ServeArgs {
     /// lists instances).
     #[arg(long, value_enum)]
     snapshotter: Option<SnapshotterKind>,
-    /// TOML configuration file.
-    #[arg(long)]
+    /// TOML configuration file [default: /etc/strata/config.toml when it exists]. Flags
+    /// override what it sets.
+    #[arg(long, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this `host:port` (`/metrics`).
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Read and write layer blobs in this OCI-layout directory instead of containerd's
     /// Content service.
     #[arg(long)]
@@ -76,10 +93,11 @@ fn init_logging(json: bool) {
 }
 
 fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| chain(&e))?,
-        None => Config::default(),
-    };
+    let mut config =
+        Config::locate(args.config.as_deref(), Path::new(DEFAULT_CONFIG)).map_err(|e| chain(&e))?;
+    if let Some(addr) = &args.metrics_address {
+        config.metrics_address = Some(addr.clone());
+    }
     if let Some(root) = &args.root {
         config.root = root.clone();
     }
@@ -116,6 +134,14 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: taking the activated socket edits the environment.
+    let activated = match strata::systemd::take_activated_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("strata: socket activation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // At least two runtime threads, also on one CPU: the Snapshots service may run one call
     // on a runtime thread (see `SnapshotsService::call`) while another keeps serving.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
@@ -124,10 +150,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("start the async runtime");
-    runtime.block_on(run(Cli::parse()))
+    runtime.block_on(run(Cli::parse(), activated))
 }
 
-async fn run(cli: Cli) -> ExitCode {
+async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_json);
@@ -138,11 +164,14 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            if let Err(e) = strata::server::run(config).await {
+            if let Err(e) = strata::server::run(config, activated).await {
                 tracing::error!(error = %chain(&e), "daemon failed");
                 return ExitCode::FAILURE;
             }
         }
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => print!("{DEFAULT_TOML}"),
         Command::Layer(args) => {
             if let Err(e) = strata::cli::layer::run(args) {
                 eprintln!("strata: {}", chain(e.as_ref()));

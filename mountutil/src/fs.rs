@@ -173,6 +173,13 @@ fn copy_range_buffered(src: &File, dst: &File, mut off: u64, end: u64) -> io::Re
     Ok(())
 }
 
+/// The size and the space available to unprivileged users of the filesystem holding
+/// `path`, in bytes (statvfs).
+pub fn filesystem_space(path: &Path) -> Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("statvfs", path, e.into()))?;
+    Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+}
+
 /// Flushes the filesystem holding `path` to disk (syncfs).
 pub fn sync_filesystem(path: &Path) -> Result<()> {
     let dir = File::open(path).map_err(|e| Error::io("open", path, e))?;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure the programs the containerd end-to-end test needs are installed: containerd
-# (with ctr and containerd-shim-runc-v2), runc and a static busybox for the test image.
+# Makes sure the programs the end-to-end tests need are installed: containerd (with ctr and
+# containerd-shim-runc-v2), runc, a static busybox for the test image, and
+# systemd-socket-activate (socket activation without a running systemd).
 # Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
 # needed. Idempotent. Needs root when something has to be installed. With --check, installs
 # nothing and fails naming what is missing (what the tests call: they never install).
@@ -15,6 +16,7 @@ required=(
 	containerd:/usr/bin/containerd-shim-runc-v2
 	runc:/usr/sbin/runc
 	busybox-static:/bin/busybox
+	systemd:/usr/bin/systemd-socket-activate
 )
 
 missing=()

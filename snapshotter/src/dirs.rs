@@ -637,7 +637,10 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             move |store, txn| {
                 let _layout = lock(&layout);
                 let ids = store.ids(txn)?;
-                let building = lock(&building).clone();
+                // Held through the scan, not copied: a creation registers its directory here
+                // before making it, so one that starts during the scan is never taken for
+                // an orphan (a copy taken first missed it; found by the crash loop).
+                let building = lock(&building);
                 let mut doomed = Vec::new();
                 for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
                     let entry = entry.map_err(|e| Error::io("read", &dir, e))?;

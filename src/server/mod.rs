@@ -46,6 +46,9 @@ pub enum DaemonError {
     /// The socket could not be set up.
     #[error("socket {0}")]
     Socket(PathBuf, #[source] io::Error),
+    /// The metrics endpoint could not be set up.
+    #[error("metrics address {0}")]
+    Metrics(String, #[source] io::Error),
     /// The gRPC server failed.
     #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
@@ -96,6 +99,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()
+        .layer(crate::metrics::GrpcMetricsLayer)
         .add_service(snapshots)
         .add_service(diff)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
@@ -103,11 +107,27 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs the daemon with `config` until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon with `config` until SIGINT or SIGTERM, on `activated` (the socket
+/// systemd passed) if given, else on a socket it binds at the configured address. Tells
+/// systemd when it serves and when it stops.
+pub async fn run(
+    config: Config,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> Result<(), DaemonError> {
     let instances = tokio::task::block_in_place(|| Instances::open(&config))?;
-    let listener = bind_socket(&config.address).await?;
-    tracing::info!(address = %config.address.display(), "serving");
+    let (listener, owns_socket) = match activated {
+        Some(l) => (
+            UnixListener::from_std(l)
+                .map_err(|e| DaemonError::Socket(config.address.clone(), e))?,
+            false,
+        ),
+        None => (bind_socket(&config.address).await?, true),
+    };
+    tracing::info!(
+        address = %config.address.display(),
+        socket_activated = !owns_socket,
+        "serving"
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install SIGTERM handler");
@@ -116,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        crate::systemd::notify_stopping();
     };
     let instances = Arc::new(instances);
     let scratch = config.root.join("tmp");
@@ -124,7 +145,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!(error = %chain(&e), "could not reclaim temporary mounts");
     }
     let differ = DiffService::new(Layers::new(Arc::clone(&instances), &config.differ, scratch));
+    if let Some(address) = &config.metrics_address {
+        let bound = crate::metrics::serve(address, Arc::clone(&instances))
+            .await
+            .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
+        tracing::info!(address = %bound, "serving metrics");
+    }
+    // The socket is listening: connections queue until the server accepts them.
+    crate::systemd::notify_ready();
     let result = serve(listener, instances, differ, shutdown).await;
-    let _ = std::fs::remove_file(&config.address);
+    // An activated socket is systemd's: it stays for the next start.
+    if owns_socket {
+        let _ = std::fs::remove_file(&config.address);
+    }
     result
 }

@@ -333,10 +333,13 @@ impl Worker {
             .await
             .unwrap();
         }
-        let (m2, mnt) = (mounts.clone(), self.mnt.clone());
-        let tree = tokio::task::spawn_blocking(move || with_mounted(&m2, &mnt, tree_hash))
-            .await
-            .unwrap();
+        let tree = match mounted_tree(&mounts, &self.mnt).await {
+            Ok(tree) => tree,
+            Err(e) => {
+                model(&self.model).violations.push(format!("{key}: {e}"));
+                return Ok(());
+            }
+        };
         let labels: Labels = [(SEQ_LABEL.to_string(), seq.to_string())].into();
         let expect = Committed {
             parent: parent.clone(),
@@ -369,14 +372,14 @@ impl Worker {
         let Some(mounts) = self.outcome("view", InFlight::Discardable, r)? else {
             return Ok(());
         };
-        let mnt = self.mnt.clone();
-        let tree = tokio::task::spawn_blocking(move || with_mounted(&mounts, &mnt, tree_hash))
-            .await
-            .unwrap();
-        if tree != c.tree {
-            model(&self.model).violations.push(format!(
+        match mounted_tree(&mounts, &self.mnt).await {
+            Ok(tree) if tree == c.tree => {}
+            Ok(_) => model(&self.model).violations.push(format!(
                 "a view of {name} shows another tree than its Commit's"
-            ));
+            )),
+            Err(e) => model(&self.model)
+                .violations
+                .push(format!("a view of {name}: {e}")),
         }
         let r = self.s.remove(&key).await;
         if self.outcome("remove", InFlight::Discardable, r)?.is_some() {
@@ -473,6 +476,26 @@ fn write_files(root: &Path, id: usize, seq: u64, pick: u64) {
             std::fs::remove_file(victim)
         };
     }
+}
+
+/// [`tree_hash`] of `mounts` mounted under `mnt`; a mount that fails is a finding, not a
+/// panic (it says a directory the index names is gone).
+async fn mounted_tree(mounts: &[Mount], mnt: &Path) -> Result<u64, String> {
+    let mounts: Vec<_> = mounts
+        .iter()
+        .cloned()
+        .map(strata::convert::mount_from_pb)
+        .collect();
+    let mnt = mnt.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let m = mountutil::TempMount::new(&mounts, &mnt)
+            .map_err(|e| format!("cannot mount {mounts:?}: {e}"))?;
+        let tree = tree_hash(m.path());
+        m.release().map_err(|e| format!("unmount: {e}"))?;
+        Ok(tree)
+    })
+    .await
+    .unwrap()
 }
 
 /// A hash of everything a process sees under `root` (types, modes, owners, contents).
@@ -696,12 +719,10 @@ async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &st
                 c.depth
             ));
         }
-        let mnt = mnt.to_path_buf();
-        let tree = tokio::task::spawn_blocking(move || with_mounted(&mounts, &mnt, tree_hash))
-            .await
-            .unwrap();
-        if tree != c.tree {
-            violations.push(format!("{name}: tree differs from the one committed"));
+        match mounted_tree(&mounts, mnt).await {
+            Ok(tree) if tree == c.tree => {}
+            Ok(_) => violations.push(format!("{name}: tree differs from the one committed")),
+            Err(e) => violations.push(format!("{name}: {e}")),
         }
         verified += 1;
         s.remove(&key).await.unwrap();

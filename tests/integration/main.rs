@@ -6,6 +6,8 @@ mod crash_loop;
 mod diff;
 mod errors;
 mod load;
+mod operations;
 mod suite;
+mod systemd;
 mod tree;
 mod util;

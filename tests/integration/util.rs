@@ -99,6 +99,8 @@ impl Daemon {
             .arg(&self.root)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            // Hermetic: never the machine's /etc/strata/config.toml (a --config wins).
+            .env("STRATA_CONFIG", "/dev/null")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
