@@ -14,8 +14,9 @@
 //! Group commit: a writer that finds no batch running leads one. It takes every job queued
 //! so far (its own included), runs them one after another in one LMDB write transaction,
 //! commits, flushes the file once and hands each job its result; writers arriving meanwhile
-//! queue up for the next batch. One client pays what it paid before (a commit and a flush);
-//! sixteen share them. LMDB runs with `MDB_NOMETASYNC`: a commit flushes its data pages but
+//! queue up, and the first of them is woken to lead the next batch (each writer is woken
+//! once, for its result or to lead). One client pays what it paid before (a commit and a
+//! flush); sixteen share them. A batch whose jobs all failed writes and flushes nothing. LMDB runs with `MDB_NOMETASYNC`: a commit flushes its data pages but
 //! not the meta page that makes them current (the previous meta page and its pages stay
 //! intact, so the file is consistent whenever it is cut off); the flush after the commit
 //! makes the batch durable before anyone is told it succeeded.
@@ -110,11 +111,9 @@ pub(crate) struct MetaStore {
     /// allows that only while this process has no transaction open).
     gate: RwLock<()>,
     writers: Mutex<Writers>,
-    /// Signalled when a batch ends.
-    batch_done: Condvar,
 }
 
-/// Jobs waiting for the next batch, and whether one is running.
+/// Jobs waiting for the next batch, and whether a writer is leading one.
 #[derive(Default)]
 struct Writers {
     queue: Vec<Box<dyn Job>>,
@@ -123,19 +122,59 @@ struct Writers {
 
 /// A mutation waiting in a batch, type-erased.
 trait Job: Send {
-    /// Runs the mutation in its own nested transaction of the batch's `txn`.
-    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn);
-    /// Delivers the result, given how the batch ended.
+    /// Runs the mutation in its own nested transaction of the batch's `txn`; whether it
+    /// succeeded (its changes are in the batch).
+    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn) -> bool;
+    /// Delivers the result, given how the batch ended, and wakes the job's writer.
     fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>);
+    /// Wakes the job's writer to lead the next batch.
+    fn call_to_lead(&self);
 }
 
-/// The shared place a job's result is delivered to.
-type Slot<T> = Arc<Mutex<Option<Result<T>>>>;
+/// Where a writer waits: for its result, or to be called to lead.
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    wake: Condvar,
+}
+
+struct SlotState<T> {
+    result: Option<Result<T>>,
+    lead: bool,
+}
+
+impl<T> Slot<T> {
+    fn new() -> Self {
+        Slot {
+            state: Mutex::new(SlotState {
+                result: None,
+                lead: false,
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Waits until the result is in (`Some`) or this writer is to lead (`None`).
+    fn wait(&self) -> Option<Result<T>> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(result) = state.result.take() {
+                return Some(result);
+            }
+            if std::mem::take(&mut state.lead) {
+                return None;
+            }
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
 
 struct Mutation<T, F> {
     f: Option<F>,
     result: Option<Result<T>>,
-    slot: Slot<T>,
+    slot: Arc<Slot<T>>,
 }
 
 impl<T, F> Job for Mutation<T, F>
@@ -143,8 +182,10 @@ where
     T: Send + 'static,
     F: FnOnce(&MetaStore, &mut RwTxn) -> Result<T> + Send + 'static,
 {
-    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn) {
-        let Some(f) = self.f.take() else { return };
+    fn run(&mut self, store: &MetaStore, txn: &mut RwTxn) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
         // A panicking job fails alone: its nested transaction is dropped (aborted) while
         // unwinding, and the batch goes on.
         let ran = catch_unwind(AssertUnwindSafe(|| -> Result<T> {
@@ -161,6 +202,7 @@ where
                 .unwrap_or_default();
             Err(Error::Panicked(what))
         }));
+        matches!(self.result, Some(Ok(_)))
     }
 
     fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>) {
@@ -170,7 +212,13 @@ where
             (_, Err(e)) => Err(e.replica()),
             (None, Ok(())) => Err(Error::Panicked("job never ran".into())),
         };
-        *lock(&self.slot) = Some(result);
+        lock(&self.slot.state).result = Some(result);
+        self.slot.wake.notify_one();
+    }
+
+    fn call_to_lead(&self) {
+        lock(&self.slot.state).lead = true;
+        self.slot.wake.notify_one();
     }
 }
 
@@ -244,7 +292,6 @@ impl MetaStore {
             page_size,
             gate: RwLock::new(()),
             writers: Mutex::new(Writers::default()),
-            batch_done: Condvar::new(),
         })
     }
 
@@ -263,32 +310,32 @@ impl MetaStore {
         T: Send + 'static,
         F: FnOnce(&MetaStore, &mut RwTxn) -> Result<T> + Send + 'static,
     {
-        let slot: Slot<T> = Arc::new(Mutex::new(None));
-        let mut writers = lock(&self.writers);
-        writers.queue.push(Box::new(Mutation {
-            f: Some(f),
-            result: None,
-            slot: Arc::clone(&slot),
-        }));
-        loop {
-            if let Some(result) = lock(&slot).take() {
-                return result;
-            }
-            if writers.leading {
-                writers = self
-                    .batch_done
-                    .wait(writers)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            writers.leading = true;
-            let jobs = std::mem::take(&mut writers.queue);
-            drop(writers);
-            self.run_batch(jobs);
-            writers = lock(&self.writers);
-            writers.leading = false;
-            self.batch_done.notify_all();
+        let slot = Arc::new(Slot::new());
+        let lead = {
+            let mut writers = lock(&self.writers);
+            writers.queue.push(Box::new(Mutation {
+                f: Some(f),
+                result: None,
+                slot: Arc::clone(&slot),
+            }));
+            !std::mem::replace(&mut writers.leading, true)
+        };
+        if !lead && let Some(result) = slot.wait() {
+            return result;
         }
+        // Leading: this writer's job is in the queue, so in the batch.
+        let jobs = std::mem::take(&mut lock(&self.writers).queue);
+        self.run_batch(jobs);
+        {
+            let mut writers = lock(&self.writers);
+            match writers.queue.first() {
+                // Leadership passes to a writer already waiting: no one else wakes.
+                Some(next) => next.call_to_lead(),
+                None => writers.leading = false,
+            }
+        }
+        slot.wait()
+            .unwrap_or_else(|| Err(Error::Panicked("led without a result".into())))
     }
 
     /// Runs `jobs` in one transaction, commits and flushes it, and delivers the results.
@@ -297,11 +344,14 @@ impl MetaStore {
             self.ensure_headroom()?;
             let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
             let mut txn = self.env.write_txn()?;
+            let mut wrote = false;
             for job in &mut jobs {
-                job.run(self, &mut txn);
+                wrote |= job.run(self, &mut txn);
             }
-            txn.commit()?;
-            self.env.force_sync()?;
+            if wrote {
+                txn.commit()?;
+                self.env.force_sync()?;
+            }
             Ok(())
         })();
         for job in jobs {
