@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use strata::cli::snapshot::SnapshotArgs;
 use strata::config::{
     Config, DEFAULT_ADDRESS, DEFAULT_CONFIG, DEFAULT_TOML, InstanceConfig, SnapshotterKind,
@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print shell completions for this CLI.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) for this CLI.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +179,15 @@ async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> E
         Command::Config {
             command: ConfigCommand::Default,
         } => print!("{DEFAULT_TOML}"),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "strata", &mut std::io::stdout());
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                eprintln!("strata: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         Command::Layer(args) => {
             if let Err(e) = strata::cli::layer::run(args) {
                 eprintln!("strata: {}", chain(e.as_ref()));

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +46,14 @@ pub struct Metrics {
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// gRPC calls being handled, all services together.
+static CALLS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many gRPC calls are being handled right now.
+pub fn calls_in_flight() -> usize {
+    CALLS_IN_FLIGHT.load(Ordering::Acquire)
+}
 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~105 s.
@@ -285,6 +294,7 @@ where
             .grpc_in_flight
             .get_or_create_owned(&vec![("service", service.clone())]);
         in_flight.inc();
+        CALLS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         let started = Instant::now();
         let future = self.inner.call(req);
         Box::pin(async move {
@@ -309,6 +319,7 @@ where
             labels.push(("code", format!("{code:?}")));
             METRICS.grpc_requests.get_or_create(&labels).inc();
             in_flight.dec();
+            CALLS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
             out
         })
     }

@@ -23,6 +23,9 @@ use crate::status::chain;
 pub use diff::DiffService;
 pub use snapshots::SnapshotsService;
 
+/// How long a shutdown waits for the calls in flight.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// gRPC message size limit, as containerd's (16 MiB both ways).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
@@ -128,6 +131,7 @@ pub async fn run(
         socket_activated = !owns_socket,
         "serving"
     );
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install SIGTERM handler");
@@ -137,6 +141,7 @@ pub async fn run(
         }
         tracing::info!("shutting down");
         crate::systemd::notify_stopping();
+        let _ = stopping.send(());
     };
     let instances = Arc::new(instances);
     let scratch = config.root.join("tmp");
@@ -153,7 +158,32 @@ pub async fn run(
     }
     // The socket is listening: connections queue until the server accepts them.
     crate::systemd::notify_ready();
-    let result = serve(listener, instances, differ, shutdown).await;
+    // Shutting down lets the calls in flight finish, but an idle client may keep its
+    // connection open (containerd does): once no call is in flight, or after DRAIN, the
+    // daemon exits without waiting for connections to close.
+    let serving = serve(listener, instances, differ, shutdown);
+    let drained = async {
+        if stopped.await.is_err() {
+            return std::future::pending::<bool>().await;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while tokio::time::Instant::now() < deadline {
+            if crate::metrics::calls_in_flight() == 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        idle = drained => {
+            if !idle {
+                tracing::warn!(after = ?DRAIN, "calls still in flight: stopping without them");
+            }
+            Ok(())
+        }
+    };
     // An activated socket is systemd's: it stays for the next start.
     if owns_socket {
         let _ = std::fs::remove_file(&config.address);

@@ -34,7 +34,10 @@ pub async fn assert_consistent(s: &mut Snap, root: &Path) {
     for info in &infos {
         let mounts = if info.kind == pb::Kind::Committed as i32 {
             let key = format!("consistency-check {}", info.name);
-            let m = s.view(&key, &info.name).await.unwrap();
+            let m = s
+                .view(&key, &info.name)
+                .await
+                .unwrap_or_else(|e| panic!("view of {}: {e:?}", info.name));
             s.remove(&key).await.unwrap();
             m
         } else {

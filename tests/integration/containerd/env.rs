@@ -449,6 +449,31 @@ impl Env {
         self.ctr(args).check(&args).stdout_bytes
     }
 
+    /// Restarts Strata (SIGTERM, start again on the same root and socket) while containerd
+    /// keeps running, and waits until containerd reaches it again through its proxy; how
+    /// long that took.
+    pub fn restart_strata(&mut self) -> std::time::Duration {
+        let before = self.ctr_ok(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+        self.strata.restart();
+        let restarted = std::time::Instant::now();
+        loop {
+            let out = self.ctr(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+            if out.status.success() {
+                assert_eq!(
+                    out.stdout, before,
+                    "the snapshots changed across the restart"
+                );
+                return restarted.elapsed();
+            }
+            assert!(
+                restarted.elapsed() < std::time::Duration::from_secs(60),
+                "containerd did not reach the restarted Strata: {}",
+                out.stderr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// A `ctr` call that must fail; its stderr.
     pub fn ctr_err(&self, args: &[&str]) -> String {
         let out = self.ctr(args);
