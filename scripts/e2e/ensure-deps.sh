@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs the end-to-end tests need are installed: containerd (with ctr and
-# containerd-shim-runc-v2), runc, a static busybox for the test image, and
-# systemd-socket-activate (socket activation without a running systemd).
+# containerd-shim-runc-v2), runc, a static busybox for the test image,
+# systemd-socket-activate (socket activation without a running systemd), and a registry
+# (docker-registry) with skopeo to push the test image to it.
 # Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
 # needed. Idempotent. Needs root when something has to be installed. With --check, installs
 # nothing and fails naming what is missing (what the tests call: they never install).
@@ -17,6 +18,8 @@ required=(
 	runc:/usr/sbin/runc
 	busybox-static:/bin/busybox
 	systemd:/usr/bin/systemd-socket-activate
+	docker-registry:/usr/bin/docker-registry
+	skopeo:/usr/bin/skopeo
 )
 
 missing=()

@@ -14,6 +14,7 @@
 
 mod env;
 mod layer_creation;
+mod registry;
 
 use strata::api::services::snapshots::v1 as pb;
 
@@ -84,6 +85,26 @@ fn strata_differ(test: &str, release: Containerd) {
     eprintln!("{test}: containerd reached the restarted Strata after {took:?}");
     env.run_container(image, "e2e-transfer-unpack", 2);
     env.remove_image(image);
+}
+
+/// containerd 2.1 pulls an image from a registry (Debian's docker-registry, filled by skopeo)
+/// through its transfer service, with the README's configuration: Strata applies every
+/// layer into its own snapshots, the container runs, and after removal the collector
+/// leaves nothing in Strata.
+#[test]
+#[ignore = "needs root"]
+fn pull_from_registry_2_1() {
+    let env = Env::start(
+        "containerd::pull_from_registry_2_1",
+        "overlayfs",
+        Containerd::V2_1,
+    );
+    let registry = registry::Registry::start(&env.scratch().join("registry"));
+    let name = "e2e/pull:1";
+    env.import(name, 1, Unpack::Pull(&registry));
+    let image = format!("{}/{name}", registry.address);
+    env.run_container(&image, "e2e-pull", 1);
+    env.remove_image(&image);
 }
 
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,

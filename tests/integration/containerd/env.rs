@@ -83,15 +83,18 @@ impl Containerd {
     }
 }
 
-/// How `ctr images import` unpacks the image.
+/// How the image gets into containerd and is unpacked.
 #[derive(Clone, Copy)]
-pub enum Unpack {
+pub enum Unpack<'r> {
     /// In `ctr` itself, with the first differ of containerd's diff-service order that
     /// implements the apply (1.6's only way, 1.7's default).
     Client,
     /// In containerd, by the transfer service (1.7's `--local=false`), with the differ its
     /// unpack configuration names for the snapshotter.
     Transfer,
+    /// Pushed to this registry and pulled from it with `ctr images pull` (2.x: by the
+    /// transfer service, as CRI pulls since 2.1).
+    Pull(&'r crate::containerd::registry::Registry),
 }
 
 /// `ctr`'s tables as whitespace-separated cells.
@@ -489,7 +492,7 @@ impl Env {
     /// `name` into an empty Strata, unpacked as `unpack` says. Then Strata must hold exactly
     /// the image's layer chain, and its Diff service must have applied each of those layers
     /// straight into its own snapshots (1.7) or none at all (1.6).
-    pub fn import(&self, name: &str, extra: usize, unpack: Unpack) {
+    pub fn import(&self, name: &str, extra: usize, unpack: Unpack<'_>) {
         assert_eq!(self.strata_snapshots(), [], "Strata must be empty first");
         let archive = self.tmp.path().join("image.tar");
         run(
@@ -502,14 +505,31 @@ impl Env {
         .check(&"build-image.sh");
         let applied_before = self.applied_lines().len();
 
-        let archive = archive.to_str().expect("UTF-8 path");
-        let mut args = vec!["images", "import", "--snapshotter", SNAPSHOTTER];
-        if let Unpack::Transfer = unpack {
-            args.push("--local=false");
-        }
-        args.push(archive);
-        self.ctr_ok(&args);
-        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), format!("{name}\n"));
+        let listed = match unpack {
+            Unpack::Pull(registry) => {
+                let reference = registry.push(&archive, name);
+                self.ctr_ok(&[
+                    "images",
+                    "pull",
+                    "--plain-http",
+                    "--snapshotter",
+                    SNAPSHOTTER,
+                    &reference,
+                ]);
+                reference
+            }
+            Unpack::Client | Unpack::Transfer => {
+                let archive = archive.to_str().expect("UTF-8 path");
+                let mut args = vec!["images", "import", "--snapshotter", SNAPSHOTTER];
+                if let Unpack::Transfer = unpack {
+                    args.push("--local=false");
+                }
+                args.push(archive);
+                self.ctr_ok(&args);
+                name.to_string()
+            }
+        };
+        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), format!("{listed}\n"));
 
         let layers = BASE_LAYERS + extra;
         self.check_layer_chain(layers);

@@ -1,0 +1,84 @@
+//! A private OCI registry for the end-to-end tests: Debian's `docker-registry` (the CNCF
+//! distribution registry) serving plain HTTP on a free loopback port from a directory of
+//! the test's, filled with `skopeo copy` from the test image's OCI archive.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+const SKOPEO: &str = "/usr/bin/skopeo";
+
+/// A running registry, killed on drop.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir`.
+    pub fn start(dir: &Path) -> Registry {
+        for program in [REGISTRY, SKOPEO] {
+            assert!(
+                Path::new(program).exists(),
+                "{program} is missing: run scripts/e2e/ensure-deps.sh"
+            );
+        }
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let address = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {address}\n",
+                dir.join("storage").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, address }
+    }
+
+    /// Pushes the image in the OCI archive `archive` as `<address>/<repository>`; the
+    /// reference.
+    pub fn push(&self, archive: &Path, repository: &str) -> String {
+        let reference = format!("{}/{repository}", self.address);
+        let out = Command::new(SKOPEO)
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
