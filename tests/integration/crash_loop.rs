@@ -550,15 +550,7 @@ async fn run_kind(kind: &str, kills: usize, seed: u64) -> (Counts, Vec<String>) 
     let content_dir = tmp.path().join("content");
     let content = LocalStore::new(content_dir.clone());
     let layers = Arc::new(make_layers(tmp.path(), &content));
-    let mut daemon = Daemon::start_with(
-        tmp.path(),
-        &[
-            "--snapshotter",
-            kind,
-            "--content-dir",
-            content_dir.to_str().unwrap(),
-        ],
-    );
+    let mut daemon = Daemon::start_with_content(tmp.path(), kind, &content_dir);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let shared: Shared = Arc::new(Mutex::new(Model {

@@ -45,15 +45,7 @@ async fn fixture_on(
     let daemon_dir = daemon_fs
         .as_ref()
         .map_or_else(|| tmp.path().to_path_buf(), |m| m.path().to_path_buf());
-    let daemon = Daemon::start_with(
-        &daemon_dir,
-        &[
-            "--snapshotter",
-            kind,
-            "--content-dir",
-            content_dir.to_str().unwrap(),
-        ],
-    );
+    let daemon = Daemon::start_with_content(&daemon_dir, kind, &content_dir);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let channel = strata::cli::connect(&daemon.socket).await.unwrap();

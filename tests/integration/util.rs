@@ -67,6 +67,13 @@ impl Daemon {
         Self::start_with(root, &["--snapshotter", kind])
     }
 
+    /// Starts a daemon with `--snapshotter kind` on `root` whose Diff service keeps blobs in
+    /// the OCI-layout directory `content`.
+    pub fn start_with_content(root: &Path, kind: &str, content: &Path) -> Self {
+        let content = content.to_str().expect("UTF-8 path");
+        Self::start_with(root, &["--snapshotter", kind, "--content-dir", content])
+    }
+
     /// Starts a daemon on `root` with extra `serve` arguments.
     pub fn start_with(root: &Path, extra: &[&str]) -> Self {
         let socket = root.join("strata.sock");
