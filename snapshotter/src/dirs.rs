@@ -228,16 +228,7 @@ impl<D: Driver> DirSnapshotter<D> {
             // A parent removed while it was being copied is the Remove winning the race, as
             // if it had come first: NotFound, not the copy's I/O error.
             self.store
-                .read(|txn| check_new(&self.store, txn, key, parent))
-                .and_then(|now| {
-                    if now == parent_ids {
-                        Ok(())
-                    } else {
-                        Err(Error::FailedPrecondition(format!(
-                            "parent {parent} changed while {key} was being created"
-                        )))
-                    }
-                })?;
+                .read(|txn| check_unchanged(&self.store, txn, key, parent, &parent_ids))?;
             return Err(e);
         }
 
@@ -256,11 +247,7 @@ impl<D: Driver> DirSnapshotter<D> {
             let (key, parent, temp) = (key.to_string(), parent.to_string(), temp.dir.clone());
             let (snapshots, placed) = (self.snapshots_dir(), Arc::clone(&placed));
             move |store, txn| {
-                if check_new(store, txn, &key, &parent)? != parent_ids {
-                    return Err(Error::FailedPrecondition(format!(
-                        "parent {parent} changed while {key} was being created"
-                    )));
-                }
+                check_unchanged(store, txn, &key, &parent, &parent_ids)?;
                 record.id = store.next_id(txn)?;
                 store.put(txn, &key, &record)?;
                 store.add_child(txn, &parent, &key)?;
@@ -356,6 +343,23 @@ fn check_new(store: &MetaStore, txn: &RoTxn, key: &str, parent: &str) -> Result<
         ))),
         Some(_) => store.parent_ids(txn, parent),
     }
+}
+
+/// [`check_new`] again after the slow part of a creation: `key` still free, and `parent`
+/// still committed with the chain `parent_ids` found before.
+fn check_unchanged(
+    store: &MetaStore,
+    txn: &RoTxn,
+    key: &str,
+    parent: &str,
+    parent_ids: &[u64],
+) -> Result<()> {
+    if check_new(store, txn, key, parent)? != parent_ids {
+        return Err(Error::FailedPrecondition(format!(
+            "parent {parent} changed while {key} was being created"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that active snapshot `key` can be committed as `name` (onto `parent`, if given and

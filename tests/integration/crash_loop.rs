@@ -38,7 +38,7 @@ use crate::suite::without_root;
 use crate::tree::{Op, apply, capture};
 use crate::util::{
     Daemon, Labels, Rng, Snap, TempDir, assert_root, mounts_under, snapshot_dirs, store_layer,
-    with_mounted,
+    try_with_mounted, with_mounted,
 };
 
 /// Concurrent clients.
@@ -481,18 +481,9 @@ fn write_files(root: &Path, id: usize, seq: u64, pick: u64) {
 /// [`tree_hash`] of `mounts` mounted under `mnt`; a mount that fails is a finding, not a
 /// panic (it says a directory the index names is gone).
 async fn mounted_tree(mounts: &[Mount], mnt: &Path) -> Result<u64, String> {
-    let mounts: Vec<_> = mounts
-        .iter()
-        .cloned()
-        .map(strata::convert::mount_from_pb)
-        .collect();
-    let mnt = mnt.to_path_buf();
+    let (mounts, mnt) = (mounts.to_vec(), mnt.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let m = mountutil::TempMount::new(&mounts, &mnt)
-            .map_err(|e| format!("cannot mount {mounts:?}: {e}"))?;
-        let tree = tree_hash(m.path());
-        m.release().map_err(|e| format!("unmount: {e}"))?;
-        Ok(tree)
+        try_with_mounted(&mounts, &mnt, tree_hash).map_err(|e| format!("{mounts:?}: {e}"))
     })
     .await
     .unwrap()

@@ -4,22 +4,19 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::util::{Daemon, Snap, TempDir, assert_root};
-
-fn strata() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.env("STRATA_CONFIG", "/dev/null");
-    c
-}
+use crate::util::{Daemon, Snap, TempDir, assert_root, strata_command};
 
 #[test]
 fn config_default_prints_a_config_that_starts_the_default_daemon() {
-    let out = strata().args(["config", "default"]).output().unwrap();
+    let out = strata_command()
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let parsed: strata::config::Config = toml::from_str(&text).unwrap();
@@ -45,7 +42,7 @@ fn flags_override_the_config_file_and_unknown_keys_are_named() {
     )
     .unwrap();
     // The file sets the root and the address; --root overrides the root only.
-    let mut child = strata()
+    let mut child = strata_command()
         .arg("serve")
         .arg("--config")
         .arg(&config)
@@ -68,7 +65,7 @@ fn flags_override_the_config_file_and_unknown_keys_are_named() {
     child.wait().unwrap();
 
     std::fs::write(&config, "root = \"/x\"\n[differ]\nlease_expiry = 5\n").unwrap();
-    let out = strata()
+    let out = strata_command()
         .arg("serve")
         .arg("--config")
         .arg(&config)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Snap, TempDir, assert_root};
+use crate::util::{Snap, TempDir, assert_root, strata_command};
 
 const ACTIVATOR: &str = "/usr/bin/systemd-socket-activate";
 
@@ -92,14 +92,13 @@ async fn notify_says_ready_once_serving_and_stopping_on_sigterm() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let socket = tmp.path().join("strata.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let child = strata_command()
         .arg("--address")
         .arg(&socket)
         .arg("serve")
         .arg("--root")
         .arg(tmp.path().join("root"))
         .env("NOTIFY_SOCKET", &notify)
-        .env("STRATA_CONFIG", "/dev/null")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

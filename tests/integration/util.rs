@@ -181,6 +181,14 @@ impl Drop for Daemon {
     }
 }
 
+/// The `strata` binary, kept from the machine's `/etc/strata/config.toml` (a `--config`
+/// still wins).
+pub fn strata_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+    c.env("STRATA_CONFIG", "/dev/null");
+    c
+}
+
 /// Mounts `mounts` on a fresh directory under `parent`; unmounted on drop.
 pub fn mount(mounts: &[PbMount], parent: &Path) -> mountutil::TempMount {
     let mounts: Vec<_> = mounts.iter().cloned().map(mount_from_pb).collect();
@@ -189,10 +197,20 @@ pub fn mount(mounts: &[PbMount], parent: &Path) -> mountutil::TempMount {
 
 /// Runs `f` on the mounted `mounts`.
 pub fn with_mounted<T>(mounts: &[PbMount], parent: &Path, f: impl FnOnce(&Path) -> T) -> T {
-    let m = mount(mounts, parent);
+    try_with_mounted(mounts, parent, f).expect("mount or unmount")
+}
+
+/// [`with_mounted`], a failing mount or unmount being an error rather than a panic.
+pub fn try_with_mounted<T>(
+    mounts: &[PbMount],
+    parent: &Path,
+    f: impl FnOnce(&Path) -> T,
+) -> Result<T, mountutil::Error> {
+    let mounts: Vec<_> = mounts.iter().cloned().map(mount_from_pb).collect();
+    let m = mountutil::TempMount::new(&mounts, parent)?;
     let out = f(m.path());
-    m.release().expect("unmount");
-    out
+    m.release()?;
+    Ok(out)
 }
 
 /// Thin typed calls over the client, panicking on transport errors only where noted.
