@@ -36,6 +36,7 @@ pub struct Metrics {
     grpc_in_flight: Family<Labels, Gauge>,
     layers_applied: Counter,
     layers_created: Counter,
+    layers_reused: Counter,
     layer_read_bytes: Counter,
     layer_written_bytes: Counter,
     apply_throughput: Histogram,
@@ -69,6 +70,7 @@ impl Metrics {
             grpc_in_flight: Family::default(),
             layers_applied: Counter::default(),
             layers_created: Counter::default(),
+            layers_reused: Counter::default(),
             layer_read_bytes: Counter::default(),
             layer_written_bytes: Counter::default(),
             // 1 MB/s to ~4 GB/s.
@@ -103,6 +105,11 @@ impl Metrics {
             "layers_created",
             "layers created by the Diff service",
             m.layers_created.clone(),
+        );
+        registry.register(
+            "layers_reused",
+            "extraction Prepares answered with a layer already committed on their parent",
+            m.layers_reused.clone(),
         );
         registry.register_with_unit(
             "layer_read",
@@ -153,6 +160,11 @@ impl Metrics {
     /// A layer created.
     pub fn layer_created(&self) {
         self.layers_created.inc();
+    }
+
+    /// An extraction Prepare answered with a layer already committed.
+    pub fn layer_reused(&self) {
+        self.layers_reused.inc();
     }
 
     /// Sets the gauges of state from `instances` (on a blocking thread: List reads the

@@ -51,7 +51,7 @@ impl Classify for snapshotter::Error {
         use snapshotter::Error as S;
         match self {
             S::NotFound(_) => Code::NotFound,
-            S::AlreadyExists(_) => Code::AlreadyExists,
+            S::AlreadyExists(_) | S::LayerCommitted { .. } => Code::AlreadyExists,
             S::InvalidArgument(_) => Code::InvalidArgument,
             S::FailedPrecondition(_) => Code::FailedPrecondition,
             S::NotImplemented(_) => Code::Unimplemented,

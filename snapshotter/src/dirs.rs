@@ -19,9 +19,10 @@ use heed::{RoTxn, RwTxn};
 use mountutil::lock::RootLock;
 
 use crate::metastore::{MetaStore, Record, from_time};
+use crate::reuse::{self, LayerClaim};
 use crate::{
-    Error, Filters, Info, Kind, Labels, Mount, OwnedSnapshot, Result, Snapshotter, Usage,
-    WhiteoutMode, disk_usage,
+    Error, Filters, Info, Kind, Labels, Mount, OwnedSnapshot, Result, SNAPSHOT_REF, Snapshotter,
+    Usage, WhiteoutMode, disk_usage,
 };
 
 /// What differs between snapshotters that keep a directory per snapshot.
@@ -219,9 +220,25 @@ impl<D: Driver> DirSnapshotter<D> {
                 "snapshot key must not be empty".into(),
             ));
         }
-        let parent_ids = self
-            .store
-            .read(|txn| check_new(&self.store, txn, key, parent))?;
+        let parent_ids = self.store.read(|txn| {
+            let parent_ids = check_new(&self.store, txn, key, parent)?;
+            if let Some(claim) = LayerClaim::of(&labels)
+                && let Some(committed) = reuse::committed_layer(&self.store, txn, &claim, parent)?
+            {
+                tracing::info!(
+                    key,
+                    parent,
+                    committed,
+                    "layer already committed; not creating"
+                );
+                return Err(Error::LayerCommitted {
+                    chain: labels[SNAPSHOT_REF].clone(),
+                    parent: parent.to_string(),
+                    name: committed,
+                });
+            }
+            Ok(parent_ids)
+        })?;
         let parents: Vec<PathBuf> = parent_ids.iter().map(|id| self.dir(*id).fs()).collect();
         let temp = self.temp_dir()?;
         if let Err(e) = self.driver.populate(&temp.dir, kind, &parents) {

@@ -17,6 +17,17 @@ pub enum Error {
     /// A snapshot with that key or name exists.
     #[error("{0}: already exists")]
     AlreadyExists(String),
+    /// A Prepare for layer `chain` found it already committed on its parent as `name`:
+    /// containerd's cue to adopt that snapshot rather than unpack the layer.
+    #[error("layer {chain} already committed on {parent:?} as {name}: already exists")]
+    LayerCommitted {
+        /// The chain ID the Prepare was labelled with.
+        chain: String,
+        /// The parent asked for.
+        parent: String,
+        /// The committed snapshot holding the layer.
+        name: String,
+    },
     /// The request itself is malformed (empty key, bad filter, bad field mask, ...).
     #[error("{0}: invalid argument")]
     InvalidArgument(String),

@@ -18,6 +18,7 @@ pub mod filter;
 mod metastore;
 pub mod native;
 pub mod overlay;
+mod reuse;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use dirs::{DirSnapshotter, Driver, Options, SnapshotDir};
 pub use error::{Error, Result};
 pub use filter::Filters;
 pub use mountutil::Mount;
+pub use reuse::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF};
 pub use usage::disk_usage;
 
 /// Labels of a snapshot. Empty values are never stored: an empty value means "delete".
@@ -125,7 +127,9 @@ pub trait Snapshotter: Send + Sync {
     /// The mounts of an active snapshot or view, as Prepare/View returned them.
     fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
 
-    /// Creates an active snapshot on top of committed `parent` (empty for none).
+    /// Creates an active snapshot on top of committed `parent` (empty for none). A Prepare
+    /// for a layer already committed on `parent` (by its [`SNAPSHOT_REF`] chain ID) creates
+    /// nothing and answers AlreadyExists, containerd's cue to adopt that snapshot.
     fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>>;
 
     /// Creates a read-only view of committed `parent` (empty for an empty view).

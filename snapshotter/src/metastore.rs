@@ -456,6 +456,22 @@ impl MetaStore {
             .is_some())
     }
 
+    /// The keys and names of the snapshots whose parent is `parent` (not empty).
+    pub fn children(&self, txn: &RoTxn, parent: &str) -> Result<Vec<String>> {
+        let prefix = child_prefix(parent);
+        let mut out = Vec::new();
+        for item in self.children.prefix_iter(txn, &prefix)? {
+            let (key, ()) = item?;
+            let child =
+                std::str::from_utf8(&key[prefix.len()..]).map_err(|e| Error::CorruptRecord {
+                    key: parent.to_string(),
+                    source: serde::de::Error::custom(format!("child name: {e}")),
+                })?;
+            out.push(child.to_string());
+        }
+        Ok(out)
+    }
+
     /// Allocates the next directory id.
     pub fn next_id(&self, txn: &mut RwTxn) -> Result<u64> {
         let id = self.meta.get(txn, "next_id")?.unwrap_or(1);

@@ -163,6 +163,115 @@ fn concurrent_calls_on_overlapping_keys(kind: &str) {
     }
 }
 
+/// `labels` from pairs.
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Unpacks a layer as containerd's unpacker does: Prepare `key` labelled with the chain ID
+/// (and whatever else `extra` says), commit it as `name` with the same labels.
+fn unpack(s: &dyn Snapshotter, name: &str, key: &str, parent: &str, extra: &[(&str, &str)]) {
+    let labels = labels(extra);
+    s.prepare(key, parent, labels.clone()).unwrap();
+    s.commit(name, key, labels, "").unwrap();
+}
+
+/// A Prepare for a layer already committed on the same parent (another containerd
+/// namespace unpacked it) creates nothing and answers AlreadyExists; the filter containerd
+/// then lists with finds the committed snapshot. Anything that does not match exactly (other
+/// parent, other chain, labels that do not add up, a parallel-unpack Prepare) gets a fresh
+/// snapshot as before.
+fn committed_layers_are_reused(kind: &str) {
+    use snapshotter::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(kind, root).unwrap();
+    let (base, top) = (
+        "sha256:b68ad689d6d1ec110ea1c13617437ad6f3766d4b3b309f6a603a222e07a0164f",
+        "sha256:5f1f3c1bd5b0f2a41c5e6f1aeb23a5b61f4e1bbde0b0b6b4c1a3b9db1e7b2f00",
+    );
+    unpack(&*s, "a/1/base", "a/k1", "", &[(SNAPSHOT_REF, base)]);
+    unpack(&*s, "a/2/top", "a/k2", "a/1/base", &[(SNAPSHOT_REF, top)]);
+    let before = names(&*s);
+
+    let reused = |key: &str, parent: &str, extra: &[(&str, &str)]| match s.prepare(
+        key,
+        parent,
+        labels(extra),
+    ) {
+        Err(Error::LayerCommitted { .. }) => true,
+        Ok(_) => {
+            s.remove(key).unwrap();
+            false
+        }
+        Err(e) => panic!("prepare {key}: {e}"),
+    };
+    assert!(reused("b/k1", "", &[(SNAPSHOT_REF, base)]));
+    assert!(reused("b/k2", "a/1/base", &[(SNAPSHOT_REF, top)]));
+    assert_eq!(names(&*s), before, "a reused layer creates nothing");
+    let filter = format!("labels.\"{SNAPSHOT_REF}\"=={top},parent==\"a/1/base\"");
+    let found = s.list(&Filters::parse(&[filter]).unwrap()).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].name.as_str(), found[0].kind),
+        ("a/2/top", Kind::Committed)
+    );
+
+    // containerd 2.3's labels agree: still reused.
+    let diff = "sha256:bb";
+    let first = "sha256:bb";
+    unpack(
+        &*s,
+        "a/3/first",
+        "a/k3",
+        "",
+        &[(SNAPSHOT_REF, first), (DIFF_ID, diff)],
+    );
+    assert!(reused(
+        "b/k3",
+        "",
+        &[(SNAPSHOT_REF, first), (DIFF_ID, diff)]
+    ));
+    assert!(reused("b/k4", "", &[(SNAPSHOT_REF, first)]));
+    // ... and do not: a chain ID that is not the diff ID of a first layer, another diff ID
+    // than the one recorded, a parent that is not the chain named, a parallel unpack.
+    assert!(!reused(
+        "b/k5",
+        "",
+        &[(SNAPSHOT_REF, first), (DIFF_ID, "sha256:cc")]
+    ));
+    assert!(!reused(
+        "b/k6",
+        "a/1/base",
+        &[(SNAPSHOT_REF, top), (PARENT_CHAIN_ID, first)]
+    ));
+    assert!(!reused(
+        "b/k7",
+        "",
+        &[(SNAPSHOT_REF, top), (PARENT_CHAIN_ID, base)]
+    ));
+    // Another parent, another chain, an active snapshot with the chain, no label at all.
+    assert!(!reused("b/k8", "a/3/first", &[(SNAPSHOT_REF, top)]));
+    assert!(!reused("b/k9", "", &[(SNAPSHOT_REF, "sha256:other")]));
+    s.prepare("a/k10", "", labels(&[(SNAPSHOT_REF, "sha256:busy")]))
+        .unwrap();
+    assert!(!reused("b/k10", "", &[(SNAPSHOT_REF, "sha256:busy")]));
+    assert!(!reused("b/k11", "", &[]));
+    // An existing key is still an existing key, and a missing parent still missing.
+    assert!(matches!(
+        s.prepare("a/k10", "", labels(&[(SNAPSHOT_REF, base)])),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        s.prepare("b/k12", "nope", labels(&[(SNAPSHOT_REF, top)])),
+        Err(Error::NotFound(_))
+    ));
+    assert_agree(&*s, root);
+}
+
 macro_rules! for_each_kind {
     ($($case:ident),* $(,)?) => {
         mod native {
@@ -177,5 +286,6 @@ macro_rules! for_each_kind {
 for_each_kind!(
     lifecycle,
     orphans_are_reclaimed,
-    concurrent_calls_on_overlapping_keys
+    concurrent_calls_on_overlapping_keys,
+    committed_layers_are_reused
 );

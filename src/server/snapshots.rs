@@ -15,6 +15,7 @@ use crate::api::services::snapshots::v1 as pb;
 use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
 use crate::instances::Instances;
+use crate::metrics::METRICS;
 use crate::status::{invalid, join_error, to_status};
 
 /// List answers are split so each message stays well under containerd's 16 MiB limit.
@@ -112,7 +113,11 @@ impl Snapshots for SnapshotsService {
         let labels = labels_from_pb(r.labels);
         let mounts = self
             .call(&r.snapshotter, move |s| {
-                s.prepare(&r.key, &r.parent, labels)
+                s.prepare(&r.key, &r.parent, labels).inspect_err(|e| {
+                    if let snapshotter::Error::LayerCommitted { .. } = e {
+                        METRICS.layer_reused();
+                    }
+                })
             })
             .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {

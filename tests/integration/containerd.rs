@@ -107,6 +107,66 @@ fn pull_from_registry_2_1() {
     env.remove_image(&image);
 }
 
+/// Two containerd namespaces pull one image (as `default` and Kubernetes' `k8s.io` do on
+/// one host): the second pull finds every layer already committed in Strata, which answers
+/// its extraction Prepares with AlreadyExists; containerd adopts the committed snapshots,
+/// so Strata applies nothing and stores nothing more, and the image runs in both. Removing
+/// it from one namespace keeps the layers the other uses; removing it from both leaves
+/// nothing.
+#[test]
+#[ignore = "needs root"]
+fn shared_layers_2_1() {
+    let mut env = Env::start(
+        "containerd::shared_layers_2_1",
+        "overlayfs",
+        Containerd::V2_1,
+    );
+    let registry = registry::Registry::start(&env.scratch().join("registry"));
+    let name = "e2e/shared:1";
+    env.import(name, 1, Unpack::Pull(&registry));
+    let image = format!("{}/{name}", registry.address);
+    let stored = env.strata_snapshots();
+    let applied = env.applied_lines().len();
+
+    env.use_namespace("e2e-other");
+    env.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        SNAPSHOTTER,
+        &image,
+    ]);
+    assert_eq!(env.applied_lines().len(), applied, "layers applied again");
+    assert_eq!(env.strata_snapshots(), stored, "Strata's snapshots changed");
+    let reused = env
+        .strata
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("layer already committed"))
+        .count();
+    assert_eq!(reused, stored.len(), "each layer reused once");
+    // containerd's view in the second namespace: the whole chain, committed.
+    let listed = env.ctr_ok(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+    let committed = table(&listed)
+        .iter()
+        .filter(|row| row.last() == Some(&"Committed"))
+        .count();
+    assert_eq!(committed, stored.len(), "{listed}");
+    env.run_container(&image, "e2e-other-run", 1);
+
+    env.use_namespace(NAMESPACE);
+    env.ctr_ok(&["images", "rm", "--sync", &image]);
+    env.collect_garbage();
+    assert_eq!(
+        env.strata_snapshots(),
+        stored,
+        "layers in use were collected"
+    );
+    env.use_namespace("e2e-other");
+    env.remove_image(&image);
+}
+
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,
 /// run, removal and GC.
 fn image_lifecycle(test: &str, kind: &str) {

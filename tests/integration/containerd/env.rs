@@ -328,6 +328,8 @@ pub struct Env {
     pub strata: Daemon,
     runtime: tokio::runtime::Runtime,
     tmp: TempDir,
+    /// The containerd namespace `ctr` works in ([`NAMESPACE`] unless changed).
+    namespace: String,
 }
 
 impl Env {
@@ -403,6 +405,7 @@ impl Env {
             strata,
             runtime,
             tmp,
+            namespace: NAMESPACE.to_string(),
         };
         env.wait_ready();
         env
@@ -428,8 +431,13 @@ impl Env {
         let mut cmd = Command::new(program(self.bin.as_deref(), "ctr"));
         cmd.arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", NAMESPACE]);
+            .args(["--namespace", &self.namespace]);
         cmd
+    }
+
+    /// Makes the following `ctr` calls work in containerd namespace `namespace`.
+    pub fn use_namespace(&mut self, namespace: &str) {
+        self.namespace = namespace.to_string();
     }
 
     /// A directory for the test's own files, removed with the environment.
@@ -554,7 +562,7 @@ impl Env {
     }
 
     /// Strata's log lines for the layers its Diff service applied.
-    fn applied_lines(&self) -> Vec<String> {
+    pub fn applied_lines(&self) -> Vec<String> {
         self.strata
             .log_text()
             .lines()
