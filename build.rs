@@ -1,4 +1,6 @@
-//! Compiles `proto/` into Rust with protox (no system protoc) and tonic-prost-build.
+//! Compiles `proto/` into Rust with protox (no system protoc) and tonic-prost-build:
+//! containerd's API (clients and servers) and the CRI subset the end-to-end tests drive
+//! containerd with (clients only).
 
 const PROTOS: &[&str] = &[
     "containerd/types/mount.proto",
@@ -16,5 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+    let cri = protox::compile(["k8s/cri/runtime/v1/api.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(cri)?;
     Ok(())
 }

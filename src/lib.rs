@@ -17,8 +17,13 @@ pub mod server;
 pub mod status;
 pub mod systemd;
 
-/// Code generated from `proto/` (containerd's wire API).
+/// Code generated from `proto/` (containerd's wire API, and the CRI subset the tests use).
 pub mod api {
+    /// `runtime.v1`: the part of Kubernetes' CRI the end-to-end tests call containerd's CRI
+    /// plugin with, as kubelet does (clients only).
+    pub mod cri {
+        tonic::include_proto!("runtime.v1");
+    }
     /// `containerd.types`.
     pub mod types {
         tonic::include_proto!("containerd.types");

@@ -10,9 +10,10 @@
 # Layers are gzip-compressed tars with numeric owners, fixed mtimes and sorted names, so the
 # same arguments always give the same digests. index.json names the image NAME through the
 # org.opencontainers.image.ref.name annotation, which `ctr images import` uses; give a full
-# reference such as example.test/e2e:1 so ctr does not add a prefix.
+# reference such as example.test/e2e:1 so ctr does not add a prefix. The image's command is
+# /bin/sh, or the JSON array in IMAGE_CMD (e.g. '["/bin/sleep","3600"]' for a pod sandbox).
 #
-# Usage: build-image.sh OUT.tar NAME [EXTRA_LAYERS]
+# Usage: [IMAGE_CMD=JSON] build-image.sh OUT.tar NAME [EXTRA_LAYERS]
 set -euo pipefail
 
 if (($# < 2 || $# > 3)); then
@@ -23,7 +24,7 @@ out=$1
 name=$2
 extra=${3:-0}
 busybox=/bin/busybox
-applets=(sh ls cat find sort grep wc echo test mkdir rm)
+applets=(sh ls cat find sort grep wc echo test mkdir rm sleep)
 mtime=@1577836800 # 2020-01-01T00:00:00Z
 
 case "$(dpkg --print-architecture)" in
@@ -126,8 +127,8 @@ join() {
 }
 
 config=$work/config.json
-printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
-	"$arch" "$(join "${diff_ids[@]}")" >"$config"
+printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+	"$arch" "${IMAGE_CMD:-[\"/bin/sh\"]}" "$(join "${diff_ids[@]}")" >"$config"
 config_size=$(size "$config")
 config_digest=$(store_blob "$config")
 

@@ -71,15 +71,21 @@ impl Diff for DiffService {
         let desc = r
             .diff
             .ok_or_else(|| invalid("apply needs a diff descriptor"))?;
-        if !r.payloads.is_empty() {
-            return Err(to_status(LayerError::Unsupported(
-                "stream processor payloads".into(),
-            )));
+        let compression = compression(&desc.media_type)?;
+        // Payloads are for stream processors, which containerd runs only for media types it
+        // cannot apply itself (encrypted ones, refused above). Its 1.7 CRI plugin sends a
+        // decryption payload with every layer (`image_decryption.key_model = "node"`, the
+        // default): refusing those sent every Kubernetes pull to the walking differ.
+        if !r.payloads.is_empty() && compression.is_none() {
+            return Err(to_status(LayerError::Unsupported(format!(
+                "stream processor payloads for media type {:?}",
+                desc.media_type
+            ))));
         }
         let layer = ApplyLayer {
             digest: Digest::parse(&desc.digest).map_err(|e| to_status(LayerError::from(e)))?,
             size: desc.size.max(0) as u64,
-            compression: compression(&desc.media_type)?,
+            compression,
             uncompressed: desc.annotations.get(UNCOMPRESSED_LABEL).cloned(),
             mounts: r.mounts.into_iter().map(mount_from_pb).collect(),
             sync_fs: r.sync_fs,

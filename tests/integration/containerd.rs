@@ -12,6 +12,7 @@
 //! Needs root. `scripts/e2e/ensure-deps.sh` installs containerd, runc and busybox-static if
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
 
+mod cri;
 mod env;
 mod layer_creation;
 mod registry;
@@ -165,6 +166,22 @@ fn shared_layers_2_1() {
     );
     env.use_namespace("e2e-other");
     env.remove_image(&image);
+}
+
+/// Kubernetes' path on containerd 1.7.24 (the README's 1.7 configuration, CRI on): pull
+/// with and without credentials, a pod and its container, ImageFsInfo, 50 pods of churn,
+/// image removal; every layer applied by Strata's differ.
+#[test]
+#[ignore = "needs root"]
+fn cri_1_7() {
+    cri::pod_lifecycle("containerd::cri_1_7", Containerd::V1_7);
+}
+
+/// The same on containerd 2.1.9 with the README's version-3 configuration.
+#[test]
+#[ignore = "needs root"]
+fn cri_2_1() {
+    cri::pod_lifecycle("containerd::cri_2_1", Containerd::V2_1);
 }
 
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,

@@ -362,6 +362,35 @@ async fn foreign_mounts_and_misuse() {
     );
     let r = dpb::ApplyRequest::default();
     assert_eq!(code(f.d.apply(r).await), Code::InvalidArgument);
+
+    // Stream-processor payloads (containerd 1.7's CRI sends a decryption payload with every
+    // layer): ignored for a media type applied here, refused for one Strata cannot tell, so
+    // that containerd falls back to a differ that runs its stream processors.
+    let payloads = std::collections::HashMap::from([(
+        "io.containerd.ocicrypt.v1".to_string(),
+        prost_types::Any {
+            type_url: "github.com/containerd/imgcrypt/Payload".into(),
+            value: vec![],
+        },
+    )]);
+    let fresh = f.s.prepare("p", "").await.unwrap();
+    let r = dpb::ApplyRequest {
+        diff: Some(desc.clone()),
+        mounts: fresh.clone(),
+        payloads: payloads.clone(),
+        ..Default::default()
+    };
+    let applied = f.d.apply(r).await.unwrap().into_inner().applied.unwrap();
+    assert_eq!(applied.digest, diff_id.to_string());
+    let mut custom = desc.clone();
+    custom.media_type = "application/vnd.example.layer.v1.custom".into();
+    let r = dpb::ApplyRequest {
+        diff: Some(custom),
+        mounts: fresh,
+        payloads,
+        ..Default::default()
+    };
+    assert_eq!(code(f.d.apply(r).await), Code::Unimplemented);
 }
 
 /// Writes `path` until the filesystem is full.

@@ -76,13 +76,18 @@ impl Daemon {
 
     /// Starts a daemon on `root` with extra `serve` arguments.
     pub fn start_with(root: &Path, extra: &[&str]) -> Self {
-        let socket = root.join("strata.sock");
+        Self::start_rooted(root, root.join("root"), extra)
+    }
+
+    /// Starts a daemon with its socket and log in `dir` and its root at `root`.
+    pub fn start_rooted(dir: &Path, root: PathBuf, extra: &[&str]) -> Self {
+        let socket = dir.join("strata.sock");
         let mut d = Daemon {
             child: None,
-            root: root.join("root"),
+            root,
             socket,
             args: extra.iter().map(|s| s.to_string()).collect(),
-            log: root.join("daemon.log"),
+            log: dir.join("daemon.log"),
         };
         d.spawn();
         d

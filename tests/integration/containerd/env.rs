@@ -16,8 +16,6 @@ use crate::util::{self, Daemon, Snap, TempDir};
 pub const NAMESPACE: &str = "e2e";
 /// The proxy snapshotter name containerd knows Strata by.
 pub const SNAPSHOTTER: &str = "strata";
-/// The proxy differ name containerd 1.7 knows Strata by (it must differ from the snapshotter's).
-const DIFFER: &str = "strata-diff";
 /// Limit for one `ctr` (or script) invocation.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long containerd may take to come up.
@@ -74,6 +72,15 @@ impl Containerd {
             Containerd::V1_6 => None,
             Containerd::V1_7 => Some("1.7"),
             Containerd::V2_1 => Some("2.1"),
+        }
+    }
+
+    /// The README's name for the release's configuration (`<!-- e2e: containerd X -->`).
+    fn readme_name(self) -> &'static str {
+        match self {
+            Containerd::V1_6 => "1.6",
+            Containerd::V1_7 => "1.7",
+            Containerd::V2_1 => "2.x",
         }
     }
 
@@ -168,138 +175,142 @@ fn script(name: &str) -> Command {
     cmd
 }
 
+/// Builds the test image (`build-image.sh`) with `extra` layers beyond the base ones as the
+/// OCI archive `archive` naming it `name`, with command `cmd` (a JSON array; `/bin/sh` if
+/// `None`).
+pub fn build_image(archive: &Path, name: &str, extra: usize, cmd: Option<&str>) {
+    let mut build = script("build-image.sh");
+    build.arg(archive).arg(name).arg(extra.to_string());
+    if let Some(cmd) = cmd {
+        build.env("IMAGE_CMD", cmd);
+    }
+    run(&mut build, archive.parent().expect("a directory")).check(&"build-image.sh");
+}
+
 /// A TOML string holding `path`.
 fn toml_path(path: &Path) -> String {
     toml::Value::String(path.to_str().expect("UTF-8 path").to_owned()).to_string()
 }
 
+/// What a containerd's CRI plugin needs on this machine beyond the README's configuration.
+pub struct CriSetup {
+    /// `config_path`: a `hosts.toml` per registry host (plain HTTP on loopback).
+    pub hosts_dir: PathBuf,
+    /// The pod sandbox ("pause") image.
+    pub sandbox_image: String,
+}
+
+/// The README's configuration for `release`: the TOML block after the line
+/// `<!-- e2e: containerd <release> -->`, with the README's socket, root and platform
+/// replaced by this test's.
+fn readme_config(release: Containerd, strata: &Path, strata_root: &Path) -> String {
+    const README: &str = include_str!("../../../README.md");
+    let marker = format!("<!-- e2e: containerd {} -->", release.readme_name());
+    let after = README
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .1;
+    let block = after
+        .trim_start()
+        .strip_prefix("```toml\n")
+        .and_then(|b| b.split_once("```"))
+        .unwrap_or_else(|| panic!("no TOML block after {marker}"))
+        .0;
+    block
+        .replace("\"/run/strata/strata.sock\"", &toml_path(strata))
+        .replace("\"/var/lib/strata\"", &toml_path(strata_root))
+        .replace("\"linux/amd64\"", &format!("\"linux/{}\"", oci_arch()))
+}
+
 /// The configuration of a containerd under `dir` using the Strata daemon serving `strata`
-/// (its socket) for `strata_root`.
+/// (its socket) for `strata_root`: this test's paths, then the README's configuration for
+/// the release as it is, then (with `cri`) what the CRI plugin needs on this machine.
 fn containerd_config(
     release: Containerd,
     dir: &Path,
     socket: &Path,
     strata: &Path,
     strata_root: &Path,
+    cri: Option<&CriSetup>,
 ) -> String {
-    if release == Containerd::V2_1 {
-        return containerd_config_v3(dir, socket, strata, strata_root);
+    let v3 = release == Containerd::V2_1;
+    let q = |name: &str| {
+        if v3 {
+            format!("'{name}'")
+        } else {
+            format!("\"{name}\"")
+        }
+    };
+    let mut disabled = vec![
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.blockfile",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.erofs",
+        "io.containerd.snapshotter.v1.zfs",
+    ];
+    if cri.is_none() {
+        // Slow to start, and unused.
+        disabled.push("io.containerd.grpc.v1.cri");
     }
-    let strata = toml_path(strata);
+    let disabled: Vec<String> = disabled.iter().map(|p| format!("\"{p}\"")).collect();
+    let readme = readme_config(release, strata, strata_root);
+    let (header, readme) = readme
+        .split_once('\n')
+        .expect("the README's configuration starts with its version");
     let mut config = format!(
-        r#"version = 2
+        r#"{header}
 root = {root}
 state = {state}
-# The CRI plugin is slow to start and unused; the other snapshotters are unused too.
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
+disabled_plugins = [{disabled}]
 
 [grpc]
   address = {socket}
 
 # No collection at startup, so none runs before the test's first removal (a late startup
 # collection could take `ctr snapshots view`'s snapshot before the test labels it a GC root).
-[plugins."io.containerd.gc.v1.scheduler"]
+[plugins.{gc}]
   startup_delay = "0s"
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = {opt}
-
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = {strata}
-"#,
+[plugins.{opt}]
+  path = {opt_path}
+{readme}"#,
         root = toml_path(&dir.join("root")),
         state = toml_path(&dir.join("state")),
+        disabled = disabled.join(", "),
         socket = toml_path(socket),
-        opt = toml_path(&dir.join("opt")),
+        gc = q("io.containerd.gc.v1.scheduler"),
+        opt = q("io.containerd.internal.v1.opt"),
+        opt_path = toml_path(&dir.join("opt")),
     );
-    if release == Containerd::V1_7 {
-        let platform = format!("linux/{}", oci_arch());
-        config += &format!(
-            r#"
-[proxy_plugins.{DIFFER}]
-  type = "diff"
-  address = {strata}
-
-# Client-side unpack: differs are tried in order, the next one when a differ answers
-# UNIMPLEMENTED.
-[plugins."io.containerd.service.v1.diff-service"]
-  default = ["{DIFFER}", "walking"]
-
-# Transfer-service unpack: one entry per snapshotter (this list replaces the default one),
-# each naming its differ (1.7 would pick one of several matching differs at random).
-[[plugins."io.containerd.transfer.v1.local".unpack_config]]
-  platform = "{platform}"
-  snapshotter = "overlayfs"
-  differ = "walking"
-[[plugins."io.containerd.transfer.v1.local".unpack_config]]
-  platform = "{platform}"
-  snapshotter = "{SNAPSHOTTER}"
-  differ = "{DIFFER}"
+    if let Some(cri) = cri {
+        // runc here cannot lower oom_score_adj; pulls find the test registries through
+        // hosts.toml files; the sandbox image comes from a test registry too.
+        let (hosts, sandbox) = (toml_path(&cri.hosts_dir), &cri.sandbox_image);
+        config += &if v3 {
+            format!(
+                r#"
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = {hosts}
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{sandbox}"
 "#
-        );
+            )
+        } else {
+            format!(
+                r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "{sandbox}"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = {hosts}
+"#
+            )
+        };
     }
     config
-}
-
-/// containerd 2.x's configuration: the README's version-3 proxy, diff-service and transfer
-/// sections as they are, around this test's paths.
-fn containerd_config_v3(dir: &Path, socket: &Path, strata: &Path, strata_root: &Path) -> String {
-    let platform = format!("linux/{}", oci_arch());
-    format!(
-        r#"version = 3
-root = {root}
-state = {state}
-# The CRI plugins are slow to start and unused; the other snapshotters are unused too.
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.erofs",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = {socket}
-
-[plugins.'io.containerd.gc.v1.scheduler']
-  startup_delay = "0s"
-
-[proxy_plugins.{SNAPSHOTTER}]
-  type = "snapshot"
-  address = {strata}
-  capabilities = ["rebase"]
-  exports = {{ root = {strata_root} }}
-
-[proxy_plugins.{DIFFER}]
-  type = "diff"
-  address = {strata}
-
-[plugins.'io.containerd.service.v1.diff-service']
-  default = ["{DIFFER}", "walking"]
-
-[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-  platform = "{platform}"
-  snapshotter = "overlayfs"
-  differ = "walking"
-[[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
-  platform = "{platform}"
-  snapshotter = "{SNAPSHOTTER}"
-  differ = "{DIFFER}"
-"#,
-        root = toml_path(&dir.join("root")),
-        state = toml_path(&dir.join("state")),
-        socket = toml_path(socket),
-        strata = toml_path(strata),
-        strata_root = toml_path(strata_root),
-    )
 }
 
 /// This machine's architecture as OCI names it.
@@ -341,6 +352,23 @@ impl Env {
 
     /// [`Env::start`] with more arguments for `strata serve`.
     pub fn start_with(test: &str, kind: &str, release: Containerd, strata_extra: &[&str]) -> Env {
+        Self::launch(test, kind, release, strata_extra, None)
+    }
+
+    /// [`Env::start`] (overlayfs) with containerd's CRI plugin on, set up as `cri` says. On
+    /// 1.7, Strata's root is where that CRI plugin reports the image filesystem to be
+    /// (`<containerd root>/io.containerd.snapshotter.v1.strata`), as the README says.
+    pub fn start_cri(test: &str, release: Containerd, cri: CriSetup) -> Env {
+        Self::launch(test, "overlayfs", release, &[], Some(cri))
+    }
+
+    fn launch(
+        test: &str,
+        kind: &str,
+        release: Containerd,
+        strata_extra: &[&str],
+        cri: Option<CriSetup>,
+    ) -> Env {
         util::assert_root(test);
         // No colon in the path: it would split overlay lowerdir options.
         let tmp = TempDir::new(&test.replace("::", "-"));
@@ -367,14 +395,22 @@ impl Env {
             strata_args.extend(["--containerd-address", socket.to_str().expect("UTF-8")]);
         }
         strata_args.extend(strata_extra);
-        let strata = Daemon::start_with(&strata_dir, &strata_args);
+        let strata_root = match (&cri, release) {
+            (Some(_), Containerd::V1_7) => dir.join("root/io.containerd.snapshotter.v1.strata"),
+            _ => strata_dir.join("root"),
+        };
+        let strata = Daemon::start_rooted(&strata_dir, strata_root, &strata_args);
 
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            containerd_config(release, &dir, &socket, &strata.socket, &strata.root),
-        )
-        .expect("write config");
+        let text = containerd_config(
+            release,
+            &dir,
+            &socket,
+            &strata.socket,
+            &strata.root,
+            cri.as_ref(),
+        );
+        std::fs::write(&config, text).expect("write config");
         let log = dir.join("containerd.log");
         let log_file = File::create(&log).expect("containerd log");
         let mut cmd = Command::new(program(bin.as_deref(), "containerd"));
@@ -433,6 +469,16 @@ impl Env {
             .arg(&self.socket)
             .args(["--namespace", &self.namespace]);
         cmd
+    }
+
+    /// containerd's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs `f` on the test's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
     }
 
     /// Makes the following `ctr` calls work in containerd namespace `namespace`.
@@ -503,14 +549,7 @@ impl Env {
     pub fn import(&self, name: &str, extra: usize, unpack: Unpack<'_>) {
         assert_eq!(self.strata_snapshots(), [], "Strata must be empty first");
         let archive = self.tmp.path().join("image.tar");
-        run(
-            script("build-image.sh")
-                .arg(&archive)
-                .arg(name)
-                .arg(extra.to_string()),
-            self.tmp.path(),
-        )
-        .check(&"build-image.sh");
+        build_image(&archive, name, extra, None);
         let applied_before = self.applied_lines().len();
 
         let listed = match unpack {
