@@ -9,6 +9,11 @@ const PROTOS: &[&str] = &[
     "containerd/services/diff/v1/diff.proto",
     "containerd/services/content/v1/content.proto",
     "containerd/services/leases/v1/leases.proto",
+    "containerd/services/images/v1/images.proto",
+    "containerd/services/containers/v1/containers.proto",
+    "containerd/services/namespaces/v1/namespace.proto",
+    "containerd/services/introspection/v1/introspection.proto",
+    "containerd/services/version/v1/version.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -42,9 +42,10 @@ pub struct DifferConfig {
     /// instead of containerd's Content service.
     #[serde(default)]
     pub content_dir: Option<PathBuf>,
-    /// containerd's gRPC socket, for its Content service.
-    #[serde(default = "default_containerd_address")]
-    pub containerd_address: PathBuf,
+    /// containerd's gRPC socket, for its Content service: where layers are when Strata is
+    /// containerd's differ. Neither this nor `content_dir`: the daemon's own content store.
+    #[serde(default)]
+    pub containerd_address: Option<PathBuf>,
     /// Namespace for content calls when neither the request nor the snapshot key names one.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -56,13 +57,6 @@ pub struct DifferConfig {
     /// `max_name_bytes`).
     #[serde(default)]
     pub limits: differ::LayerLimits,
-}
-
-/// containerd's default socket.
-pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
-
-fn default_containerd_address() -> PathBuf {
-    PathBuf::from(DEFAULT_CONTAINERD_ADDRESS)
 }
 
 fn default_namespace() -> String {
@@ -80,7 +74,7 @@ impl Default for DifferConfig {
     fn default() -> Self {
         DifferConfig {
             content_dir: None,
-            containerd_address: default_containerd_address(),
+            containerd_address: None,
             namespace: default_namespace(),
             lease_expiry_secs: DEFAULT_LEASE_EXPIRY_SECS,
             limits: differ::LayerLimits::default(),
@@ -171,10 +165,12 @@ address = "/run/strata/strata.sock"
 # metrics_address = "127.0.0.1:9323"
 
 [differ]
-# A local OCI-layout directory for layer blobs, instead of containerd's Content service.
+# Where the Diff service reads and writes layer blobs. Unset: the daemon's own content
+# store (<root>/content, served by its Content service). With containerd using Strata as
+# its differ, set containerd_address: containerd's Content service holds the layers.
+# containerd_address = "/run/containerd/containerd.sock"
+# A local OCI-layout directory instead of either.
 # content_dir = "/var/lib/strata-content"
-# containerd's socket, whose Content and Leases services hold layer blobs.
-containerd_address = "/run/containerd/containerd.sock"
 # Namespace for content calls when neither the request nor the snapshot key names one.
 namespace = "default"
 # Seconds a layer created by Diff is protected from containerd's collector when the

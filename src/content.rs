@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use differ::content::{BlobSink, BlobSource, BlobWriter, LocalStore};
 use differ::{Digest, Error};
+use std::sync::Arc;
+
+use crate::imagestore::ImageStore;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -36,6 +39,8 @@ pub enum BlobStore {
     Local(LocalStore),
     /// containerd's Content service in one namespace.
     Containerd(Box<ContainerdContent>),
+    /// The daemon's own content store, in one namespace.
+    Own(OwnContent),
 }
 
 impl BlobSource for BlobStore {
@@ -43,6 +48,7 @@ impl BlobSource for BlobStore {
         match self {
             BlobStore::Local(s) => s.open(digest),
             BlobStore::Containerd(s) => s.open(digest),
+            BlobStore::Own(s) => s.tree.open(digest),
         }
     }
 }
@@ -52,7 +58,71 @@ impl BlobSink for BlobStore {
         match self {
             BlobStore::Local(s) => s.create(),
             BlobStore::Containerd(s) => s.create(),
+            BlobStore::Own(s) => Ok(Box::new(OwnWriter {
+                inner: s.tree.create()?,
+                owner: s.clone(),
+            })),
         }
+    }
+}
+
+/// The daemon's own content store for one call: layers are read from its blob tree by
+/// digest, and a created layer is placed in the tree and recorded in the call's namespace
+/// (and lease).
+#[derive(Clone)]
+pub struct OwnContent {
+    store: Arc<ImageStore>,
+    tree: LocalStore,
+    namespace: String,
+    lease: Option<String>,
+}
+
+impl OwnContent {
+    pub fn new(store: Arc<ImageStore>, namespace: String, lease: Option<String>) -> Self {
+        let tree = LocalStore::new(store.blobs().root());
+        OwnContent {
+            store,
+            tree,
+            namespace,
+            lease,
+        }
+    }
+}
+
+/// A layer being written into the daemon's own store.
+struct OwnWriter {
+    inner: Box<dyn BlobWriter>,
+    owner: OwnContent,
+}
+
+impl Write for OwnWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter for OwnWriter {
+    fn commit(
+        self: Box<Self>,
+        digest: &Digest,
+        size: u64,
+        labels: &[(String, String)],
+    ) -> differ::Result<()> {
+        let OwnWriter { inner, owner } = *self;
+        inner.commit(digest, size, labels)?;
+        owner
+            .store
+            .content_record(
+                &owner.namespace,
+                digest,
+                labels.iter().cloned().collect(),
+                owner.lease.as_deref(),
+            )
+            .map_err(|e| Error::Store(format!("record {digest}: {e}")))
     }
 }
 

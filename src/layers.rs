@@ -20,7 +20,8 @@ use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
 use crate::config::DifferConfig;
-use crate::content::{BlobStore, ContainerdContent, containerd_channel};
+use crate::content::{BlobStore, ContainerdContent, OwnContent, containerd_channel};
+use crate::imagestore::ImageStore;
 use crate::instances::Instances;
 use crate::metrics::METRICS;
 
@@ -99,6 +100,7 @@ pub struct CreateLayer {
 /// Where blobs are.
 enum Content {
     Local(LocalStore),
+    Own(Arc<ImageStore>),
     Containerd {
         channel: Channel,
         namespace: String,
@@ -183,14 +185,20 @@ fn mismatch(what: &'static str, expected: impl ToString, actual: impl ToString) 
 impl Layers {
     /// Layers over `instances`, with blobs where `config` says and temporary mounts under
     /// `scratch`.
-    pub fn new(instances: Arc<Instances>, config: &DifferConfig, scratch: PathBuf) -> Self {
-        let content = match &config.content_dir {
-            Some(dir) => Content::Local(LocalStore::new(dir)),
-            None => Content::Containerd {
-                channel: containerd_channel(config.containerd_address.clone()),
+    pub fn new(
+        instances: Arc<Instances>,
+        store: Arc<ImageStore>,
+        config: &DifferConfig,
+        scratch: PathBuf,
+    ) -> Self {
+        let content = match (&config.content_dir, &config.containerd_address) {
+            (Some(dir), _) => Content::Local(LocalStore::new(dir)),
+            (None, Some(address)) => Content::Containerd {
+                channel: containerd_channel(address.clone()),
                 namespace: config.namespace.clone(),
                 lease_expiry: Duration::from_secs(config.lease_expiry_secs),
             },
+            (None, None) => Content::Own(store),
         };
         Layers {
             instances,
@@ -235,6 +243,18 @@ impl Layers {
     fn store(&self, ctx: &CallContext, key: Option<&str>) -> BlobStore {
         match &self.content {
             Content::Local(store) => BlobStore::Local(store.clone()),
+            Content::Own(store) => {
+                let namespace = ctx
+                    .namespace
+                    .clone()
+                    .or_else(|| key.and_then(key_namespace).map(str::to_string))
+                    .unwrap_or_else(|| "default".to_string());
+                BlobStore::Own(OwnContent::new(
+                    Arc::clone(store),
+                    namespace,
+                    ctx.lease.clone(),
+                ))
+            }
             Content::Containerd {
                 channel, namespace, ..
             } => {

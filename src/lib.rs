@@ -10,12 +10,22 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod convert;
+pub mod imagestore;
 pub mod instances;
 pub mod layers;
 pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod systemd;
+
+/// `google.rpc` (the Status of a plugin's initialisation error in Introspection), where
+/// the code generated for containerd's packages (`api`, standing for `containerd`) finds it.
+pub mod google {
+    /// `google.rpc`.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
 
 /// Code generated from `proto/` (containerd's wire API, and the CRI subset the tests use).
 pub mod api {
@@ -49,6 +59,41 @@ pub mod api {
             /// `containerd.services.leases.v1`.
             pub mod v1 {
                 tonic::include_proto!("containerd.services.leases.v1");
+            }
+        }
+        /// `containerd.services.images`.
+        pub mod images {
+            /// `containerd.services.images.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
+        /// `containerd.services.containers`.
+        pub mod containers {
+            /// `containerd.services.containers.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.containers.v1");
+            }
+        }
+        /// `containerd.services.namespaces`.
+        pub mod namespaces {
+            /// `containerd.services.namespaces.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.namespaces.v1");
+            }
+        }
+        /// `containerd.services.introspection`.
+        pub mod introspection {
+            /// `containerd.services.introspection.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.introspection.v1");
+            }
+        }
+        /// `containerd.services.version`.
+        pub mod version {
+            /// `containerd.services.version.v1`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.version.v1");
             }
         }
         /// `containerd.services.snapshots`.

@@ -115,7 +115,7 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
         config.differ.content_dir = Some(dir.clone());
     }
     if let Some(addr) = &args.containerd_address {
-        config.differ.containerd_address = addr.clone();
+        config.differ.containerd_address = Some(addr.clone());
     }
     if let Some(secs) = args.diff_lease_expiry {
         config.differ.lease_expiry_secs = secs;

@@ -79,6 +79,24 @@ impl Classify for differ::Error {
     }
 }
 
+impl Classify for crate::imagestore::StoreError {
+    fn code(&self) -> Code {
+        use crate::imagestore::StoreError as S;
+        match self {
+            S::NotFound(_) => Code::NotFound,
+            S::AlreadyExists(_) | S::BlobExists(_) => Code::AlreadyExists,
+            S::InvalidArgument(_) => Code::InvalidArgument,
+            S::FailedPrecondition(_) => Code::FailedPrecondition,
+            S::Unavailable(_) => Code::Unavailable,
+            S::OutOfRange(_) => Code::OutOfRange,
+            S::Io { source, .. } => os_code(source),
+            S::Open(e) => e.code(),
+            S::Lock(e) => e.code(),
+            S::Index(_) | S::Corrupt(_) => Code::Internal,
+        }
+    }
+}
+
 impl Classify for LayerError {
     fn code(&self) -> Code {
         match self {

@@ -2,6 +2,11 @@
 //! strings (OR); each is `,`-separated selectors (AND); a selector is a field path with an
 //! optional operator (`==`, `!=`, `~=`) and value. Field names may be Go-quoted strings,
 //! values may be quoted, and `~=` values may be quoted with `/.../` or `|...|`.
+//!
+//! What a field path means is up to the filtered type ([`Adaptor`], as containerd's
+//! adaptors): snapshots here, images, containers, content and leases in the daemon.
+
+use std::borrow::Cow;
 
 use regex::Regex;
 
@@ -37,19 +42,26 @@ impl Filters {
         Ok(Filters { alternatives })
     }
 
-    /// Whether `info` matches.
-    pub fn matches(&self, info: &Info) -> bool {
+    /// Whether `item` matches.
+    pub fn matches(&self, item: &impl Adaptor) -> bool {
         self.alternatives.is_empty()
             || self
                 .alternatives
                 .iter()
-                .any(|sels| sels.iter().all(|s| s.matches(info)))
+                .any(|sels| sels.iter().all(|s| s.matches(item)))
     }
 }
 
+/// The fields a filter can select on, by field path (`name`, `labels.<key>`, ...).
+pub trait Adaptor {
+    /// The value at `path`, or `None` when the field is absent.
+    fn field(&self, path: &[String]) -> Option<Cow<'_, str>>;
+}
+
 impl Selector {
-    fn matches(&self, info: &Info) -> bool {
-        let value = field(info, &self.fieldpath);
+    fn matches(&self, item: &impl Adaptor) -> bool {
+        let value = item.field(&self.fieldpath);
+        let value = value.as_deref();
         match &self.op {
             Op::Present => value.is_some(),
             Op::Equal(v) => value == Some(v.as_str()),
@@ -60,14 +72,17 @@ impl Selector {
     }
 }
 
-/// The value of a field path of a snapshot, as containerd's snapshot adaptor exposes it.
-fn field<'a>(info: &'a Info, path: &[String]) -> Option<&'a str> {
-    match path {
-        [f] if f == "name" => (!info.name.is_empty()).then_some(info.name.as_str()),
-        [f] if f == "parent" => Some(info.parent.as_str()),
-        [f] if f == "kind" => Some(info.kind.as_str()),
-        [f, key] if f == "labels" => info.labels.get(key).map(String::as_str),
-        _ => None,
+/// A snapshot's fields, as containerd's snapshot adaptor exposes them.
+impl Adaptor for Info {
+    fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
+        let value = match path {
+            [f] if f == "name" => (!self.name.is_empty()).then_some(self.name.as_str()),
+            [f] if f == "parent" => Some(self.parent.as_str()),
+            [f] if f == "kind" => Some(self.kind.as_str()),
+            [f, key] if f == "labels" => self.labels.get(key).map(String::as_str),
+            _ => None,
+        };
+        value.map(Cow::Borrowed)
     }
 }
 

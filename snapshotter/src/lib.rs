@@ -28,6 +28,7 @@ use std::time::SystemTime;
 pub use dirs::{DirSnapshotter, Driver, Options, SnapshotDir};
 pub use error::{Error, Result};
 pub use filter::Filters;
+pub use metastore::open_env as open_lmdb;
 pub use mountutil::Mount;
 pub use reuse::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF};
 pub use usage::disk_usage;

@@ -241,12 +241,14 @@ fn child_prefix(parent: &str) -> Vec<u8> {
 }
 
 /// Opens (creating if needed) the LMDB environment in `dir`, inside the root `_lock` holds.
-/// The lock is the argument's point: it is what makes mapping the file sound.
+/// The lock is the argument's point: it is what makes mapping the file sound. Also the
+/// daemon's image store's way to open its own index, so that this stays the one place an
+/// environment is mapped.
 #[allow(unsafe_code)]
-fn open_env(_lock: &RootLock, dir: &Path, map_size: usize) -> Result<Env<WithoutTls>> {
+pub fn open_env(_lock: &RootLock, dir: &Path, map_size: usize) -> Result<Env<WithoutTls>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(map_size).max_dbs(8);
+    options.map_size(map_size).max_dbs(16);
     // SAFETY: LMDB maps the file into memory, which is unsound only if the file is modified
     // behind its back. This process holds the root's exclusive flock (`_lock`), so no other
     // Strata process opens this environment, and within the process heed allows repeated

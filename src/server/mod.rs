@@ -1,7 +1,13 @@
 //! The daemon: opens the configured snapshotter instances and serves containerd's gRPC APIs
 //! for them on a unix socket until shut down.
 
+mod containers;
+mod content;
 mod diff;
+mod images;
+mod introspection;
+mod leases;
+mod namespaces;
 mod snapshots;
 
 use std::future::Future;
@@ -13,9 +19,17 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::api::services::containers::v1::containers_server::ContainersServer;
+use crate::api::services::content::v1::content_server::ContentServer;
 use crate::api::services::diff::v1::diff_server::DiffServer;
+use crate::api::services::images::v1::images_server::ImagesServer;
+use crate::api::services::introspection::v1::introspection_server::IntrospectionServer;
+use crate::api::services::leases::v1::leases_server::LeasesServer;
+use crate::api::services::namespaces::v1::namespaces_server::NamespacesServer;
 use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use crate::api::services::version::v1::version_server::VersionServer;
 use crate::config::{Config, ConfigError};
+use crate::imagestore::ImageStore;
 use crate::instances::Instances;
 use crate::layers::Layers;
 use crate::status::chain;
@@ -46,6 +60,15 @@ pub enum DaemonError {
         #[source]
         source: snapshotter::Error,
     },
+    /// The image store could not be opened.
+    #[error("open the image store under {root}")]
+    ImageStore {
+        /// The daemon root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::imagestore::StoreError,
+    },
     /// The socket could not be set up.
     #[error("socket {0}")]
     Socket(PathBuf, #[source] io::Error),
@@ -55,6 +78,44 @@ pub enum DaemonError {
     /// The gRPC server failed.
     #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// The containerd namespace a request names (`containerd-namespace`), or containerd's
+/// error for a call that needs one.
+pub(crate) fn namespace_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    let ns = request
+        .metadata()
+        .get(crate::content::NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    crate::imagestore::require_namespace(ns)
+        .map(str::to_string)
+        .map_err(crate::status::to_status)
+}
+
+/// The lease a request is made under (`containerd-lease`), if any.
+pub(crate) fn lease_of<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(crate::content::LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// Runs an image store call on the blocking pool (it waits for the disk).
+pub(crate) async fn blocking<T, F>(
+    store: &Arc<crate::imagestore::ImageStore>,
+    f: F,
+) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    F: FnOnce(&crate::imagestore::ImageStore) -> crate::imagestore::Result<T> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(crate::status::join_error)?
+        .map_err(crate::status::to_status)
 }
 
 /// Binds the daemon's socket: parent directory created, a stale socket (no one answering)
@@ -88,23 +149,76 @@ pub async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// What the daemon serves.
+pub struct Services {
+    pub instances: Arc<Instances>,
+    pub differ: DiffService,
+    pub store: Arc<ImageStore>,
+    /// The daemon's root (the server's identity is kept there).
+    pub root: PathBuf,
+}
+
+/// Sets containerd's message size limits (16 MiB both ways) on a generated server.
+macro_rules! limited {
+    ($server:ident, $service:expr) => {
+        $server::new($service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    };
+}
+
 /// Serves every gRPC service on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: UnixListener,
-    instances: Arc<Instances>,
-    differ: DiffService,
+    services: Services,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let snapshots = SnapshotsServer::new(SnapshotsService::new(instances))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let diff = DiffServer::new(differ)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let Services {
+        instances,
+        differ,
+        store,
+        root,
+    } = services;
+    let introspection =
+        introspection::IntrospectionService::new(&instances, &root).map_err(|source| {
+            DaemonError::ImageStore {
+                root: root.clone(),
+                source: crate::imagestore::StoreError::Io {
+                    op: "make the server's uuid",
+                    path: root.join("uuid"),
+                    source,
+                },
+            }
+        })?;
     tonic::transport::Server::builder()
         .layer(crate::metrics::GrpcMetricsLayer)
-        .add_service(snapshots)
-        .add_service(diff)
+        .add_service(limited!(
+            NamespacesServer,
+            namespaces::NamespacesService::new(Arc::clone(&store), Arc::clone(&instances))
+        ))
+        .add_service(limited!(
+            SnapshotsServer,
+            SnapshotsService::new(Arc::clone(&instances))
+        ))
+        .add_service(limited!(DiffServer, differ))
+        .add_service(limited!(
+            ContentServer,
+            content::ContentService::new(Arc::clone(&store))
+        ))
+        .add_service(limited!(
+            ImagesServer,
+            images::ImagesService::new(Arc::clone(&store))
+        ))
+        .add_service(limited!(
+            ContainersServer,
+            containers::ContainersService::new(Arc::clone(&store))
+        ))
+        .add_service(limited!(
+            LeasesServer,
+            leases::LeasesService::new(Arc::clone(&store))
+        ))
+        .add_service(limited!(IntrospectionServer, introspection))
+        .add_service(limited!(VersionServer, introspection::VersionService))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
@@ -118,6 +232,14 @@ pub async fn run(
     activated: Option<std::os::unix::net::UnixListener>,
 ) -> Result<(), DaemonError> {
     let instances = tokio::task::block_in_place(|| Instances::open(&config))?;
+    let store =
+        tokio::task::block_in_place(|| ImageStore::open(&config.root)).map_err(|source| {
+            DaemonError::ImageStore {
+                root: config.root.clone(),
+                source,
+            }
+        })?;
+    let store = Arc::new(store);
     let (listener, owns_socket) = match activated {
         Some(l) => (
             UnixListener::from_std(l)
@@ -149,7 +271,12 @@ pub async fn run(
     if let Err(e) = mountutil::mount::reclaim_temp_mounts(&scratch) {
         tracing::warn!(error = %chain(&e), "could not reclaim temporary mounts");
     }
-    let differ = DiffService::new(Layers::new(Arc::clone(&instances), &config.differ, scratch));
+    let differ = DiffService::new(Layers::new(
+        Arc::clone(&instances),
+        Arc::clone(&store),
+        &config.differ,
+        scratch,
+    ));
     if let Some(address) = &config.metrics_address {
         let bound = crate::metrics::serve(address, Arc::clone(&instances))
             .await
@@ -161,7 +288,13 @@ pub async fn run(
     // Shutting down lets the calls in flight finish, but an idle client may keep its
     // connection open (containerd does): once no call is in flight, or after DRAIN, the
     // daemon exits without waiting for connections to close.
-    let serving = serve(listener, instances, differ, shutdown);
+    let services = Services {
+        instances,
+        differ,
+        store,
+        root: config.root.clone(),
+    };
+    let serving = serve(listener, services, shutdown);
     let drained = async {
         if stopped.await.is_err() {
             return std::future::pending::<bool>().await;

@@ -1,0 +1,373 @@
+//! The content store's files. Blobs live at `<root>/blobs/sha256/<hex>` (an OCI layout's
+//! blob directory, so the Diff service reads and writes the same tree), writes in progress
+//! under `<root>/ingest/<sha256 of the ref>/`: `data`, and `ref`, `started`, `total`,
+//! `expected` describing it. A write is resumed by its ref after a disconnect or a crash
+//! (its data is re-hashed); its size and digest are checked before it is committed, and a
+//! blob reaches its name only by a rename of complete, flushed data, so nobody ever sees a
+//! partial blob under a digest.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use differ::Digest;
+use differ::digest::Hasher;
+use sha2::{Digest as _, Sha256};
+
+use super::{Result, StoreError};
+
+/// The blob and ingest directories of a content store.
+#[derive(Clone)]
+pub struct Blobs {
+    root: PathBuf,
+    /// Refs with a writer open: a second writer of one ref is refused.
+    locked: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What is known about a write in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestStatus {
+    pub reference: String,
+    /// Bytes written so far.
+    pub offset: u64,
+    /// Expected size, 0 if not given.
+    pub total: u64,
+    /// Expected digest, if given.
+    pub expected: Option<Digest>,
+    pub started: SystemTime,
+    pub updated: SystemTime,
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Blobs {
+    /// Opens (creating) the store at `root`; drops temporary files a crash left.
+    pub fn open(root: &Path) -> Result<Self> {
+        for dir in ["blobs/sha256", "ingest"] {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        let blobs = root.join("blobs/sha256");
+        for entry in fs::read_dir(&blobs).map_err(io_err("read", &blobs))? {
+            let entry = entry.map_err(io_err("read", &blobs))?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Blobs {
+            root: root.to_path_buf(),
+            locked: Arc::default(),
+        })
+    }
+
+    /// The store's root (an OCI layout's blob tree lives under it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where blob `digest` is, present or not.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The size of blob `digest`, if present.
+    pub fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.path(digest);
+        match fs::metadata(&path) {
+            Ok(md) => Ok(Some(md.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("stat", &path)(e)),
+        }
+    }
+
+    /// Blob `digest` opened for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.path(digest);
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound(format!("content {digest}")),
+            _ => io_err("open", &path)(e),
+        })
+    }
+
+    /// Deletes blob `digest` (nothing if absent).
+    pub fn delete(&self, digest: &Digest) -> Result<()> {
+        let path = self.path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
+
+    /// Every blob's digest.
+    pub fn digests(&self) -> Result<Vec<Digest>> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(digest) = Digest::parse(&format!("sha256:{name}")) {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    fn ingest_dir(&self, reference: &str) -> PathBuf {
+        let hash = Sha256::digest(reference.as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join("ingest").join(hex)
+    }
+
+    /// Opens the write of `reference`, resuming what an earlier writer left. `total` and
+    /// `expected` (when given) are recorded, and must agree with what was recorded before.
+    pub fn writer(&self, reference: &str, total: u64, expected: Option<Digest>) -> Result<Ingest> {
+        if reference.is_empty() {
+            return Err(StoreError::InvalidArgument("write needs a ref".into()));
+        }
+        if !self
+            .locked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reference.to_string())
+        {
+            return Err(StoreError::Unavailable(format!("ref {reference} locked")));
+        }
+        let lock = RefLock {
+            reference: reference.to_string(),
+            locked: Arc::clone(&self.locked),
+        };
+        let dir = self.ingest_dir(reference);
+        let data = dir.join("data");
+        let fresh = !data.exists();
+        if fresh {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            write_small(&dir.join("ref"), reference)?;
+            write_small(&dir.join("started"), &nanos(SystemTime::now()).to_string())?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&data)
+            .map_err(io_err("open", &data))?;
+        let mut status = self.status_of(&dir)?;
+        if total > 0 {
+            if status.total > 0 && status.total != total {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "ref {reference}: total {total} differs from the {} it was started with",
+                    status.total
+                )));
+            }
+            write_small(&dir.join("total"), &total.to_string())?;
+            status.total = total;
+        }
+        if let Some(expected) = expected {
+            write_small(&dir.join("expected"), expected.as_str())?;
+            status.expected = Some(expected);
+        }
+        // Resuming: hash what is there already.
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err("read", &data))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(Ingest {
+            blobs: self.clone(),
+            dir,
+            file,
+            hasher,
+            status,
+            _lock: lock,
+        })
+    }
+
+    /// The status of the write of `reference`, if one exists.
+    pub fn status(&self, reference: &str) -> Result<Option<IngestStatus>> {
+        let dir = self.ingest_dir(reference);
+        if !dir.join("data").exists() {
+            return Ok(None);
+        }
+        self.status_of(&dir).map(Some)
+    }
+
+    /// Every write in progress.
+    pub fn statuses(&self) -> Result<Vec<IngestStatus>> {
+        let root = self.root.join("ingest");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&root).map_err(io_err("read", &root))? {
+            let dir = entry.map_err(io_err("read", &root))?.path();
+            if dir.join("data").exists() && dir.join("ref").exists() {
+                out.push(self.status_of(&dir)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the write of `reference`.
+    pub fn abort(&self, reference: &str) -> Result<()> {
+        let dir = self.ingest_dir(reference);
+        if !dir.exists() {
+            return Err(StoreError::NotFound(format!("ingest ref {reference}")));
+        }
+        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))
+    }
+
+    fn status_of(&self, dir: &Path) -> Result<IngestStatus> {
+        let read = |name: &str| -> Result<Option<String>> {
+            let path = dir.join(name);
+            match fs::read_to_string(&path) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err("read", &path)(e)),
+            }
+        };
+        let data = dir.join("data");
+        let md = fs::metadata(&data).map_err(io_err("stat", &data))?;
+        let number = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+        Ok(IngestStatus {
+            reference: read("ref")?.unwrap_or_default(),
+            offset: md.len(),
+            total: number(read("total")?).unwrap_or(0),
+            expected: read("expected")?.and_then(|s| Digest::parse(s.trim()).ok()),
+            started: number(read("started")?).map_or(UNIX_EPOCH, from_nanos),
+            updated: md.modified().unwrap_or(UNIX_EPOCH),
+        })
+    }
+}
+
+/// An open write: data is appended at its offset, and Commit checks and places the blob.
+pub struct Ingest {
+    blobs: Blobs,
+    dir: PathBuf,
+    file: File,
+    hasher: Hasher,
+    status: IngestStatus,
+    _lock: RefLock,
+}
+
+impl Ingest {
+    /// Where the write stands.
+    pub fn status(&self) -> &IngestStatus {
+        &self.status
+    }
+
+    /// Writes `data` at `offset`. Writing at the current offset appends; an offset before it
+    /// (a client re-sending after a reconnect) truncates there and re-hashes, as containerd
+    /// does; one past it is a gap and refused.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let path = self.dir.join("data");
+        if offset > self.status.offset {
+            return Err(StoreError::InvalidArgument(format!(
+                "ref {}: write at {offset} is past the {} bytes written",
+                self.status.reference, self.status.offset
+            )));
+        }
+        if offset < self.status.offset {
+            self.file
+                .set_len(offset)
+                .map_err(io_err("truncate", &path))?;
+            self.file
+                .seek(SeekFrom::Start(0))
+                .map_err(io_err("seek", &path))?;
+            self.hasher = Hasher::default();
+            let mut left = offset;
+            let mut buf = vec![0u8; 1 << 20];
+            while left > 0 {
+                let n = (left as usize).min(buf.len());
+                self.file
+                    .read_exact(&mut buf[..n])
+                    .map_err(io_err("read", &path))?;
+                self.hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            self.status.offset = offset;
+        }
+        self.file
+            .seek(SeekFrom::End(0))
+            .map_err(io_err("seek", &path))?;
+        self.file.write_all(data).map_err(io_err("write", &path))?;
+        self.hasher.update(data);
+        self.status.offset += data.len() as u64;
+        self.status.updated = SystemTime::now();
+        Ok(())
+    }
+
+    /// Checks the data against `size` (if > 0) and `expected` (if given, else the digest
+    /// recorded at the start), and moves it to its blob name; the digest. The ingest is
+    /// gone afterwards. If the blob already exists the data is dropped and AlreadyExists
+    /// returned with the digest.
+    pub fn commit(self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+        let (digest, written) = self.hasher.clone().finish();
+        let reference = &self.status.reference;
+        let size = if size > 0 { size } else { self.status.total };
+        if size > 0 && size != written {
+            return Err(StoreError::FailedPrecondition(format!(
+                "ref {reference}: unexpected commit size {written}, expected {size}"
+            )));
+        }
+        if let Some(expected) = expected.or_else(|| self.status.expected.clone())
+            && expected != digest
+        {
+            return Err(StoreError::FailedPrecondition(format!(
+                "ref {reference}: unexpected commit digest {digest}, expected {expected}"
+            )));
+        }
+        let data = self.dir.join("data");
+        self.file.sync_all().map_err(io_err("sync", &data))?;
+        let target = self.blobs.path(&digest);
+        if target.exists() {
+            fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))?;
+            return Err(StoreError::BlobExists(digest));
+        }
+        fs::rename(&data, &target).map_err(io_err("rename", &target))?;
+        let parent = target.parent().expect("blob dir");
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", parent))?;
+        fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))?;
+        Ok(digest)
+    }
+}
+
+/// Holds a ref's writer lock; releases it on drop.
+struct RefLock {
+    reference: String,
+    locked: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for RefLock {
+    fn drop(&mut self) {
+        self.locked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.reference);
+    }
+}
+
+fn write_small(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(io_err("write", path))
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().try_into().unwrap_or(u64::MAX))
+}
+
+fn from_nanos(n: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_nanos(n)
+}

@@ -1,0 +1,272 @@
+//! The image store's LMDB index: one database per kind of object, keyed by namespace and
+//! the object's own key (`<namespace>\0<key>`), holding containerd's API message for it
+//! protobuf-encoded (the wire schema is the storage schema; protobuf keeps old records
+//! readable as fields are added). Lease resources are keys only:
+//! `<namespace>\0<lease>\0<type>\0<id>`.
+//!
+//! Every write is one transaction, committed and flushed before the call returns.
+
+use std::path::Path;
+
+use heed::types::{Bytes, Unit};
+use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
+use mountutil::lock::RootLock;
+use prost::Message;
+
+use super::{Result, StoreError};
+
+/// The map's size (address space; the file grows as pages are used). Image metadata is
+/// small: a container's spec is the largest record, a few KiB.
+const MAP_SIZE: usize = 1 << 30;
+
+/// Object kinds, each a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Namespace,
+    Image,
+    Container,
+    Lease,
+    /// A blob's record in a namespace (size, labels, times).
+    Content,
+    /// A write in progress in a namespace (its ref).
+    Ingest,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Image,
+        Kind::Container,
+        Kind::Lease,
+        Kind::Content,
+        Kind::Ingest,
+    ];
+
+    fn db_name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Image => "images",
+            Kind::Container => "containers",
+            Kind::Lease => "leases",
+            Kind::Content => "content",
+            Kind::Ingest => "ingests",
+        }
+    }
+}
+
+pub struct Meta {
+    env: Env<WithoutTls>,
+    dbs: Vec<Database<Bytes, Bytes>>,
+    resources: Database<Bytes, Unit>,
+    _lock: RootLock,
+}
+
+/// `<namespace>\0<parts joined by \0>`.
+pub fn key(namespace: &str, parts: &[&str]) -> Vec<u8> {
+    let mut k = namespace.as_bytes().to_vec();
+    for p in parts {
+        k.push(0);
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+impl Meta {
+    /// Opens (creating) the index in `dir`, taking `dir`'s lock.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = RootLock::acquire(dir).map_err(StoreError::Lock)?;
+        let env = snapshotter::open_lmdb(&lock, dir, MAP_SIZE).map_err(StoreError::Open)?;
+        let mut txn = env.write_txn()?;
+        let mut dbs = Vec::new();
+        for kind in Kind::ALL {
+            dbs.push(env.create_database(&mut txn, Some(kind.db_name()))?);
+        }
+        let resources = env.create_database(&mut txn, Some("lease_resources"))?;
+        txn.commit()?;
+        env.force_sync()?;
+        Ok(Meta {
+            env,
+            dbs,
+            resources,
+            _lock: lock,
+        })
+    }
+
+    fn db(&self, kind: Kind) -> Database<Bytes, Bytes> {
+        self.dbs[Kind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind has a db")]
+    }
+
+    /// Runs `f` in a read transaction.
+    pub fn read<T>(&self, f: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
+        let txn = self.env.read_txn()?;
+        f(&Reader {
+            meta: self,
+            txn: &txn,
+        })
+    }
+
+    /// Runs `f` in a write transaction, committed and flushed if it returns `Ok`.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let mut txn = self.env.write_txn()?;
+        let out = f(&mut Writer {
+            meta: self,
+            txn: &mut txn,
+        })?;
+        txn.commit()?;
+        self.env.force_sync()?;
+        Ok(out)
+    }
+}
+
+/// Reads shared by read and write transactions.
+pub trait Read {
+    fn meta(&self) -> &Meta;
+    fn txn(&self) -> &RoTxn<'_, WithoutTls>;
+
+    /// The record of `kind` at `key`.
+    fn get<M: Message + Default>(&self, kind: Kind, key: &[u8]) -> Result<Option<M>> {
+        match self.meta().db(kind).get(self.txn(), key)? {
+            None => Ok(None),
+            Some(bytes) => M::decode(bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{kind:?} record: {e}"))),
+        }
+    }
+
+    /// Every record of `kind` in `namespace`, in key order, with its key (namespace and
+    /// separator stripped).
+    fn list<M: Message + Default>(&self, kind: Kind, namespace: &str) -> Result<Vec<(String, M)>> {
+        let prefix = key(namespace, &[""]);
+        let mut out = Vec::new();
+        for item in self.meta().db(kind).prefix_iter(self.txn(), &prefix)? {
+            let (k, v) = item?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let m = M::decode(v).map_err(|e| StoreError::Corrupt(format!("{kind:?} {id}: {e}")))?;
+            out.push((id, m));
+        }
+        Ok(out)
+    }
+
+    /// Whether `namespace` holds any object of `kind`.
+    fn any(&self, kind: Kind, namespace: &str) -> Result<bool> {
+        let prefix = key(namespace, &[""]);
+        Ok(self
+            .meta()
+            .db(kind)
+            .prefix_iter(self.txn(), &prefix)?
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// The namespaces with a record (of any kind but resources).
+    fn namespaces(&self) -> Result<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for kind in Kind::ALL {
+            for item in self.meta().db(kind).iter(self.txn())? {
+                let (k, _) = item?;
+                let ns = k.split(|b| *b == 0).next().unwrap_or_default();
+                names.insert(String::from_utf8_lossy(ns).into_owned());
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The resources of lease `lease` in `namespace`: (type, id).
+    fn resources(&self, namespace: &str, lease: &str) -> Result<Vec<(String, String)>> {
+        let prefix = key(namespace, &[lease, ""]);
+        let mut out = Vec::new();
+        for item in self.meta().resources.prefix_iter(self.txn(), &prefix)? {
+            let (k, ()) = item?;
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some((kind, id)) = rest.split_once('\0') {
+                out.push((kind.to_string(), id.to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub struct Reader<'a> {
+    meta: &'a Meta,
+    txn: &'a RoTxn<'a, WithoutTls>,
+}
+
+impl Read for Reader<'_> {
+    fn meta(&self) -> &Meta {
+        self.meta
+    }
+    fn txn(&self) -> &RoTxn<'_, WithoutTls> {
+        self.txn
+    }
+}
+
+pub struct Writer<'a, 'e> {
+    meta: &'a Meta,
+    txn: &'a mut RwTxn<'e>,
+}
+
+impl Read for Writer<'_, '_> {
+    fn meta(&self) -> &Meta {
+        self.meta
+    }
+    fn txn(&self) -> &RoTxn<'_, WithoutTls> {
+        self.txn
+    }
+}
+
+impl Writer<'_, '_> {
+    /// Stores `record` of `kind` at `key`.
+    pub fn put<M: Message>(&mut self, kind: Kind, key: &[u8], record: &M) -> Result<()> {
+        Ok(self
+            .meta
+            .db(kind)
+            .put(self.txn, key, &record.encode_to_vec())?)
+    }
+
+    /// Deletes the record of `kind` at `key`; whether there was one.
+    pub fn delete(&mut self, kind: Kind, key: &[u8]) -> Result<bool> {
+        Ok(self.meta.db(kind).delete(self.txn, key)?)
+    }
+
+    /// Adds resource (`kind`, `id`) to lease `lease`.
+    pub fn add_resource(
+        &mut self,
+        namespace: &str,
+        lease: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<()> {
+        let k = key(namespace, &[lease, kind, id]);
+        Ok(self.meta.resources.put(self.txn, &k, &())?)
+    }
+
+    /// Removes resource (`kind`, `id`) from lease `lease`.
+    pub fn delete_resource(
+        &mut self,
+        namespace: &str,
+        lease: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<()> {
+        let k = key(namespace, &[lease, kind, id]);
+        self.meta.resources.delete(self.txn, &k)?;
+        Ok(())
+    }
+
+    /// Removes every resource of lease `lease`.
+    pub fn clear_resources(&mut self, namespace: &str, lease: &str) -> Result<()> {
+        for (kind, id) in self.resources(namespace, lease)? {
+            self.delete_resource(namespace, lease, &kind, &id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The image side of the daemon: containerd's content store, images, containers, leases and
+//! namespaces, kept apart by containerd namespace as containerd keeps them. Blobs live under
+//! `<root>/content` (shared by every namespace; a namespace sees a blob once it wrote or
+//! committed it there), everything else in an LMDB index under `<root>/images`. Records are
+//! containerd's own API messages.
+//!
+//! Synchronous, like the snapshotters: the gRPC services call it from blocking threads.
+
+mod blobs;
+mod containers;
+mod content;
+mod images;
+mod labels;
+mod leases;
+mod meta;
+mod namespaces;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+pub use blobs::{Blobs, Ingest, IngestStatus};
+pub use content::ContentWriter;
+pub use labels::validate_identifier;
+
+use meta::Meta;
+
+/// Result of an image store call.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Why an image store call failed. Messages end with containerd's class text so they
+/// round-trip through containerd's clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A committed write whose blob was already there: the data was dropped.
+    #[error("content {0}: already exists")]
+    BlobExists(differ::Digest),
+    #[error("{0}: invalid argument")]
+    InvalidArgument(String),
+    #[error("{0}: failed precondition")]
+    FailedPrecondition(String),
+    /// A ref already being written by someone else.
+    #[error("{0}: unavailable")]
+    Unavailable(String),
+    /// A read past the end of a blob.
+    #[error("{0}: out of range")]
+    OutOfRange(String),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image store index")]
+    Index(#[from] heed::Error),
+    #[error("image store index: {0}")]
+    Open(#[source] snapshotter::Error),
+    #[error("image store lock")]
+    Lock(#[source] mountutil::Error),
+    #[error("corrupt image store record: {0}")]
+    Corrupt(String),
+}
+
+impl From<snapshotter::Error> for StoreError {
+    /// Filter parsing errors (the filter language is shared with the snapshotters).
+    fn from(e: snapshotter::Error) -> Self {
+        match e {
+            snapshotter::Error::InvalidArgument(m) => StoreError::InvalidArgument(m),
+            other => StoreError::Open(other),
+        }
+    }
+}
+
+/// The image store of a daemon root.
+pub struct ImageStore {
+    meta: Meta,
+    blobs: Blobs,
+}
+
+impl ImageStore {
+    /// Opens (creating) the store under daemon root `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        Ok(ImageStore {
+            meta: Meta::open(&root.join("images"))?,
+            blobs: Blobs::open(&root.join("content"))?,
+        })
+    }
+
+    /// The blob files.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+}
+
+/// A protobuf timestamp of `t`.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Fails with containerd's error when the call names no namespace.
+pub fn require_namespace(namespace: Option<&str>) -> Result<&str> {
+    match namespace {
+        Some(ns) if !ns.is_empty() => Ok(ns),
+        _ => Err(StoreError::FailedPrecondition(
+            "namespace is required".into(),
+        )),
+    }
+}

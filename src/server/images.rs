@@ -1,0 +1,87 @@
+//! `containerd.services.images.v1.Images` over the image store.
+
+use std::sync::Arc;
+
+use snapshotter::Filters;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, namespace_of};
+use crate::api::services::images::v1 as pb;
+use crate::api::services::images::v1::images_server::Images;
+use crate::imagestore::ImageStore;
+
+/// The Images service.
+pub struct ImagesService {
+    store: Arc<ImageStore>,
+}
+
+impl ImagesService {
+    pub fn new(store: Arc<ImageStore>) -> Self {
+        ImagesService { store }
+    }
+}
+
+#[tonic::async_trait]
+impl Images for ImagesService {
+    async fn get(
+        &self,
+        request: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::GetImageResponse>, Status> {
+        let ns = namespace_of(&request)?;
+        let name = request.into_inner().name;
+        let image = blocking(&self.store, move |s| s.image_get(&ns, &name)).await?;
+        Ok(Response::new(pb::GetImageResponse { image: Some(image) }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let ns = namespace_of(&request)?;
+        let filters = request.into_inner().filters;
+        let images = blocking(&self.store, move |s| {
+            s.image_list(&ns, &Filters::parse(&filters)?)
+        })
+        .await?;
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
+    async fn create(
+        &self,
+        request: Request<pb::CreateImageRequest>,
+    ) -> Result<Response<pb::CreateImageResponse>, Status> {
+        let ns = namespace_of(&request)?;
+        let image = request.into_inner().image.unwrap_or_default();
+        let image = blocking(&self.store, move |s| s.image_create(&ns, image)).await?;
+        Ok(Response::new(pb::CreateImageResponse {
+            image: Some(image),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateImageRequest>,
+    ) -> Result<Response<pb::UpdateImageResponse>, Status> {
+        let ns = namespace_of(&request)?;
+        let r = request.into_inner();
+        let image = r.image.unwrap_or_default();
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let image = blocking(&self.store, move |s| s.image_update(&ns, image, &paths)).await?;
+        Ok(Response::new(pb::UpdateImageResponse {
+            image: Some(image),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteImageRequest>,
+    ) -> Result<Response<()>, Status> {
+        let ns = namespace_of(&request)?;
+        let r = request.into_inner();
+        blocking(&self.store, move |s| {
+            s.image_delete(&ns, &r.name, r.target.as_ref())
+        })
+        .await?;
+        Ok(Response::new(()))
+    }
+}

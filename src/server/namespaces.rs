@@ -1,0 +1,100 @@
+//! `containerd.services.namespaces.v1.Namespaces` over the image store (a namespace's
+//! snapshots, held by the snapshotters, also keep it from being deleted).
+
+use std::sync::Arc;
+
+use snapshotter::Filters;
+use tonic::{Request, Response, Status};
+
+use super::blocking;
+use crate::api::services::namespaces::v1 as pb;
+use crate::api::services::namespaces::v1::namespaces_server::Namespaces;
+use crate::imagestore::ImageStore;
+use crate::instances::Instances;
+
+/// The Namespaces service.
+pub struct NamespacesService {
+    store: Arc<ImageStore>,
+    instances: Arc<Instances>,
+}
+
+impl NamespacesService {
+    pub fn new(store: Arc<ImageStore>, instances: Arc<Instances>) -> Self {
+        NamespacesService { store, instances }
+    }
+}
+
+/// Whether any snapshotter holds a snapshot of namespace `ns`: keys made by containerd's
+/// metadata layer and by Strata's own unpack start with `<ns>/`.
+fn snapshots_in(instances: &Instances, ns: &str) -> snapshotter::Result<bool> {
+    let prefix = format!("{ns}/");
+    for inst in instances.all() {
+        let all = inst.snapshotter.list(&Filters::default())?;
+        if all.iter().any(|i| i.name.starts_with(&prefix)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[tonic::async_trait]
+impl Namespaces for NamespacesService {
+    async fn get(
+        &self,
+        request: Request<pb::GetNamespaceRequest>,
+    ) -> Result<Response<pb::GetNamespaceResponse>, Status> {
+        let name = request.into_inner().name;
+        let namespace = blocking(&self.store, move |s| s.namespace_get(&name)).await?;
+        Ok(Response::new(pb::GetNamespaceResponse {
+            namespace: Some(namespace),
+        }))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let namespaces = blocking(&self.store, |s| s.namespace_list()).await?;
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn create(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+        let namespace = request.into_inner().namespace.unwrap_or_default();
+        let namespace = blocking(&self.store, move |s| s.namespace_create(namespace)).await?;
+        Ok(Response::new(pb::CreateNamespaceResponse {
+            namespace: Some(namespace),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateNamespaceRequest>,
+    ) -> Result<Response<pb::UpdateNamespaceResponse>, Status> {
+        let r = request.into_inner();
+        let namespace = r.namespace.unwrap_or_default();
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let namespace =
+            blocking(&self.store, move |s| s.namespace_update(namespace, &paths)).await?;
+        Ok(Response::new(pb::UpdateNamespaceResponse {
+            namespace: Some(namespace),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<()>, Status> {
+        let name = request.into_inner().name;
+        let instances = Arc::clone(&self.instances);
+        blocking(&self.store, move |s| {
+            let in_use =
+                snapshots_in(&instances, &name).map_err(crate::imagestore::StoreError::Open)?;
+            s.namespace_delete(&name, in_use)
+        })
+        .await?;
+        Ok(Response::new(()))
+    }
+}
