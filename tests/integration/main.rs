@@ -5,6 +5,7 @@ mod crash;
 mod crash_loop;
 mod diff;
 mod errors;
+mod imagestore;
 mod load;
 mod operations;
 mod suite;

@@ -1,0 +1,945 @@
+//! The image side over the daemon's socket: containerd's Content, Images, Containers,
+//! Leases, Namespaces, Introspection and Version services. Create, read, update (field
+//! masks), delete and list (filters) for each kind, namespaces kept apart, every misuse with
+//! containerd's code and nothing changed, and content writes resumed after a disconnect.
+
+use std::collections::HashMap;
+
+use prost_types::FieldMask;
+use strata::api::services::containers::v1 as cpb;
+use strata::api::services::containers::v1::containers_client::ContainersClient;
+use strata::api::services::content::v1 as ctpb;
+use strata::api::services::content::v1::content_client::ContentClient;
+use strata::api::services::images::v1 as ipb;
+use strata::api::services::images::v1::images_client::ImagesClient;
+use strata::api::services::introspection::v1 as inpb;
+use strata::api::services::introspection::v1::introspection_client::IntrospectionClient;
+use strata::api::services::leases::v1 as lpb;
+use strata::api::services::leases::v1::leases_client::LeasesClient;
+use strata::api::services::namespaces::v1 as npb;
+use strata::api::services::namespaces::v1::namespaces_client::NamespacesClient;
+use strata::api::types::Descriptor;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::util::{Daemon, TempDir, assert_root};
+
+/// `message` as a request in containerd namespace `ns` (none if empty).
+fn ns<T>(ns: &str, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    if !ns.is_empty() {
+        r.metadata_mut()
+            .insert("containerd-namespace", ns.parse().unwrap());
+    }
+    r
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.expect_err("expected an error").code()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+fn sha256(data: &[u8]) -> String {
+    let mut h = differ::digest::Hasher::default();
+    h.update(data);
+    h.finish().0.to_string()
+}
+
+/// Writes `data` as ref `reference` in `namespace` in two halves on two streams (the first
+/// stream dropped before committing, as a client that lost its connection), checking the
+/// offset the second finds; the digest.
+async fn write_resumed(
+    c: &mut ContentClient<Channel>,
+    namespace: &str,
+    reference: &str,
+    data: &[u8],
+    labels_in: HashMap<String, String>,
+) -> String {
+    let digest = sha256(data);
+    let half = data.len() / 2;
+    let first = vec![ctpb::WriteContentRequest {
+        action: ctpb::WriteAction::Write as i32,
+        r#ref: reference.into(),
+        total: data.len() as i64,
+        expected: digest.clone(),
+        offset: 0,
+        data: data[..half].to_vec(),
+        labels: HashMap::new(),
+    }];
+    let mut answers = c
+        .write(ns(namespace, tokio_stream::iter(first)))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert_eq!(answer.offset, half as i64);
+    drop(answers);
+
+    let status = c
+        .status(ns(
+            namespace,
+            ctpb::StatusRequest {
+                r#ref: reference.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        (status.offset, status.total),
+        (half as i64, data.len() as i64)
+    );
+    assert_eq!(status.expected, digest);
+
+    let second = vec![
+        ctpb::WriteContentRequest {
+            action: ctpb::WriteAction::Stat as i32,
+            r#ref: reference.into(),
+            ..Default::default()
+        },
+        ctpb::WriteContentRequest {
+            action: ctpb::WriteAction::Commit as i32,
+            r#ref: reference.into(),
+            total: data.len() as i64,
+            expected: digest.clone(),
+            offset: half as i64,
+            data: data[half..].to_vec(),
+            labels: labels_in,
+        },
+    ];
+    let mut answers = c
+        .write(ns(namespace, tokio_stream::iter(second)))
+        .await
+        .unwrap()
+        .into_inner();
+    let stat = answers.message().await.unwrap().unwrap();
+    assert_eq!(stat.offset, half as i64, "the second stream resumes");
+    let commit = answers.message().await.unwrap().unwrap();
+    assert_eq!(commit.digest, digest);
+    assert_eq!(commit.offset, data.len() as i64);
+    digest
+}
+
+async fn read_all(
+    c: &mut ContentClient<Channel>,
+    namespace: &str,
+    digest: &str,
+    offset: i64,
+    size: i64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = c
+        .read(ns(
+            namespace,
+            ctpb::ReadContentRequest {
+                digest: digest.into(),
+                offset,
+                size,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        assert_eq!(
+            chunk.offset,
+            out.len() as i64,
+            "offsets count from the requested one"
+        );
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn content_images_containers_leases_namespaces() {
+    assert_root("imagestore::content_images_containers_leases_namespaces");
+    let tmp = TempDir::new("imagestore");
+    let daemon = Daemon::start(tmp.path(), "native");
+    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let mut content = ContentClient::new(channel.clone());
+    let mut images = ImagesClient::new(channel.clone());
+    let mut containers = ContainersClient::new(channel.clone());
+    let mut leases = LeasesClient::new(channel.clone());
+    let mut namespaces = NamespacesClient::new(channel.clone());
+    let mut introspection = IntrospectionClient::new(channel);
+
+    // No namespace: containerd's FailedPrecondition.
+    let err = images
+        .list(ns("", ipb::ListImagesRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("namespace is required"), "{err:?}");
+
+    // Content: a 3 MiB blob written in two sessions, read whole and in part (several
+    // 1 MiB answers), labelled, listed by filter, invisible from another namespace.
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let digest = write_resumed(&mut content, "a", "blob-1", &data, labels(&[("x", "1")])).await;
+    assert_eq!(
+        read_all(&mut content, "a", &digest, 0, 0).await.unwrap(),
+        data
+    );
+    let part = read_all(&mut content, "a", &digest, 1_000_000, 2_000_000)
+        .await
+        .unwrap();
+    assert_eq!(part, data[1_000_000..3_000_000]);
+    assert_eq!(
+        code(read_all(&mut content, "a", &digest, data.len() as i64 + 1, 0).await),
+        Code::OutOfRange
+    );
+    assert_eq!(
+        code(read_all(&mut content, "b", &digest, 0, 0).await),
+        Code::NotFound
+    );
+    let info = content
+        .info(ns(
+            "a",
+            ctpb::InfoRequest {
+                digest: digest.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(
+        (info.size, info.labels.clone()),
+        (data.len() as i64, labels(&[("x", "1")]))
+    );
+    let updated = content
+        .update(ns(
+            "a",
+            ctpb::UpdateRequest {
+                info: Some(ctpb::Info {
+                    digest: digest.clone(),
+                    labels: labels(&[("y", "2")]),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["labels.y", "labels.x"]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(updated.labels, labels(&[("y", "2")]));
+    let bad_mask = content
+        .update(ns(
+            "a",
+            ctpb::UpdateRequest {
+                info: Some(ctpb::Info {
+                    digest: digest.clone(),
+                    size: 1,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["size"]),
+            },
+        ))
+        .await;
+    assert_eq!(code(bad_mask), Code::InvalidArgument);
+    let list = |filters: &[&str]| ctpb::ListContentRequest {
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+    };
+    let mut listed = content
+        .list(ns("a", list(&["labels.y==2"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let batch = listed.message().await.unwrap().unwrap();
+    assert_eq!(batch.info.len(), 1);
+    let mut none = content
+        .list(ns("a", list(&["labels.y==3"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        none.message()
+            .await
+            .unwrap()
+            .is_none_or(|b| b.info.is_empty())
+    );
+    assert_eq!(
+        code(content.list(ns("a", list(&["labels.y=="]))).await),
+        Code::InvalidArgument
+    );
+    // The same blob written in another namespace: no data needed (shared tree), and the
+    // namespace then sees it.
+    let shared = vec![ctpb::WriteContentRequest {
+        action: ctpb::WriteAction::Commit as i32,
+        r#ref: "blob-1".into(),
+        total: data.len() as i64,
+        expected: digest.clone(),
+        ..Default::default()
+    }];
+    let mut answers = content
+        .write(ns("b", tokio_stream::iter(shared.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().digest, digest);
+    assert_eq!(
+        read_all(&mut content, "b", &digest, 0, 0).await.unwrap(),
+        data
+    );
+    // Writing it again where it is: AlreadyExists.
+    let again = content.write(ns("b", tokio_stream::iter(shared))).await;
+    let again = match again {
+        Err(s) => s.code(),
+        Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+    };
+    assert_eq!(again, Code::AlreadyExists);
+    // A wrong digest at commit: FailedPrecondition, nothing stored.
+    let wrong = vec![ctpb::WriteContentRequest {
+        action: ctpb::WriteAction::Commit as i32,
+        r#ref: "wrong".into(),
+        expected: sha256(b"other"),
+        data: b"data".to_vec(),
+        ..Default::default()
+    }];
+    let mut answers = content
+        .write(ns("a", tokio_stream::iter(wrong)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answers.message().await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            content
+                .info(ns(
+                    "a",
+                    ctpb::InfoRequest {
+                        digest: sha256(b"data")
+                    }
+                ))
+                .await
+        ),
+        Code::NotFound
+    );
+    content
+        .abort(ns(
+            "a",
+            ctpb::AbortRequest {
+                r#ref: "wrong".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            content
+                .abort(ns(
+                    "a",
+                    ctpb::AbortRequest {
+                        r#ref: "wrong".into()
+                    }
+                ))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // Images.
+    let target = Descriptor {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        digest: digest.clone(),
+        size: data.len() as i64,
+        annotations: HashMap::new(),
+    };
+    let image = |name: &str, l: &[(&str, &str)]| ipb::Image {
+        name: name.into(),
+        labels: labels(l),
+        target: Some(target.clone()),
+        ..Default::default()
+    };
+    let created = images
+        .create(ns(
+            "a",
+            ipb::CreateImageRequest {
+                image: Some(image("example.test/one:1", &[("tier", "base")])),
+                source_date_epoch: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert!(created.created_at.is_some());
+    images
+        .create(ns(
+            "a",
+            ipb::CreateImageRequest {
+                image: Some(image("example.test/two:1", &[])),
+                source_date_epoch: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let dup = images
+        .create(ns(
+            "a",
+            ipb::CreateImageRequest {
+                image: Some(image("example.test/one:1", &[])),
+                source_date_epoch: None,
+            },
+        ))
+        .await;
+    assert_eq!(code(dup), Code::AlreadyExists);
+    let mut no_target = image("example.test/bad:1", &[]);
+    no_target.target = None;
+    let bad = images
+        .create(ns(
+            "a",
+            ipb::CreateImageRequest {
+                image: Some(no_target),
+                source_date_epoch: None,
+            },
+        ))
+        .await;
+    assert_eq!(code(bad), Code::InvalidArgument);
+    let names = |imgs: Vec<ipb::Image>| imgs.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    let list_images = |filters: &[&str]| ipb::ListImagesRequest {
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+    };
+    let all = images
+        .list(ns("a", list_images(&[])))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(names(all), ["example.test/one:1", "example.test/two:1"]);
+    let base = images
+        .list(ns("a", list_images(&["labels.tier==base"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(names(base), ["example.test/one:1"]);
+    let by_target = images
+        .list(ns(
+            "a",
+            list_images(&[&format!("target.digest=={digest}"), "name~=two"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(
+        names(by_target),
+        ["example.test/one:1", "example.test/two:1"]
+    );
+    assert!(
+        images
+            .list(ns("b", list_images(&[])))
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .is_empty()
+    );
+    let relabelled = images
+        .update(ns(
+            "a",
+            ipb::UpdateImageRequest {
+                image: Some(image("example.test/one:1", &[("new", "yes")])),
+                update_mask: mask(&["labels.new"]),
+                source_date_epoch: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(
+        relabelled.labels,
+        labels(&[("tier", "base"), ("new", "yes")])
+    );
+    assert_eq!(relabelled.created_at, created.created_at);
+    let bad_path = images
+        .update(ns(
+            "a",
+            ipb::UpdateImageRequest {
+                image: Some(image("example.test/one:1", &[])),
+                update_mask: mask(&["name"]),
+                source_date_epoch: None,
+            },
+        ))
+        .await;
+    assert_eq!(code(bad_path), Code::InvalidArgument);
+    let missing = images
+        .update(ns(
+            "b",
+            ipb::UpdateImageRequest {
+                image: Some(image("example.test/one:1", &[])),
+                update_mask: None,
+                source_date_epoch: None,
+            },
+        ))
+        .await;
+    assert_eq!(code(missing), Code::NotFound);
+    let mut other_target = target.clone();
+    other_target.digest = sha256(b"elsewhere");
+    let stale = images
+        .delete(ns(
+            "a",
+            ipb::DeleteImageRequest {
+                name: "example.test/two:1".into(),
+                sync: false,
+                target: Some(other_target),
+            },
+        ))
+        .await;
+    assert_eq!(code(stale), Code::NotFound);
+    images
+        .delete(ns(
+            "a",
+            ipb::DeleteImageRequest {
+                name: "example.test/two:1".into(),
+                sync: false,
+                target: Some(target.clone()),
+            },
+        ))
+        .await
+        .unwrap();
+    let get = images
+        .get(ns(
+            "a",
+            ipb::GetImageRequest {
+                name: "example.test/two:1".into(),
+            },
+        ))
+        .await;
+    assert_eq!(code(get), Code::NotFound);
+
+    // Containers.
+    let spec = prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: br#"{"ociVersion":"1.2.0"}"#.to_vec(),
+    };
+    let container = |id: &str| cpb::Container {
+        id: id.into(),
+        labels: labels(&[("app", id)]),
+        image: "example.test/one:1".into(),
+        runtime: Some(cpb::container::Runtime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
+        spec: Some(spec.clone()),
+        snapshotter: "strata".into(),
+        snapshot_key: id.into(),
+        ..Default::default()
+    };
+    for id in ["web", "db"] {
+        containers
+            .create(ns(
+                "a",
+                cpb::CreateContainerRequest {
+                    container: Some(container(id)),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let bad_id = containers
+        .create(ns(
+            "a",
+            cpb::CreateContainerRequest {
+                container: Some(container("-bad")),
+            },
+        ))
+        .await;
+    assert_eq!(code(bad_id), Code::InvalidArgument);
+    let mut no_spec = container("nospec");
+    no_spec.spec = None;
+    let bad = containers
+        .create(ns(
+            "a",
+            cpb::CreateContainerRequest {
+                container: Some(no_spec),
+            },
+        ))
+        .await;
+    assert_eq!(code(bad), Code::InvalidArgument);
+    let filters = vec!["labels.app==db".to_string()];
+    let mut stream = containers
+        .list_stream(ns(
+            "a",
+            cpb::ListContainersRequest {
+                filters: filters.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().container.unwrap();
+    assert_eq!(first.id, "db");
+    assert!(stream.message().await.unwrap().is_none());
+    let listed = containers
+        .list(ns(
+            "a",
+            cpb::ListContainersRequest {
+                filters: vec!["runtime.name==io.containerd.runc.v2".into()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    let mut change = container("web");
+    change.image = "example.test/two:1".into();
+    change.labels = labels(&[("extra", "1")]);
+    let changed = containers
+        .update(ns(
+            "a",
+            cpb::UpdateContainerRequest {
+                container: Some(change.clone()),
+                update_mask: mask(&["image", "labels.extra"]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    assert_eq!(changed.image, "example.test/two:1");
+    assert_eq!(changed.labels, labels(&[("app", "web"), ("extra", "1")]));
+    let mut immutable = change.clone();
+    immutable.snapshotter = "other".into();
+    let refused = containers
+        .update(ns(
+            "a",
+            cpb::UpdateContainerRequest {
+                container: Some(immutable),
+                update_mask: None,
+            },
+        ))
+        .await;
+    assert_eq!(code(refused), Code::InvalidArgument);
+    let refused = containers
+        .update(ns(
+            "a",
+            cpb::UpdateContainerRequest {
+                container: Some(change),
+                update_mask: mask(&["snapshotter"]),
+            },
+        ))
+        .await;
+    assert_eq!(code(refused), Code::InvalidArgument);
+    containers
+        .delete(ns("a", cpb::DeleteContainerRequest { id: "db".into() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            containers
+                .delete(ns("a", cpb::DeleteContainerRequest { id: "db".into() }))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            containers
+                .get(ns("b", cpb::GetContainerRequest { id: "web".into() }))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // Leases.
+    let lease = leases
+        .create(ns(
+            "a",
+            lpb::CreateRequest {
+                id: "pull-1".into(),
+                labels: labels(&[("containerd.io/gc.expire", "2100-01-01T00:00:00Z")]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.id, "pull-1");
+    let generated = leases
+        .create(ns("a", lpb::CreateRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert!(!generated.id.is_empty());
+    assert_eq!(
+        code(
+            leases
+                .create(ns(
+                    "a",
+                    lpb::CreateRequest {
+                        id: "pull-1".into(),
+                        labels: HashMap::new()
+                    }
+                ))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    let resource = |t: &str, id: &str| {
+        Some(lpb::Resource {
+            id: id.into(),
+            r#type: t.into(),
+        })
+    };
+    leases
+        .add_resource(ns(
+            "a",
+            lpb::AddResourceRequest {
+                id: "pull-1".into(),
+                resource: resource("content", &digest),
+            },
+        ))
+        .await
+        .unwrap();
+    leases
+        .add_resource(ns(
+            "a",
+            lpb::AddResourceRequest {
+                id: "pull-1".into(),
+                resource: resource("snapshots/strata", "k1"),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            leases
+                .add_resource(ns(
+                    "a",
+                    lpb::AddResourceRequest {
+                        id: "pull-1".into(),
+                        resource: resource("bogus", "x")
+                    }
+                ))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            leases
+                .add_resource(ns(
+                    "b",
+                    lpb::AddResourceRequest {
+                        id: "pull-1".into(),
+                        resource: resource("content", &digest)
+                    }
+                ))
+                .await
+        ),
+        Code::NotFound
+    );
+    let held = leases
+        .list_resources(ns(
+            "a",
+            lpb::ListResourcesRequest {
+                id: "pull-1".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .resources;
+    assert_eq!(held.len(), 2);
+    let by_id = leases
+        .list(ns(
+            "a",
+            lpb::ListRequest {
+                filters: vec!["id==pull-1".into()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert_eq!(by_id.len(), 1);
+    leases
+        .delete(ns(
+            "a",
+            lpb::DeleteRequest {
+                id: generated.id.clone(),
+                sync: false,
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            leases
+                .delete(ns(
+                    "a",
+                    lpb::DeleteRequest {
+                        id: generated.id,
+                        sync: false
+                    }
+                ))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // Namespaces: "a" and "b" exist by holding things; "c" by creation, with labels.
+    let created = namespaces
+        .create(ns(
+            "",
+            npb::CreateNamespaceRequest {
+                namespace: Some(npb::Namespace {
+                    name: "c".into(),
+                    labels: labels(&[("containerd.io/defaults/snapshotter", "strata")]),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace
+        .unwrap();
+    assert_eq!(created.name, "c");
+    assert_eq!(
+        code(
+            namespaces
+                .create(ns(
+                    "",
+                    npb::CreateNamespaceRequest {
+                        namespace: Some(npb::Namespace {
+                            name: "a".into(),
+                            labels: HashMap::new()
+                        })
+                    }
+                ))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            namespaces
+                .create(ns(
+                    "",
+                    npb::CreateNamespaceRequest {
+                        namespace: Some(npb::Namespace {
+                            name: "Bad Name".into(),
+                            labels: HashMap::new()
+                        })
+                    }
+                ))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let all: Vec<String> = namespaces
+        .list(ns("", npb::ListNamespacesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(all, ["a", "b", "c"]);
+    let got = namespaces
+        .get(ns("", npb::GetNamespaceRequest { name: "c".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace
+        .unwrap();
+    assert_eq!(
+        got.labels
+            .get("containerd.io/defaults/snapshotter")
+            .map(String::as_str),
+        Some("strata")
+    );
+    let busy = namespaces
+        .delete(ns("", npb::DeleteNamespaceRequest { name: "a".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::FailedPrecondition);
+    assert!(busy.message().contains("must be empty"), "{busy:?}");
+    namespaces
+        .delete(ns("", npb::DeleteNamespaceRequest { name: "c".into() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            namespaces
+                .delete(ns("", npb::DeleteNamespaceRequest { name: "c".into() }))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // Introspection: the snapshotter with its root, found by containerd's filter.
+    let plugins = introspection
+        .plugins(ns(
+            "",
+            inpb::PluginsRequest {
+                filters: vec!["type==io.containerd.snapshotter.v1,id==strata".into()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .plugins;
+    assert_eq!(plugins.len(), 1);
+    assert_eq!(
+        plugins[0].exports.get("root").map(String::as_str),
+        daemon.root.to_str()
+    );
+
+    // Everything survives a restart of the daemon.
+    drop(daemon);
+    let daemon = Daemon::start(tmp.path(), "native");
+    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let mut images = ImagesClient::new(channel.clone());
+    let mut content = ContentClient::new(channel);
+    let kept = images
+        .get(ns(
+            "a",
+            ipb::GetImageRequest {
+                name: "example.test/one:1".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(kept.labels, labels(&[("tier", "base"), ("new", "yes")]));
+    assert_eq!(
+        read_all(&mut content, "a", &digest, 0, 0).await.unwrap(),
+        data
+    );
+}
