@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "containerd/services/namespaces/v1/namespace.proto",
     "containerd/services/introspection/v1/introspection.proto",
     "containerd/services/version/v1/version.proto",
+    "strata/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -100,7 +100,8 @@ pub struct CreateLayer {
 /// Where blobs are.
 enum Content {
     Local(LocalStore),
-    Own(Arc<ImageStore>),
+    /// The daemon's own content store.
+    Own,
     Containerd {
         channel: Channel,
         namespace: String,
@@ -112,6 +113,9 @@ enum Content {
 pub struct Layers {
     instances: Arc<Instances>,
     content: Content,
+    /// The daemon's own content store: the default, and with containerd's store configured
+    /// still where layers its own clients import are, and where their layers go.
+    own: Arc<ImageStore>,
     scratch: PathBuf,
     limits: differ::LayerLimits,
     applied: AtomicU64,
@@ -198,11 +202,12 @@ impl Layers {
                 namespace: config.namespace.clone(),
                 lease_expiry: Duration::from_secs(config.lease_expiry_secs),
             },
-            (None, None) => Content::Own(store),
+            (None, None) => Content::Own,
         };
         Layers {
             instances,
             content,
+            own: store,
             scratch,
             limits: config.limits,
             applied: AtomicU64::new(0),
@@ -238,34 +243,44 @@ impl Layers {
         }
     }
 
-    /// The content store for a call about snapshot `key`: the local directory, or
-    /// containerd's Content service in the call's namespace with its lease.
-    fn store(&self, ctx: &CallContext, key: Option<&str>) -> BlobStore {
+    /// The content store for a call about snapshot `key` (reading `blob`, if given): the
+    /// local directory; the daemon's own store; or containerd's Content service in the
+    /// call's namespace with its lease, unless the call is one of the own store's clients'
+    /// (the blob is in the own store, or the call runs under one of its leases).
+    fn store(&self, ctx: &CallContext, key: Option<&str>, blob: Option<&Digest>) -> BlobStore {
+        let namespace = |default: &str| {
+            ctx.namespace
+                .clone()
+                .or_else(|| key.and_then(key_namespace).map(str::to_string))
+                .unwrap_or_else(|| default.to_string())
+        };
+        let own = || {
+            BlobStore::Own(OwnContent::new(
+                Arc::clone(&self.own),
+                namespace("default"),
+                ctx.lease.clone(),
+            ))
+        };
         match &self.content {
             Content::Local(store) => BlobStore::Local(store.clone()),
-            Content::Own(store) => {
-                let namespace = ctx
-                    .namespace
-                    .clone()
-                    .or_else(|| key.and_then(key_namespace).map(str::to_string))
-                    .unwrap_or_else(|| "default".to_string());
-                BlobStore::Own(OwnContent::new(
-                    Arc::clone(store),
-                    namespace,
-                    ctx.lease.clone(),
-                ))
-            }
+            Content::Own => own(),
             Content::Containerd {
-                channel, namespace, ..
+                channel,
+                namespace: default,
+                ..
             } => {
-                let namespace = ctx
-                    .namespace
-                    .clone()
-                    .or_else(|| key.and_then(key_namespace).map(str::to_string))
-                    .unwrap_or_else(|| namespace.clone());
+                let in_own =
+                    blob.is_some_and(|d| self.own.blobs().size(d).ok().flatten().is_some());
+                let own_lease = match (&ctx.namespace, &ctx.lease) {
+                    (Some(ns), Some(lease)) => self.own.lease_exists(ns, lease).unwrap_or(false),
+                    _ => false,
+                };
+                if in_own || own_lease {
+                    return own();
+                }
                 BlobStore::Containerd(Box::new(ContainerdContent::new(
                     channel.clone(),
-                    namespace,
+                    namespace(default),
                     ctx.lease.clone(),
                     ctx.runtime.clone(),
                 )))
@@ -285,7 +300,9 @@ impl Layers {
             Target::Own(_) | Target::Mounted(_) => Vec::new(),
         };
         let key = target.key().map(str::to_string);
-        let blob = self.store(ctx, key.as_deref()).open(&req.digest)?;
+        let blob = self
+            .store(ctx, key.as_deref(), Some(&req.digest))
+            .open(&req.digest)?;
         let applied = differ::apply_layer(
             blob,
             req.compression,
@@ -331,7 +348,7 @@ impl Layers {
     pub fn create(&self, req: CreateLayer, ctx: &CallContext) -> Result<Created> {
         let started = Instant::now();
         let owner = self.owner(&req.right)?;
-        let mut store = self.store(ctx, owner.as_ref().map(|o| o.key.as_str()));
+        let mut store = self.store(ctx, owner.as_ref().map(|o| o.key.as_str()), None);
         let lease = self.protect(&mut store)?;
         let mut writer = store.create()?;
         let upper_only = owner.as_ref().filter(|o| {

@@ -27,6 +27,14 @@ pub mod google {
     }
 }
 
+/// `strata.admin.v1`: Strata's own administration calls (garbage collection).
+pub mod admin {
+    /// `strata.admin.v1`.
+    pub mod v1 {
+        tonic::include_proto!("strata.admin.v1");
+    }
+}
+
 /// Code generated from `proto/` (containerd's wire API, and the CRI subset the tests use).
 pub mod api {
     /// `runtime.v1`: the part of Kubernetes' CRI the end-to-end tests call containerd's CRI

@@ -33,6 +33,14 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Apply or create layers directly, without a daemon.
     Layer(strata::cli::layer::LayerArgs),
+    /// Collect the image store's garbage through a running daemon: print what would be
+    /// removed, or with --force remove it (containerd's semantics: images, containers,
+    /// leases and gc.root labels keep what they reference).
+    Gc {
+        /// Remove, rather than only print.
+        #[arg(long)]
+        force: bool,
+    },
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -160,6 +168,18 @@ fn main() -> ExitCode {
     runtime.block_on(run(Cli::parse(), activated))
 }
 
+/// A channel to the daemon at `address` (or the default socket); the error is printed.
+async fn connect(address: Option<PathBuf>) -> Option<tonic::transport::Channel> {
+    let address = address.unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
+    match strata::cli::connect(&address).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("strata: connect {}: {}", address.display(), chain(&e));
+            None
+        }
+    }
+}
+
 async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
@@ -194,16 +214,19 @@ async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> E
                 return ExitCode::FAILURE;
             }
         }
+        Command::Gc { force } => {
+            let Some(channel) = connect(cli.address).await else {
+                return ExitCode::FAILURE;
+            };
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = strata::cli::gc::run(channel, force, &mut out).await {
+                eprintln!("strata: {}", chain(e.as_ref()));
+                return ExitCode::FAILURE;
+            }
+        }
         Command::Snapshot(args) => {
-            let address = cli
-                .address
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
-            let channel = match strata::cli::connect(&address).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("strata: connect {}: {}", address.display(), chain(&e));
-                    return ExitCode::FAILURE;
-                }
+            let Some(channel) = connect(cli.address).await else {
+                return ExitCode::FAILURE;
             };
             let mut client = strata::cli::snapshots_client(channel);
             let mut out = std::io::stdout().lock();

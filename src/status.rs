@@ -88,6 +88,7 @@ impl Classify for crate::imagestore::StoreError {
             S::InvalidArgument(_) => Code::InvalidArgument,
             S::FailedPrecondition(_) => Code::FailedPrecondition,
             S::Unavailable(_) => Code::Unavailable,
+            S::Unimplemented(_) => Code::Unimplemented,
             S::OutOfRange(_) => Code::OutOfRange,
             S::Io { source, .. } => os_code(source),
             S::Open(e) => e.code(),

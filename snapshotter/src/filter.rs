@@ -33,11 +33,15 @@ enum Op {
 }
 
 impl Filters {
-    /// Parses every filter string; no strings means "match everything".
+    /// Parses every filter string; no strings, or an empty one, means "match everything"
+    /// (clients send `[""]`: ctr's progress polls list every write that way).
     pub fn parse<S: AsRef<str>>(filters: &[S]) -> Result<Self> {
-        let alternatives = filters
+        let alternatives: Vec<Vec<Selector>> = filters
             .iter()
-            .map(|f| Parser::new(f.as_ref()).selectors())
+            .map(|f| match f.as_ref() {
+                "" => Ok(Vec::new()),
+                f => Parser::new(f).selectors(),
+            })
             .collect::<Result<_>>()?;
         Ok(Filters { alternatives })
     }
@@ -314,8 +318,11 @@ mod tests {
 
     #[test]
     fn bad_filters_are_invalid_argument() {
+        assert!(
+            m(&[""], &info("x", "", Kind::Active, &[])),
+            "an empty filter matches all"
+        );
         for bad in [
-            "",
             "name==",
             "name=x",
             "name==a b",

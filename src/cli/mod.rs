@@ -1,5 +1,6 @@
 //! The command-line client: talks to a running daemon over its socket.
 
+pub mod gc;
 pub mod layer;
 pub mod snapshot;
 

@@ -266,15 +266,14 @@ impl Ingest {
         &self.status
     }
 
-    /// Writes `data` at `offset`. Writing at the current offset appends; an offset before it
-    /// (a client re-sending after a reconnect) truncates there and re-hashes, as containerd
-    /// does; one past it is a gap and refused.
+    /// Writes `data` at `offset`, as containerd: at the current offset it appends, at 0 it
+    /// starts the write over; anywhere else is OutOfRange.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let path = self.dir.join("data");
-        if offset > self.status.offset {
-            return Err(StoreError::InvalidArgument(format!(
-                "ref {}: write at {offset} is past the {} bytes written",
-                self.status.reference, self.status.offset
+        if offset != 0 && offset != self.status.offset {
+            return Err(StoreError::OutOfRange(format!(
+                "write @{offset} must occur at current offset {}",
+                self.status.offset
             )));
         }
         if offset < self.status.offset {

@@ -12,7 +12,7 @@ use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
 use super::meta::{Kind, Read, key};
-use super::{ImageStore, Ingest, IngestStatus, Result, StoreError, labels, timestamp};
+use super::{Blobs, ImageStore, Ingest, IngestStatus, Result, StoreError, labels, timestamp};
 use crate::api::services::content::v1 as pb;
 
 /// Lease resource type of a blob.
@@ -26,6 +26,9 @@ pub struct ContentWriter {
     lease: Option<String>,
     started: SystemTime,
     body: Body,
+    blobs: Blobs,
+    /// The write's name in the blob tree.
+    tree_ref: String,
 }
 
 enum Body {
@@ -53,23 +56,27 @@ impl ContentWriter {
         }
     }
 
-    /// Writes `data` at `offset` (see [`Ingest::write_at`]).
+    /// Writes `data` at `offset` (see [`Ingest::write_at`]). A client that sends the data
+    /// of a blob the tree has anyway (from offset 0) gets a real write, checked at commit
+    /// like any other.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if let Body::Shared { digest, size } = &self.body {
+            if data.is_empty() {
+                return Ok(());
+            }
+            if offset != 0 {
+                return Err(StoreError::OutOfRange(format!(
+                    "write @{offset} must occur at current offset {size}"
+                )));
+            }
+            let ingest = self
+                .blobs
+                .writer(&self.tree_ref, *size, Some(digest.clone()))?;
+            self.body = Body::Data(Box::new(ingest));
+        }
         match &mut self.body {
             Body::Data(ingest) => ingest.write_at(offset, data),
-            Body::Shared { digest, size } if data.is_empty() || offset == *size => {
-                // Data past a shared blob's end would change it; none is sent in practice.
-                if data.is_empty() {
-                    Ok(())
-                } else {
-                    Err(StoreError::InvalidArgument(format!(
-                        "content {digest} is complete; no data can follow"
-                    )))
-                }
-            }
-            Body::Shared { digest, .. } => Err(StoreError::InvalidArgument(format!(
-                "content {digest} exists; write at {offset} refused"
-            ))),
+            Body::Shared { .. } => unreachable!("made a real write above"),
         }
     }
 }
@@ -78,7 +85,6 @@ impl Adaptor for pb::Info {
     fn field(&self, path: &[String]) -> Option<std::borrow::Cow<'_, str>> {
         match path {
             [f] if f == "digest" => Some(self.digest.as_str().into()),
-            [f] if f == "size" => Some(self.size.to_string().into()),
             _ => labels::field(&self.labels, path).map(Into::into),
         }
     }
@@ -172,7 +178,7 @@ impl ImageStore {
 
     /// Whether any namespace holds a record of `digest`.
     pub(super) fn blob_referenced(&self, r: &impl Read, digest: &Digest) -> Result<bool> {
-        for ns in r.namespaces()? {
+        for ns in r.namespaces_of(Kind::Content)? {
             if r.get::<pb::Info>(Kind::Content, &key(&ns, &[digest.as_str()]))?
                 .is_some()
             {
@@ -255,6 +261,8 @@ impl ImageStore {
             lease: lease.map(str::to_string),
             started,
             body,
+            blobs: self.blobs.clone(),
+            tree_ref: tree_ref(namespace, reference),
         })
     }
 

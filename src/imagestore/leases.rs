@@ -33,10 +33,17 @@ fn validate_resource(r: &Resource) -> Result<()> {
                 .map_err(|e| StoreError::InvalidArgument(format!("content resource: {e}")))?;
         }
         RESOURCE_INGEST => {}
-        t if t.starts_with(RESOURCE_SNAPSHOTS) && t.len() > RESOURCE_SNAPSHOTS.len() => {}
+        t if t.starts_with(RESOURCE_SNAPSHOTS) => {
+            let snapshotter = &t[RESOURCE_SNAPSHOTS.len()..];
+            if snapshotter.is_empty() || snapshotter.contains('/') {
+                return Err(StoreError::InvalidArgument(
+                    "invalid snapshot resource type".into(),
+                ));
+            }
+        }
         t => {
-            return Err(StoreError::InvalidArgument(format!(
-                "unsupported resource type {t}"
+            return Err(StoreError::Unimplemented(format!(
+                "resource type {t} not supported yet"
             )));
         }
     }
@@ -74,6 +81,14 @@ impl ImageStore {
             }
             w.put(Kind::Lease, &k, &lease)?;
             Ok(lease)
+        })
+    }
+
+    /// Whether lease `id` exists in `namespace`.
+    pub fn lease_exists(&self, namespace: &str, id: &str) -> Result<bool> {
+        self.meta.read(|r| {
+            Ok(r.get::<Lease>(Kind::Lease, &key(namespace, &[id]))?
+                .is_some())
         })
     }
 

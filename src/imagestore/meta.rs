@@ -30,16 +30,21 @@ pub enum Kind {
     Content,
     /// A write in progress in a namespace (its ref).
     Ingest,
+    /// A snapshot a client of this store made under one of its leases, which the collector
+    /// may therefore remove: `<snapshotter>\0<key>` (not namespaced: a snapshotter's keys
+    /// are one space) → its namespace.
+    Snapshot,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Image,
         Kind::Container,
         Kind::Lease,
         Kind::Content,
         Kind::Ingest,
+        Kind::Snapshot,
     ];
 
     fn db_name(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Kind {
             Kind::Lease => "leases",
             Kind::Content => "content",
             Kind::Ingest => "ingests",
+            Kind::Snapshot => "snapshots",
         }
     }
 }
@@ -167,17 +173,26 @@ pub trait Read {
             .is_some())
     }
 
-    /// The namespaces with a record (of any kind but resources).
+    /// The namespaces with a record (of any namespaced kind).
     fn namespaces(&self) -> Result<Vec<String>> {
         let mut names = std::collections::BTreeSet::new();
         for kind in Kind::ALL {
-            for item in self.meta().db(kind).iter(self.txn())? {
-                let (k, _) = item?;
-                let ns = k.split(|b| *b == 0).next().unwrap_or_default();
-                names.insert(String::from_utf8_lossy(ns).into_owned());
+            if kind != Kind::Snapshot {
+                names.extend(self.namespaces_of(kind)?);
             }
         }
         Ok(names.into_iter().collect())
+    }
+
+    /// The namespaces with a record of `kind`.
+    fn namespaces_of(&self, kind: Kind) -> Result<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for item in self.meta().db(kind).iter(self.txn())? {
+            let (k, _) = item?;
+            let ns = k.split(|b| *b == 0).next().unwrap_or_default();
+            names.insert(String::from_utf8_lossy(ns).into_owned());
+        }
+        Ok(names)
     }
 
     /// The resources of lease `lease` in `namespace`: (type, id).

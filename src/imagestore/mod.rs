@@ -9,17 +9,20 @@
 mod blobs;
 mod containers;
 mod content;
+mod gc;
 mod images;
 mod labels;
 mod leases;
 mod meta;
 mod namespaces;
+mod snapshots;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use blobs::{Blobs, Ingest, IngestStatus};
 pub use content::ContentWriter;
+pub use gc::{Report, SnapshotAccess, SnapshotTree};
 pub use labels::validate_identifier;
 
 use meta::Meta;
@@ -42,6 +45,9 @@ pub enum StoreError {
     InvalidArgument(String),
     #[error("{0}: failed precondition")]
     FailedPrecondition(String),
+    /// A kind of thing this store does not handle.
+    #[error("{0}: not implemented")]
+    Unimplemented(String),
     /// A ref already being written by someone else.
     #[error("{0}: unavailable")]
     Unavailable(String),

@@ -7,13 +7,12 @@ use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels};
 use crate::api::services::namespaces::v1::Namespace;
 
-/// What may keep a namespace from being deleted, with containerd's names for it.
-const CONTENTS: [(Kind, &str); 5] = [
+/// What keeps a namespace from being deleted (leases and writes do not), with containerd's
+/// names for it.
+const CONTENTS: [(Kind, &str); 3] = [
     (Kind::Image, "images"),
     (Kind::Content, "blobs"),
     (Kind::Container, "containers"),
-    (Kind::Lease, "leases"),
-    (Kind::Ingest, "ingests"),
 ];
 
 impl ImageStore {
@@ -68,7 +67,8 @@ impl ImageStore {
                 labels::apply_path(&mut current.labels, &ns.labels, "labels");
             }
             for path in paths {
-                if !labels::apply_path(&mut current.labels, &ns.labels, path) {
+                // Only single labels: containerd refuses a bare `labels` path here.
+                if path == "labels" || !labels::apply_path(&mut current.labels, &ns.labels, path) {
                     return Err(StoreError::InvalidArgument(format!(
                         "cannot update {path:?} field on namespace {:?}",
                         ns.name
@@ -80,21 +80,21 @@ impl ImageStore {
         })
     }
 
-    /// Deletes namespace `name`, which must hold nothing (`snapshots_in_use` says whether
-    /// the daemon's snapshotters still hold snapshots of it).
-    pub fn namespace_delete(&self, name: &str, snapshots_in_use: bool) -> Result<()> {
+    /// Deletes namespace `name`, which must hold nothing (`snapshots_in` names a
+    /// snapshotter still holding snapshots of it).
+    pub fn namespace_delete(&self, name: &str, snapshots_in: Option<&str>) -> Result<()> {
         self.meta.write(|w| {
             if !w.namespaces()?.iter().any(|n| n == name) {
                 return Err(StoreError::NotFound(format!("namespace {name:?}")));
             }
-            let mut held: Vec<&str> = Vec::new();
+            let mut held: Vec<String> = Vec::new();
             for (kind, what) in CONTENTS {
                 if w.any(kind, name)? {
-                    held.push(what);
+                    held.push(what.to_string());
                 }
             }
-            if snapshots_in_use {
-                held.push("snapshots");
+            if let Some(snapshotter) = snapshots_in {
+                held.push(format!("snapshots on {snapshotter:?} snapshotter"));
             }
             if !held.is_empty() {
                 return Err(StoreError::FailedPrecondition(format!(

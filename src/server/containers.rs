@@ -7,7 +7,8 @@ use snapshotter::Filters;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, namespace_of};
+use super::collector::Collector;
+use super::{after_delete, blocking, namespace_of};
 use crate::api::services::containers::v1 as pb;
 use crate::api::services::containers::v1::containers_server::Containers;
 use crate::imagestore::ImageStore;
@@ -15,11 +16,12 @@ use crate::imagestore::ImageStore;
 /// The Containers service.
 pub struct ContainersService {
     store: Arc<ImageStore>,
+    collector: Arc<Collector>,
 }
 
 impl ContainersService {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        ContainersService { store }
+    pub fn new(store: Arc<ImageStore>, collector: Arc<Collector>) -> Self {
+        ContainersService { store, collector }
     }
 
     async fn matching(
@@ -108,6 +110,7 @@ impl Containers for ContainersService {
         let ns = namespace_of(&request)?;
         let id = request.into_inner().id;
         blocking(&self.store, move |s| s.container_delete(&ns, &id)).await?;
+        after_delete(&self.collector, false).await?;
         Ok(Response::new(()))
     }
 }

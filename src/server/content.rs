@@ -11,7 +11,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, lease_of, namespace_of};
+use super::collector::Collector;
+use super::{after_delete, blocking, lease_of, namespace_of};
 use crate::api::services::content::v1 as pb;
 use crate::api::services::content::v1::content_server::Content;
 use crate::imagestore::{ContentWriter, ImageStore, IngestStatus, StoreError, timestamp};
@@ -27,11 +28,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The Content service.
 pub struct ContentService {
     store: Arc<ImageStore>,
+    collector: Arc<Collector>,
 }
 
 impl ContentService {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        ContentService { store }
+    pub fn new(store: Arc<ImageStore>, collector: Arc<Collector>) -> Self {
+        ContentService { store, collector }
     }
 }
 
@@ -100,6 +102,7 @@ impl Content for ContentService {
         let ns = namespace_of(&request)?;
         let digest = request.into_inner().digest;
         blocking(&self.store, move |s| s.content_delete(&ns, &digest)).await?;
+        after_delete(&self.collector, false).await?;
         Ok(Response::new(()))
     }
 
@@ -275,12 +278,7 @@ impl WriteSession {
                 (self.reference.clone(), self.total, self.expected.clone());
             move || -> Result<(Option<ContentWriter>, IngestStatus, String), StoreError> {
                 if action != pb::WriteAction::Stat && !req.data.is_empty() {
-                    let offset = if req.offset > 0 {
-                        req.offset as u64
-                    } else {
-                        writer.status().offset
-                    };
-                    writer.write_at(offset, &req.data)?;
+                    writer.write_at(req.offset.max(0) as u64, &req.data)?;
                 }
                 let mut status = writer.status();
                 status.reference = reference.clone();

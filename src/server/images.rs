@@ -5,7 +5,8 @@ use std::sync::Arc;
 use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, namespace_of};
+use super::collector::Collector;
+use super::{after_delete, blocking, namespace_of};
 use crate::api::services::images::v1 as pb;
 use crate::api::services::images::v1::images_server::Images;
 use crate::imagestore::ImageStore;
@@ -13,11 +14,12 @@ use crate::imagestore::ImageStore;
 /// The Images service.
 pub struct ImagesService {
     store: Arc<ImageStore>,
+    collector: Arc<Collector>,
 }
 
 impl ImagesService {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        ImagesService { store }
+    pub fn new(store: Arc<ImageStore>, collector: Arc<Collector>) -> Self {
+        ImagesService { store, collector }
     }
 }
 
@@ -78,10 +80,12 @@ impl Images for ImagesService {
     ) -> Result<Response<()>, Status> {
         let ns = namespace_of(&request)?;
         let r = request.into_inner();
+        let sync = r.sync;
         blocking(&self.store, move |s| {
             s.image_delete(&ns, &r.name, r.target.as_ref())
         })
         .await?;
+        after_delete(&self.collector, sync).await?;
         Ok(Response::new(()))
     }
 }

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, namespace_of};
+use super::collector::Collector;
+use super::{after_delete, blocking, namespace_of};
 use crate::api::services::leases::v1 as pb;
 use crate::api::services::leases::v1::leases_server::Leases;
 use crate::imagestore::ImageStore;
@@ -14,11 +15,12 @@ use crate::imagestore::ImageStore;
 /// The Leases service.
 pub struct LeasesService {
     store: Arc<ImageStore>,
+    collector: Arc<Collector>,
 }
 
 impl LeasesService {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        LeasesService { store }
+    pub fn new(store: Arc<ImageStore>, collector: Arc<Collector>) -> Self {
+        LeasesService { store, collector }
     }
 }
 
@@ -49,8 +51,10 @@ impl Leases for LeasesService {
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_of(&request)?;
-        let id = request.into_inner().id;
+        let r = request.into_inner();
+        let (id, sync) = (r.id, r.sync);
         blocking(&self.store, move |s| s.lease_delete(&ns, &id)).await?;
+        after_delete(&self.collector, sync).await?;
         Ok(Response::new(()))
     }
 

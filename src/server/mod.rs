@@ -1,6 +1,7 @@
 //! The daemon: opens the configured snapshotter instances and serves containerd's gRPC APIs
 //! for them on a unix socket until shut down.
 
+mod collector;
 mod containers;
 mod content;
 mod diff;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::admin::v1::admin_server::AdminServer;
 use crate::api::services::containers::v1::containers_server::ContainersServer;
 use crate::api::services::content::v1::content_server::ContentServer;
 use crate::api::services::diff::v1::diff_server::DiffServer;
@@ -102,6 +104,24 @@ pub(crate) fn lease_of<T>(request: &tonic::Request<T>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// After a delete: collects garbage before answering if the caller asked (`sync`), else
+/// soon in the background.
+pub(crate) async fn after_delete(
+    collector: &Arc<collector::Collector>,
+    sync: bool,
+) -> Result<(), tonic::Status> {
+    if !sync {
+        collector.schedule();
+        return Ok(());
+    }
+    let collector = Arc::clone(collector);
+    tokio::task::spawn_blocking(move || collector.collect(false))
+        .await
+        .map_err(crate::status::join_error)?
+        .map_err(crate::status::to_status)?;
+    Ok(())
+}
+
 /// Runs an image store call on the blocking pool (it waits for the disk).
 pub(crate) async fn blocking<T, F>(
     store: &Arc<crate::imagestore::ImageStore>,
@@ -179,6 +199,7 @@ pub async fn serve(
         store,
         root,
     } = services;
+    let collector = collector::Collector::new(Arc::clone(&store), Arc::clone(&instances));
     let introspection =
         introspection::IntrospectionService::new(&instances, &root).map_err(|source| {
             DaemonError::ImageStore {
@@ -198,24 +219,28 @@ pub async fn serve(
         ))
         .add_service(limited!(
             SnapshotsServer,
-            SnapshotsService::new(Arc::clone(&instances))
+            SnapshotsService::new(Arc::clone(&instances), Arc::clone(&store))
         ))
         .add_service(limited!(DiffServer, differ))
         .add_service(limited!(
             ContentServer,
-            content::ContentService::new(Arc::clone(&store))
+            content::ContentService::new(Arc::clone(&store), Arc::clone(&collector))
         ))
         .add_service(limited!(
             ImagesServer,
-            images::ImagesService::new(Arc::clone(&store))
+            images::ImagesService::new(Arc::clone(&store), Arc::clone(&collector))
         ))
         .add_service(limited!(
             ContainersServer,
-            containers::ContainersService::new(Arc::clone(&store))
+            containers::ContainersService::new(Arc::clone(&store), Arc::clone(&collector))
         ))
         .add_service(limited!(
             LeasesServer,
-            leases::LeasesService::new(Arc::clone(&store))
+            leases::LeasesService::new(Arc::clone(&store), Arc::clone(&collector))
+        ))
+        .add_service(limited!(
+            AdminServer,
+            collector::AdminService::new(Arc::clone(&collector))
         ))
         .add_service(limited!(IntrospectionServer, introspection))
         .add_service(limited!(VersionServer, introspection::VersionService))

@@ -24,17 +24,23 @@ impl NamespacesService {
     }
 }
 
-/// Whether any snapshotter holds a snapshot of namespace `ns`: keys made by containerd's
-/// metadata layer and by Strata's own unpack start with `<ns>/`.
-fn snapshots_in(instances: &Instances, ns: &str) -> snapshotter::Result<bool> {
-    let prefix = format!("{ns}/");
+/// A snapshotter holding snapshots of namespace `ns` made through containerd's metadata
+/// layer (keys `<ns>/<seq>/...`), if any.
+fn snapshots_in(instances: &Instances, ns: &str) -> snapshotter::Result<Option<String>> {
     for inst in instances.all() {
         let all = inst.snapshotter.list(&Filters::default())?;
-        if all.iter().any(|i| i.name.starts_with(&prefix)) {
-            return Ok(true);
+        let held = all.iter().any(|i| {
+            let mut parts = i.name.splitn(3, '/');
+            parts.next() == Some(ns)
+                && parts
+                    .next()
+                    .is_some_and(|seq| seq.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if held {
+            return Ok(Some(inst.name.clone()));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 #[tonic::async_trait]
@@ -92,7 +98,7 @@ impl Namespaces for NamespacesService {
         blocking(&self.store, move |s| {
             let in_use =
                 snapshots_in(&instances, &name).map_err(crate::imagestore::StoreError::Open)?;
-            s.namespace_delete(&name, in_use)
+            s.namespace_delete(&name, in_use.as_deref())
         })
         .await?;
         Ok(Response::new(()))

@@ -11,9 +11,11 @@ use snapshotter::{Filters, Snapshotter};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::blocking;
 use crate::api::services::snapshots::v1 as pb;
 use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
+use crate::imagestore::ImageStore;
 use crate::instances::Instances;
 use crate::metrics::METRICS;
 use crate::status::{invalid, join_error, to_status};
@@ -26,6 +28,8 @@ pub struct SnapshotsService {
     instances: Arc<Instances>,
     /// Snapshotter calls in flight.
     in_flight: AtomicUsize,
+    /// The image store, which owns snapshots made under its leases.
+    store: Arc<ImageStore>,
 }
 
 /// Counts a call in flight until dropped (also when it panics).
@@ -38,12 +42,70 @@ impl Drop for InFlight<'_> {
 }
 
 impl SnapshotsService {
-    /// Serves `instances`.
-    pub fn new(instances: Arc<Instances>) -> Self {
+    /// Serves `instances`, telling `store` about snapshots made under its leases.
+    pub fn new(instances: Arc<Instances>, store: Arc<ImageStore>) -> Self {
         SnapshotsService {
             instances,
             in_flight: AtomicUsize::new(0),
+            store,
         }
+    }
+
+    /// Tells the image store that `snapshot` left, or went to `committed` when given, if it
+    /// was the store's (a lookup only for everyone else's).
+    async fn moved(
+        &self,
+        snapshotter: &str,
+        snapshot: String,
+        committed: Option<String>,
+    ) -> Result<(), Status> {
+        let inst = self.instance_name(snapshotter)?;
+        if !self
+            .store
+            .owns_snapshot(&inst, &snapshot)
+            .map_err(to_status)?
+        {
+            return Ok(());
+        }
+        blocking(&self.store, move |s| match &committed {
+            Some(to) => s.snapshot_committed(&inst, &snapshot, to),
+            None => s.snapshot_released(&inst, &snapshot),
+        })
+        .await
+    }
+
+    /// The name of the instance `snapshotter` selects.
+    fn instance_name(&self, snapshotter: &str) -> Result<String, Status> {
+        Ok(self
+            .instances
+            .get(snapshotter)
+            .map_err(to_status)?
+            .name
+            .clone())
+    }
+
+    /// Records `key` as made under the request's lease if that is one of the image store's
+    /// (a request without a lease, as containerd's, costs nothing here).
+    async fn made(
+        &self,
+        request_lease: Option<(String, String)>,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<(), Status> {
+        let Some((ns, lease)) = request_lease else {
+            return Ok(());
+        };
+        let (name, key) = (self.instance_name(snapshotter)?, key.to_string());
+        blocking(&self.store, move |s| {
+            s.snapshot_made(&ns, &lease, &name, &key).map(|_| ())
+        })
+        .await
+    }
+
+    /// The namespace and lease of a request that has both.
+    fn lease_of<T>(request: &Request<T>) -> Option<(String, String)> {
+        let ns = super::namespace_of(request).ok()?;
+        Some((ns, super::lease_of(request)?))
     }
 
     /// Runs `f` against the selected instance. Snapshotter calls block (each mutation waits
@@ -109,17 +171,31 @@ impl Snapshots for SnapshotsService {
         &self,
         request: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let lease = Self::lease_of(&request);
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
-        let mounts = self
-            .call(&r.snapshotter, move |s| {
-                s.prepare(&r.key, &r.parent, labels).inspect_err(|e| {
-                    if let snapshotter::Error::LayerCommitted { .. } = e {
-                        METRICS.layer_reused();
-                    }
-                })
+        let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
+        let reused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let result = self
+            .call(&r.snapshotter, {
+                let reused = Arc::clone(&reused);
+                move |s| {
+                    s.prepare(&r.key, &r.parent, labels).inspect_err(|e| {
+                        if let snapshotter::Error::LayerCommitted { name, .. } = e {
+                            *reused.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.clone());
+                        }
+                    })
+                }
             })
-            .await?;
+            .await;
+        let reused = reused.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(name) = reused {
+            METRICS.layer_reused();
+            // Shared with whoever adopts it now: no longer the image store's to collect.
+            self.moved(&snapshotter, name, None).await?;
+        }
+        let mounts = result?;
+        self.made(lease, &snapshotter, &key).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -129,11 +205,14 @@ impl Snapshots for SnapshotsService {
         &self,
         request: Request<pb::ViewSnapshotRequest>,
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let lease = Self::lease_of(&request);
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
+        let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
         let mounts = self
             .call(&r.snapshotter, move |s| s.view(&r.key, &r.parent, labels))
             .await?;
+        self.made(lease, &snapshotter, &key).await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -154,12 +233,16 @@ impl Snapshots for SnapshotsService {
         &self,
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
+        let lease = Self::lease_of(&request);
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
+        let (snapshotter, key, name) = (r.snapshotter.clone(), r.key.clone(), r.name.clone());
         self.call(&r.snapshotter, move |s| {
             s.commit(&r.name, &r.key, labels, &r.parent)
         })
         .await?;
+        self.moved(&snapshotter, key, Some(name.clone())).await?;
+        self.made(lease, &snapshotter, &name).await?;
         Ok(Response::new(()))
     }
 
@@ -168,7 +251,9 @@ impl Snapshots for SnapshotsService {
         request: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
+        let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
         self.call(&r.snapshotter, move |s| s.remove(&r.key)).await?;
+        self.moved(&snapshotter, key, None).await?;
         Ok(Response::new(()))
     }
 

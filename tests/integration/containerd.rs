@@ -184,6 +184,144 @@ fn cri_2_1() {
     cri::pod_lifecycle("containerd::cri_2_1", Containerd::V2_1);
 }
 
+/// containerd's own `ctr` 1.7.24 uses Strata's socket as its whole image store (content,
+/// images, leases, containers, snapshots and differ, Strata's own content store), and sees
+/// what it sees of a containerd 1.7.24 with its builtin overlayfs and walking differ
+/// importing the same image: the same image list and content, the same mounted tree. Then
+/// removal and Strata's collector leave nothing: no image, blob, lease or snapshot.
+#[test]
+#[ignore = "needs root"]
+fn ctr_on_strata_1_7() {
+    let env = Env::start(
+        "containerd::ctr_on_strata_1_7",
+        "overlayfs",
+        Containerd::V1_7,
+    );
+    let image = "strata.test/e2e/ctr-direct:1";
+    let archive = env.scratch().join("direct.tar");
+    env::build_image(&archive, image, 2, None);
+    let archive = archive.to_str().expect("UTF-8");
+
+    // The reference: containerd's builtin overlayfs, unpacked by its transfer service with
+    // the walking differ (its unpack configuration for overlayfs).
+    env.ctr_ok(&[
+        "images",
+        "import",
+        "--local=false",
+        "--snapshotter",
+        "overlayfs",
+        archive,
+    ]);
+    // Strata as the store: ctr unpacks client-side through Strata's Snapshots and Diff.
+    let out = env.ctr_strata(&["images", "import", "--snapshotter", SNAPSHOTTER, archive]);
+    assert!(out.contains("done"), "{out}");
+
+    let columns = |out: &str| -> Vec<String> {
+        // REF TYPE DIGEST SIZE PLATFORMS (labels differ in nothing here either).
+        table(out).iter().map(|row| row.join(" ")).collect()
+    };
+    assert_eq!(
+        columns(&env.ctr_strata(&["images", "ls"])),
+        columns(&env.ctr_ok(&["images", "ls"]))
+    );
+    // Content, once both collectors have dropped what the imports' leases held.
+    let digests = |out: String| -> Vec<String> {
+        let mut d: Vec<String> = out.lines().map(str::to_string).collect();
+        d.sort();
+        d
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ours = digests(env.ctr_strata(&["content", "ls", "-q"]));
+        let theirs = digests(env.ctr_ok(&["content", "ls", "-q"]));
+        if ours == theirs {
+            assert_eq!(
+                ours.len(),
+                2 + BASE_LAYERS + 2,
+                "manifest, config, layers: {ours:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "content differs: {ours:?} vs {theirs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // The same tree mounted from both.
+    let mounted = |ctr: &dyn Fn(&[&str]) -> String, snapshotter: &str, dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir_s = dir.to_str().unwrap();
+        ctr(&[
+            "images",
+            "mount",
+            "--snapshotter",
+            snapshotter,
+            image,
+            dir_s,
+        ]);
+        let tree = crate::tree::capture(dir);
+        ctr(&[
+            "images",
+            "unmount",
+            "--rm",
+            "--snapshotter",
+            snapshotter,
+            dir_s,
+        ]);
+        tree
+    };
+    let ours = mounted(
+        &|a| env.ctr_strata(a),
+        SNAPSHOTTER,
+        &env.scratch().join("m-strata"),
+    );
+    let theirs = mounted(
+        &|a| env.ctr_ok(a),
+        "overlayfs",
+        &env.scratch().join("m-builtin"),
+    );
+    assert!(ours.contains_key("/extra/f2"), "{ours:?}");
+    assert_eq!(ours, theirs);
+
+    // Containers and leases through Strata.
+    env.ctr_strata(&[
+        "containers",
+        "create",
+        "--snapshotter",
+        SNAPSHOTTER,
+        image,
+        "direct-c",
+    ]);
+    let listed = env.ctr_strata(&["containers", "ls", "-q"]);
+    assert_eq!(listed, "direct-c\n");
+    env.ctr_strata(&["containers", "rm", "direct-c"]);
+    assert_eq!(env.ctr_strata(&["containers", "ls", "-q"]), "");
+    assert_eq!(env.ctr_strata(&["leases", "ls", "-q"]), "");
+
+    // Removal: the collector (synchronously here) leaves nothing of the image.
+    let before = util::strata_command()
+        .args(["--address", env.strata.socket.to_str().unwrap(), "gc"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&before.stdout)
+            .contains("would remove (run with --force): 0 items"),
+        "{before:?}"
+    );
+    env.ctr_strata(&["images", "rm", "--sync", image]);
+    assert_eq!(env.ctr_strata(&["images", "ls", "-q"]), "");
+    assert_eq!(env.ctr_strata(&["content", "ls", "-q"]), "");
+    assert_eq!(env.strata_snapshots(), []);
+    assert_eq!(util::snapshot_dirs(&env.strata.root), Vec::<String>::new());
+    let blobs = std::fs::read_dir(env.strata.root.join("content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0);
+    env.ctr_ok(&["images", "rm", "--sync", image]);
+}
+
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,
 /// run, removal and GC.
 fn image_lifecycle(test: &str, kind: &str) {

@@ -300,6 +300,21 @@ async fn content_images_containers_leases_namespaces() {
         read_all(&mut content, "b", &digest, 0, 0).await.unwrap(),
         data
     );
+    // Pinned in b, so that the collections after the deletes below leave it there.
+    content
+        .update(ns(
+            "b",
+            ctpb::UpdateRequest {
+                info: Some(ctpb::Info {
+                    digest: digest.clone(),
+                    labels: labels(&[("containerd.io/gc.root", "test")]),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["labels.containerd.io/gc.root"]),
+            },
+        ))
+        .await
+        .unwrap();
     // Writing it again where it is: AlreadyExists.
     let again = content.write(ns("b", tokio_stream::iter(shared))).await;
     let again = match again {
@@ -745,7 +760,7 @@ async fn content_images_containers_leases_namespaces() {
                 ))
                 .await
         ),
-        Code::InvalidArgument
+        Code::Unimplemented
     );
     assert_eq!(
         code(
@@ -942,4 +957,219 @@ async fn content_images_containers_leases_namespaces() {
         read_all(&mut content, "a", &digest, 0, 0).await.unwrap(),
         data
     );
+}
+
+/// Writes `data` as a blob in namespace `namespace` with `labels_in`, in one stream; the
+/// digest.
+async fn put_blob(
+    c: &mut ContentClient<Channel>,
+    namespace: &str,
+    data: &[u8],
+    labels_in: &[(&str, &str)],
+) -> String {
+    let digest = sha256(data);
+    let req = vec![ctpb::WriteContentRequest {
+        action: ctpb::WriteAction::Commit as i32,
+        r#ref: format!("put-{digest}"),
+        total: data.len() as i64,
+        expected: digest.clone(),
+        data: data.to_vec(),
+        labels: labels(labels_in),
+        ..Default::default()
+    }];
+    let mut answers = c
+        .write(ns(namespace, tokio_stream::iter(req)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().digest, digest);
+    digest
+}
+
+/// containerd's collection semantics: what an image, a live lease or a gc.root label
+/// reaches (through gc.ref.content labels, in its own namespace) stays; the rest goes, with
+/// expired leases; a dry run only reports; the same blob recorded in two namespaces stays
+/// while either keeps it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn garbage_collection() {
+    use strata::admin::v1 as apb;
+    use strata::admin::v1::admin_client::AdminClient;
+    assert_root("imagestore::garbage_collection");
+    let tmp = TempDir::new("imagestore-gc");
+    let daemon = Daemon::start(tmp.path(), "native");
+    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let mut content = ContentClient::new(channel.clone());
+    let mut images = ImagesClient::new(channel.clone());
+    let mut leases = LeasesClient::new(channel.clone());
+    let mut admin = AdminClient::new(channel);
+
+    let layer = put_blob(&mut content, "a", b"layer", &[]).await;
+    let config = put_blob(&mut content, "a", b"config", &[]).await;
+    let manifest = put_blob(
+        &mut content,
+        "a",
+        b"manifest",
+        &[
+            ("containerd.io/gc.ref.content.config", &config),
+            ("containerd.io/gc.ref.content.l.0", &layer),
+        ],
+    )
+    .await;
+    let pinned = put_blob(
+        &mut content,
+        "a",
+        b"pinned",
+        &[("containerd.io/gc.root", "x")],
+    )
+    .await;
+    let leased = put_blob(&mut content, "a", b"leased", &[]).await;
+    let expired = put_blob(&mut content, "a", b"expired", &[]).await;
+    let loose = put_blob(&mut content, "a", b"loose", &[]).await;
+    // "layer" again in namespace b, unreferenced there.
+    put_blob(&mut content, "b", b"layer", &[]).await;
+    images
+        .create(ns(
+            "a",
+            ipb::CreateImageRequest {
+                image: Some(ipb::Image {
+                    name: "example.test/gc:1".into(),
+                    target: Some(Descriptor {
+                        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                        digest: manifest.clone(),
+                        size: 8,
+                        annotations: HashMap::new(),
+                    }),
+                    ..Default::default()
+                }),
+                source_date_epoch: None,
+            },
+        ))
+        .await
+        .unwrap();
+    for (id, until, blob) in [
+        ("live", "2999-01-01T00:00:00Z", &leased),
+        ("old", "2001-01-01T00:00:00Z", &expired),
+    ] {
+        leases
+            .create(ns(
+                "a",
+                lpb::CreateRequest {
+                    id: id.into(),
+                    labels: labels(&[("containerd.io/gc.expire", until)]),
+                },
+            ))
+            .await
+            .unwrap();
+        leases
+            .add_resource(ns(
+                "a",
+                lpb::AddResourceRequest {
+                    id: id.into(),
+                    resource: Some(lpb::Resource {
+                        id: blob.clone(),
+                        r#type: "content".into(),
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
+    let removed = |r: &apb::CollectGarbageResponse| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = r
+            .removed
+            .iter()
+            .map(|x| (x.kind.clone(), x.namespace.clone(), x.id.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut expected = vec![
+        ("blob".to_string(), String::new(), expired.clone()),
+        ("blob".to_string(), String::new(), loose.clone()),
+        ("content".to_string(), "a".to_string(), expired.clone()),
+        ("content".to_string(), "a".to_string(), loose.clone()),
+        ("content".to_string(), "b".to_string(), layer.clone()),
+        ("lease".to_string(), "a".to_string(), "old".to_string()),
+    ];
+    expected.sort();
+    let dry = admin
+        .collect_garbage(apb::CollectGarbageRequest { dry_run: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed(&dry), expected);
+    let listed = |c: &mut ContentClient<Channel>, n: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .list(ns(n, ctpb::ListContentRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut all = Vec::new();
+            while let Some(b) = s.message().await.unwrap() {
+                all.extend(b.info.into_iter().map(|i| i.digest));
+            }
+            all.sort();
+            all
+        }
+    };
+    assert_eq!(
+        listed(&mut content, "a").await.len(),
+        7,
+        "a dry run removes nothing"
+    );
+    let done = admin
+        .collect_garbage(apb::CollectGarbageRequest { dry_run: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed(&done), expected);
+    let mut kept = vec![layer.clone(), config, manifest, pinned, leased];
+    kept.sort();
+    assert_eq!(listed(&mut content, "a").await, kept);
+    assert!(listed(&mut content, "b").await.is_empty());
+    // The blob "b" dropped is still a's: its file stays, the loose one's is gone.
+    assert_eq!(
+        read_all(&mut content, "a", &layer, 0, 0).await.unwrap(),
+        b"layer"
+    );
+    let blobs = daemon.root.join("content/blobs/sha256");
+    assert!(blobs.join(layer.trim_start_matches("sha256:")).exists());
+    assert!(!blobs.join(loose.trim_start_matches("sha256:")).exists());
+    let left = leases
+        .list(ns("a", lpb::ListRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert_eq!(
+        left.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["live"]
+    );
+
+    // Removing the image with sync: its tree goes before the call returns.
+    images
+        .delete(ns(
+            "a",
+            ipb::DeleteImageRequest {
+                name: "example.test/gc:1".into(),
+                sync: true,
+                target: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let mut kept = vec![pinned_digest(&kept, b"pinned"), sha256(b"leased")];
+    kept.sort();
+    assert_eq!(listed(&mut content, "a").await, kept);
+}
+
+/// The digest of `data` if it is among `digests`.
+fn pinned_digest(digests: &[String], data: &[u8]) -> String {
+    let d = sha256(data);
+    assert!(digests.contains(&d));
+    d
 }

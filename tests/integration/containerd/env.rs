@@ -464,11 +464,26 @@ impl Env {
 
     /// `ctr --address <socket> -n e2e`, without arguments yet.
     fn ctr_command(&self) -> Command {
+        self.ctr_command_at(&self.socket)
+    }
+
+    /// This release's `ctr` on another socket (Strata's, say), in the current namespace.
+    fn ctr_command_at(&self, socket: &Path) -> Command {
         let mut cmd = Command::new(program(self.bin.as_deref(), "ctr"));
         cmd.arg("--address")
-            .arg(&self.socket)
+            .arg(socket)
             .args(["--namespace", &self.namespace]);
         cmd
+    }
+
+    /// A `ctr` call on Strata's own socket that must succeed; its stdout.
+    pub fn ctr_strata(&self, args: &[&str]) -> String {
+        run(
+            self.ctr_command_at(&self.strata.socket).args(args),
+            self.tmp.path(),
+        )
+        .check(&args)
+        .stdout
     }
 
     /// containerd's socket.

@@ -1,0 +1,163 @@
+//! Runs the image store's garbage collection against the daemon's snapshotters: right away
+//! for a sync delete or `strata gc`, else soon after any delete, in the background, one
+//! collection at a time (deletes during one ask for another after it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use snapshotter::Filters;
+
+use crate::admin::v1 as admin;
+use crate::imagestore::{ImageStore, Report, Result, SnapshotAccess, SnapshotTree, StoreError};
+use crate::instances::Instances;
+
+/// The daemon's collector.
+pub struct Collector {
+    store: Arc<ImageStore>,
+    instances: Arc<Instances>,
+    /// Held by the collection running.
+    running: Mutex<()>,
+    /// A collection was asked for while one ran.
+    again: AtomicBool,
+}
+
+impl SnapshotAccess for Instances {
+    fn snapshots(&self, name: &str) -> Result<SnapshotTree> {
+        let inst = self.get(name).map_err(StoreError::Open)?;
+        let all = inst
+            .snapshotter
+            .list(&Filters::default())
+            .map_err(StoreError::Open)?;
+        Ok(all
+            .into_iter()
+            .map(|i| (i.name, (i.parent, i.labels.into_iter().collect())))
+            .collect())
+    }
+
+    fn cleanup(&self, name: &str) -> Result<()> {
+        let inst = self.get(name).map_err(StoreError::Open)?;
+        inst.snapshotter.cleanup().map_err(StoreError::Open)
+    }
+
+    fn remove(&self, name: &str, key: &str) -> Result<()> {
+        let inst = self.get(name).map_err(StoreError::Open)?;
+        inst.snapshotter.remove(key).map_err(|e| match e {
+            snapshotter::Error::NotFound(m) => StoreError::NotFound(m),
+            snapshotter::Error::FailedPrecondition(m) => StoreError::FailedPrecondition(m),
+            other => StoreError::Open(other),
+        })
+    }
+}
+
+impl Collector {
+    pub fn new(store: Arc<ImageStore>, instances: Arc<Instances>) -> Arc<Self> {
+        Arc::new(Collector {
+            store,
+            instances,
+            running: Mutex::new(()),
+            again: AtomicBool::new(false),
+        })
+    }
+
+    /// Collects now (blocking), or with `dry_run` says what would go.
+    pub fn collect(&self, dry_run: bool) -> Result<Report> {
+        let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let report = self.store.collect(self.instances.as_ref(), dry_run)?;
+        if !dry_run && !report.is_empty() {
+            tracing::info!(
+                leases = report.leases.len(),
+                content = report.content.len(),
+                blobs = report.blobs.len(),
+                ingests = report.ingests.len(),
+                snapshots = report.snapshots.len(),
+                "garbage collected"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Asks for a collection soon, in the background.
+    pub fn schedule(self: &Arc<Self>) {
+        if self.again.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            while this.again.swap(false, Ordering::AcqRel) {
+                if let Err(e) = this.collect(false) {
+                    tracing::warn!(error = %crate::status::chain(&e), "garbage collection failed");
+                }
+            }
+        });
+    }
+}
+
+/// `strata.admin.v1.Admin`: garbage collection on demand (`strata gc`).
+pub struct AdminService {
+    collector: Arc<Collector>,
+}
+
+impl AdminService {
+    pub fn new(collector: Arc<Collector>) -> Self {
+        AdminService { collector }
+    }
+}
+
+/// A report as the Admin API lists it.
+fn removed(report: Report) -> Vec<admin::Removed> {
+    let item = |kind: &str, namespace: String, id: String| admin::Removed {
+        kind: kind.into(),
+        namespace,
+        id,
+    };
+    let mut out = Vec::new();
+    out.extend(
+        report
+            .leases
+            .into_iter()
+            .map(|(ns, id)| item("lease", ns, id)),
+    );
+    out.extend(
+        report
+            .content
+            .into_iter()
+            .map(|(ns, d)| item("content", ns, d)),
+    );
+    out.extend(
+        report
+            .ingests
+            .into_iter()
+            .map(|(ns, r)| item("ingest", ns, r)),
+    );
+    out.extend(
+        report
+            .snapshots
+            .into_iter()
+            .map(|(ns, s, k)| item("snapshot", ns, format!("{s}/{k}"))),
+    );
+    out.extend(
+        report
+            .blobs
+            .into_iter()
+            .map(|d| item("blob", String::new(), d)),
+    );
+    out
+}
+
+#[tonic::async_trait]
+impl admin::admin_server::Admin for AdminService {
+    async fn collect_garbage(
+        &self,
+        request: tonic::Request<admin::CollectGarbageRequest>,
+    ) -> std::result::Result<tonic::Response<admin::CollectGarbageResponse>, tonic::Status> {
+        let dry_run = request.into_inner().dry_run;
+        let collector = Arc::clone(&self.collector);
+        let report = tokio::task::spawn_blocking(move || collector.collect(dry_run))
+            .await
+            .map_err(crate::status::join_error)?
+            .map_err(crate::status::to_status)?;
+        Ok(tonic::Response::new(admin::CollectGarbageResponse {
+            removed: removed(report),
+        }))
+    }
+}
