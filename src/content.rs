@@ -298,7 +298,7 @@ fn unique_suffix() -> String {
 
 /// `t` as RFC 3339 in UTC with whole seconds (`2026-12-01T03:04:05Z`), the form Go's
 /// `time.Parse(time.RFC3339, ...)` reads.
-fn rfc3339_utc(t: SystemTime) -> String {
+pub fn rfc3339_utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod systemd;
+pub mod unpack;
 
 /// `google.rpc` (the Status of a plugin's initialisation error in Introspection), where
 /// the code generated for containerd's packages (`api`, standing for `containerd`) finds it.

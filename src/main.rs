@@ -33,6 +33,44 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// Apply or create layers directly, without a daemon.
     Layer(strata::cli::layer::LayerArgs),
+    /// Images in the daemon's image store (import, list, inspect, remove, unpack).
+    #[command(alias = "images")]
+    Image {
+        #[command(flatten)]
+        store: strata::cli::store::StoreArgs,
+        #[command(subcommand)]
+        command: strata::cli::store::ImageCommand,
+    },
+    /// Root filesystems from images (prepare on an image's layers, mount, unmount).
+    Rootfs {
+        #[command(flatten)]
+        store: strata::cli::store::StoreArgs,
+        #[command(subcommand)]
+        command: strata::cli::store::RootfsCommand,
+    },
+    /// Blobs in the daemon's content store.
+    Content {
+        #[command(flatten)]
+        store: strata::cli::store::StoreArgs,
+        #[command(subcommand)]
+        command: strata::cli::store::ContentCommand,
+    },
+    /// Leases of the daemon's image store.
+    #[command(alias = "leases")]
+    Lease {
+        #[command(flatten)]
+        store: strata::cli::store::StoreArgs,
+        #[command(subcommand)]
+        command: strata::cli::store::LeaseCommand,
+    },
+    /// Container records in the daemon's image store.
+    #[command(alias = "containers")]
+    Container {
+        #[command(flatten)]
+        store: strata::cli::store::StoreArgs,
+        #[command(subcommand)]
+        command: strata::cli::store::ContainerCommand,
+    },
     /// Collect the image store's garbage through a running daemon: print what would be
     /// removed, or with --force remove it (containerd's semantics: images, containers,
     /// leases and gc.root labels keep what they reference).
@@ -168,6 +206,17 @@ fn main() -> ExitCode {
     runtime.block_on(run(Cli::parse(), activated))
 }
 
+/// The exit code of a command's result; the error printed.
+fn report(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A channel to the daemon at `address` (or the default socket); the error is printed.
 async fn connect(address: Option<PathBuf>) -> Option<tonic::transport::Channel> {
     let address = address.unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
@@ -214,15 +263,41 @@ async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> E
                 return ExitCode::FAILURE;
             }
         }
+        command @ (Command::Image { .. }
+        | Command::Rootfs { .. }
+        | Command::Content { .. }
+        | Command::Lease { .. }
+        | Command::Container { .. }) => {
+            let Some(channel) = connect(cli.address).await else {
+                return ExitCode::FAILURE;
+            };
+            let mut out = std::io::stdout().lock();
+            use strata::cli::store;
+            return report(match command {
+                Command::Image { store: s, command } => {
+                    store::image(channel, &s, command, &mut out).await
+                }
+                Command::Rootfs { store: s, command } => {
+                    store::rootfs(channel, &s, command, &mut out).await
+                }
+                Command::Content { store: s, command } => {
+                    store::content(channel, &s, command, &mut out).await
+                }
+                Command::Lease { store: s, command } => {
+                    store::lease(channel, &s, command, &mut out).await
+                }
+                Command::Container { store: s, command } => {
+                    store::container(channel, &s, command, &mut out).await
+                }
+                _ => unreachable!("matched above"),
+            });
+        }
         Command::Gc { force } => {
             let Some(channel) = connect(cli.address).await else {
                 return ExitCode::FAILURE;
             };
             let mut out = std::io::stdout().lock();
-            if let Err(e) = strata::cli::gc::run(channel, force, &mut out).await {
-                eprintln!("strata: {}", chain(e.as_ref()));
-                return ExitCode::FAILURE;
-            }
+            return report(strata::cli::gc::run(channel, force, &mut out).await);
         }
         Command::Snapshot(args) => {
             let Some(channel) = connect(cli.address).await else {

@@ -3,6 +3,7 @@
 pub mod gc;
 pub mod layer;
 pub mod snapshot;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 

@@ -35,16 +35,9 @@ impl Adaptor for pb::Plugin {
 
 /// This machine's platform as OCI names it.
 fn platform() -> Platform {
-    let architecture = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
     Platform {
         os: "linux".into(),
-        architecture: architecture.into(),
+        architecture: crate::unpack::architecture().into(),
         ..Default::default()
     }
 }

@@ -1173,3 +1173,104 @@ fn pinned_digest(digests: &[String], data: &[u8]) -> String {
     assert!(digests.contains(&d));
     d
 }
+
+/// `strata image import` of the e2e test image (gzip layers with whiteouts and an opaque
+/// directory): the first import applies every layer, the second applies none and says so;
+/// `strata rootfs prepare --mount` shows the image's flattened tree; `container
+/// create|label|rm` and `image rm --sync` leave nothing once the root filesystem is
+/// removed.
+#[test]
+#[ignore = "needs root"]
+fn cli_import_unpack_rootfs() {
+    assert_root("imagestore::cli_import_unpack_rootfs");
+    let tmp = TempDir::new("imagestore-cli");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let archive = tmp.path().join("image.tar");
+    let built = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/e2e/build-image.sh"
+        ))
+        .arg(&archive)
+        .args(["strata.test/cli:1", "2"])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let strata = |args: &[&str]| -> String {
+        let out = crate::util::strata_command()
+            .arg("--address")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "strata {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let archive = archive.to_str().unwrap();
+
+    let first = strata(&["image", "import", archive]);
+    assert!(
+        first.contains("unpacked strata.test/cli:1: 5 layers applied, 0 already present"),
+        "{first}"
+    );
+    let second = strata(&["image", "import", archive]);
+    assert!(
+        second.contains("unpacked strata.test/cli:1: 0 layers applied, 5 already present"),
+        "{second}"
+    );
+    assert!(strata(&["image", "ls"]).contains("strata.test/cli:1"));
+    let unpack = strata(&["image", "unpack", "strata.test/cli:1"]);
+    assert!(
+        unpack.contains("0 layers applied, 5 already present"),
+        "{unpack}"
+    );
+
+    let root = tmp.path().join("rootfs");
+    strata(&[
+        "rootfs",
+        "prepare",
+        "strata.test/cli:1",
+        "rootfs-1",
+        "--mount",
+        root.to_str().unwrap(),
+    ]);
+    let tree = crate::tree::capture(&root);
+    strata(&["rootfs", "unmount", root.to_str().unwrap()]);
+    let read = |p: &str| String::from_utf8(tree[p].data.clone()).unwrap();
+    assert_eq!(read("/etc/a"), "a2\n");
+    assert_eq!(read("/etc/c"), "c2\n");
+    assert_eq!(read("/extra/f2"), "extra 2\n");
+    assert!(!tree.contains_key("/etc/b"), "whited out");
+    assert!(!tree.contains_key("/data/gone"), "whited out");
+    let old: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.starts_with("/data/old/"))
+        .collect();
+    assert_eq!(old, ["/data/old/new"], "opaque directory");
+    assert_eq!(tree["/tmp"].mode, 0o1777);
+
+    strata(&["container", "create", "strata.test/cli:1", "c1"]);
+    assert!(strata(&["container", "label", "c1", "tier=web"]).contains("tier=web"));
+    assert!(strata(&["container", "ls"]).contains("c1"));
+    strata(&["container", "rm", "c1"]);
+    strata(&["snapshot", "rm", "rootfs-1"]);
+    strata(&["image", "rm", "--sync", "strata.test/cli:1"]);
+    assert_eq!(
+        strata(&["gc"]),
+        "would remove (run with --force): 0 items\n"
+    );
+    assert_eq!(
+        strata(&["snapshot", "ls"]).lines().count(),
+        1,
+        "only the header"
+    );
+    assert_eq!(
+        strata(&["content", "ls"]).lines().count(),
+        1,
+        "only the header"
+    );
+    assert_eq!(
+        crate::util::snapshot_dirs(&daemon.root),
+        Vec::<String>::new()
+    );
+}

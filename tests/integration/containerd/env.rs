@@ -219,7 +219,10 @@ fn readme_config(release: Containerd, strata: &Path, strata_root: &Path) -> Stri
     block
         .replace("\"/run/strata/strata.sock\"", &toml_path(strata))
         .replace("\"/var/lib/strata\"", &toml_path(strata_root))
-        .replace("\"linux/amd64\"", &format!("\"linux/{}\"", oci_arch()))
+        .replace(
+            "\"linux/amd64\"",
+            &format!("\"linux/{}\"", strata::unpack::architecture()),
+        )
 }
 
 /// The configuration of a containerd under `dir` using the Strata daemon serving `strata`
@@ -311,17 +314,6 @@ disabled_plugins = [{disabled}]
         };
     }
     config
-}
-
-/// This machine's architecture as OCI names it.
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 /// A Strata daemon and a private containerd using it, both under one temporary directory.
