@@ -45,6 +45,23 @@ pub struct StoreArgs {
 /// `strata image ...`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Pull an image from a registry and unpack it (only missing blobs are downloaded,
+    /// only missing layers applied).
+    Pull {
+        reference: String,
+        /// Platform, `os/arch[/variant]` (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Plain HTTP (always for registries on loopback).
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials, `user[:password]` (default: the docker config file's, or none).
+        #[arg(long)]
+        user: Option<String>,
+        /// Print only the final summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Import an OCI image layout (directory or tar archive) and unpack its images.
     Import {
         path: PathBuf,
@@ -137,6 +154,36 @@ pub async fn image(
     let ns = args.namespace.as_str();
     let mut images = ImagesClient::new(channel.clone());
     match command {
+        ImageCommand::Pull {
+            reference,
+            platform,
+            plain_http,
+            user,
+            quiet,
+        } => {
+            let mut client = Client::new(channel, ns, &args.snapshotter);
+            let options = crate::unpack::pull::PullOptions {
+                plain_http,
+                user,
+                platform,
+            };
+            let pulled = client
+                .pull(&reference, &options, move |what, state| {
+                    if !quiet {
+                        eprintln!("{what}\t{state}");
+                    }
+                })
+                .await?;
+            writeln!(
+                out,
+                "pulled {reference}: {} blobs downloaded ({} bytes), {} present; {} layers applied, {} already present",
+                pulled.downloaded,
+                pulled.bytes,
+                pulled.present,
+                pulled.unpacked.applied,
+                pulled.unpacked.existed
+            )?;
+        }
         ImageCommand::Import { path, no_unpack } => {
             let mut client = Client::new(channel, ns, &args.snapshotter);
             client.take_lease().await?;

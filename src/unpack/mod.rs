@@ -164,6 +164,7 @@ pub struct Unpacked {
 }
 
 /// The daemon's services for one namespace, under a lease once one is taken.
+#[derive(Clone)]
 pub struct Client {
     channel: Channel,
     namespace: String,
@@ -259,8 +260,13 @@ impl Client {
         Ok(out)
     }
 
-    /// Writes blob `desc` from `reader` (skipping it if the namespace has it), under ref
-    /// `<kind>-<digest>` as containerd's fetchers name writes.
+    /// A copy for a task of its own, under the same lease.
+    pub fn clone_for_task(&self) -> Self {
+        self.clone()
+    }
+
+    /// Writes blob `desc` from `reader` (skipping it if the namespace has it); whether it
+    /// was written.
     pub async fn write_blob(
         &self,
         desc: &JsonDescriptor,
@@ -269,12 +275,9 @@ impl Client {
         if self.has_blob(&desc.digest).await? {
             return Ok(false);
         }
-        let reference = format!("import-{}", desc.digest);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (digest, size) = (desc.digest.clone(), desc.size);
+        let what = desc.digest.clone();
         let feeder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut offset = 0i64;
-            let mut first = true;
             loop {
                 let mut buf = vec![0u8; 1 << 20];
                 let mut n = 0;
@@ -286,66 +289,111 @@ impl Client {
                     n += got;
                 }
                 buf.truncate(n);
-                let last = n == 0 || offset + n as i64 >= size;
-                let req = content::WriteContentRequest {
-                    action: if last {
-                        content::WriteAction::Commit
-                    } else {
-                        content::WriteAction::Write
-                    } as i32,
-                    r#ref: if first {
-                        reference.clone()
-                    } else {
-                        String::new()
-                    },
-                    total: size,
-                    expected: digest.clone(),
-                    offset,
-                    data: buf,
-                    labels: HashMap::new(),
-                };
-                first = false;
-                offset += n as i64;
-                if tx.blocking_send(req).is_err() || last {
+                if n == 0 || tx.blocking_send(buf).is_err() {
                     return Ok(());
                 }
             }
         });
-        let what = format!("write {}", desc.digest);
-        let r = self.request(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let mut answers = self
-            .content()
-            .write(r)
-            .await
-            .map_err(call(what.clone()))?
-            .into_inner();
-        let mut committed = false;
-        loop {
-            match answers.message().await {
-                Ok(Some(a)) if !a.digest.is_empty() => committed = true,
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                    committed = true;
-                    break;
-                }
-                Err(s) => return Err(call(what)(s)),
-            }
-        }
+        self.write_chunks(desc, rx).await?;
         feeder
             .await
             .map_err(|e| UnpackError::Invalid(format!("blob feeder: {e}")))?
-            .map_err(|source| UnpackError::Io {
-                path: desc.digest.clone(),
-                source,
-            })?;
-        if !committed {
-            return Err(UnpackError::Invalid(format!(
-                "{}: not committed",
-                desc.digest
-            )));
-        }
+            .map_err(|source| UnpackError::Io { path: what, source })?;
         Ok(true)
+    }
+
+    /// Writes blob `desc` from a stream of chunks (a registry download).
+    pub async fn write_blob_stream<E: std::fmt::Display + Send + 'static>(
+        &self,
+        desc: &JsonDescriptor,
+        mut stream: impl tokio_stream::Stream<Item = std::result::Result<bytes::Bytes, E>>
+        + Unpin
+        + Send
+        + 'static,
+    ) -> Result<()> {
+        use tokio_stream::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let what = desc.digest.clone();
+        let feeder = tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let chunk =
+                    chunk.map_err(|e| UnpackError::Invalid(format!("download {what}: {e}")))?;
+                for part in chunk.chunks(1 << 20) {
+                    if tx.send(part.to_vec()).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<(), UnpackError>(())
+        });
+        let written = self.write_chunks(desc, rx).await;
+        feeder
+            .await
+            .map_err(|e| UnpackError::Invalid(format!("download task: {e}")))??;
+        written
+    }
+
+    /// One Write stream for blob `desc` under ref `import-<digest>` (a retry resumes it
+    /// from the start): a WRITE per chunk from `chunks`, then COMMIT with the expected size
+    /// and digest, which the store checks. AlreadyExists counts as written.
+    async fn write_chunks(
+        &self,
+        desc: &JsonDescriptor,
+        mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<()> {
+        let reference = format!("import-{}", desc.digest);
+        let (digest, size) = (desc.digest.clone(), desc.size);
+        let requests = async_stream(move |tx| async move {
+            let mut offset = 0i64;
+            while let Some(data) = chunks.recv().await {
+                let n = data.len() as i64;
+                let req = content::WriteContentRequest {
+                    action: content::WriteAction::Write as i32,
+                    r#ref: reference.clone(),
+                    total: size,
+                    expected: digest.clone(),
+                    offset,
+                    data,
+                    labels: HashMap::new(),
+                };
+                offset += n;
+                if tx.send(req).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(content::WriteContentRequest {
+                    action: content::WriteAction::Commit as i32,
+                    r#ref: reference,
+                    total: size,
+                    expected: digest,
+                    offset,
+                    data: Vec::new(),
+                    labels: HashMap::new(),
+                })
+                .await;
+        });
+        let what = format!("write {}", desc.digest);
+        let r = self.request(requests);
+        let mut answers = match self.content().write(r).await {
+            Ok(a) => a.into_inner(),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+            Err(s) => return Err(call(what)(s)),
+        };
+        loop {
+            match answers.message().await {
+                Ok(Some(a)) if !a.digest.is_empty() => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(UnpackError::Invalid(format!(
+                        "{}: not committed",
+                        desc.digest
+                    )));
+                }
+                Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+                Err(s) => return Err(call(what)(s)),
+            }
+        }
     }
 
     /// Adds `labels` to blob `digest` (field paths `labels.<key>`, as containerd's clients).
@@ -545,7 +593,7 @@ impl Client {
                 [("containerd.io/uncompressed".to_string(), diff_id.clone())].into(),
             )
             .await?;
-            progress(&layer.digest, "done");
+            progress(&layer.digest, "applied");
             parent = chain.clone();
         }
         if let Some(top) = chains.last() {
@@ -618,6 +666,18 @@ impl Client {
     }
 }
 
+/// A stream of the values `produce` sends (a task feeding a channel).
+fn async_stream<T, F, Fut>(produce: F) -> tokio_stream::wrappers::ReceiverStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| UnpackError::Invalid(format!("{what}: {e}")))
 }
@@ -634,6 +694,7 @@ fn unique() -> String {
 }
 
 pub mod layout;
+pub mod pull;
 
 #[cfg(test)]
 mod tests {

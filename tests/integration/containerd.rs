@@ -15,7 +15,7 @@
 mod cri;
 mod env;
 mod layer_creation;
-mod registry;
+pub mod registry;
 
 use strata::api::services::snapshots::v1 as pb;
 

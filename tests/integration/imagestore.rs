@@ -1274,3 +1274,108 @@ fn cli_import_unpack_rootfs() {
         Vec::<String>::new()
     );
 }
+
+/// `strata image pull` from a registry (Debian's docker-registry, filled by skopeo): the
+/// first pull downloads every blob and applies every layer, a second downloads and applies
+/// nothing and says so, an image sharing the first one's layers downloads and applies only
+/// its own; a registry that wants a password refuses an anonymous pull and serves one with
+/// `--user`; removal and collection leave nothing.
+#[test]
+#[ignore = "needs root"]
+fn pull_from_registry() {
+    use crate::containerd::registry::Registry;
+    assert_root("imagestore::pull_from_registry");
+    let tmp = TempDir::new("imagestore-pull");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let open = Registry::start(&tmp.path().join("open"));
+    let locked = Registry::start_authenticated(&tmp.path().join("locked"), "puller", "pw-1");
+    let build = |name: &str, extra: &str| {
+        let archive = tmp.path().join(format!("{extra}.tar"));
+        let built = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/e2e/build-image.sh"
+            ))
+            .arg(&archive)
+            .args([name, extra])
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{built:?}");
+        archive
+    };
+    // "two" is "one" and one more layer.
+    let one = open.push(&build("e2e/one:1", "2"), "e2e/one:1");
+    let two = open.push(&build("e2e/two:1", "3"), "e2e/two:1");
+    let private = locked.push(&build("e2e/one:1", "2"), "e2e/private:1");
+    let strata = |args: &[&str]| {
+        crate::util::strata_command()
+            .arg("--address")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| -> String {
+        let out = strata(args);
+        assert!(out.status.success(), "strata {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let first = ok(&["image", "pull", &one]);
+    assert!(
+        first.contains("7 blobs downloaded")
+            && first.contains("5 layers applied, 0 already present"),
+        "{first}"
+    );
+    let again = ok(&["image", "pull", "--quiet", &one]);
+    assert!(
+        again.contains(
+            "0 blobs downloaded (0 bytes), 7 present; 0 layers applied, 5 already present"
+        ),
+        "{again}"
+    );
+    let shared = ok(&["image", "pull", &two]);
+    assert!(
+        shared.contains("3 blobs downloaded")
+            && shared.contains("1 layers applied, 5 already present"),
+        "{shared}"
+    );
+
+    let root = tmp.path().join("rootfs");
+    ok(&[
+        "rootfs",
+        "prepare",
+        &two,
+        "two-root",
+        "--mount",
+        root.to_str().unwrap(),
+    ]);
+    let tree = crate::tree::capture(&root);
+    ok(&["rootfs", "unmount", root.to_str().unwrap()]);
+    assert_eq!(tree["/extra/f3"].data, b"extra 3\n");
+    assert_eq!(tree["/etc/a"].data, b"a2\n");
+    assert!(!tree.contains_key("/etc/b"));
+    ok(&["snapshot", "rm", "two-root"]);
+
+    let refused = strata(&["image", "pull", &private]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let with_user = ok(&["image", "pull", "--user", "puller:pw-1", &private]);
+    assert!(
+        with_user.contains("0 layers applied, 5 already present"),
+        "{with_user}"
+    );
+
+    ok(&["image", "rm", &one, &two]);
+    ok(&["image", "rm", "--sync", &private]);
+    assert_eq!(ok(&["gc"]), "would remove (run with --force): 0 items\n");
+    assert_eq!(
+        ok(&["snapshot", "ls"]).lines().count(),
+        1,
+        "only the header"
+    );
+    assert_eq!(ok(&["content", "ls"]).lines().count(), 1, "only the header");
+    assert_eq!(
+        crate::util::snapshot_dirs(&daemon.root),
+        Vec::<String>::new()
+    );
+}
