@@ -12,8 +12,10 @@
 # org.opencontainers.image.ref.name annotation, which `ctr images import` uses; give a full
 # reference such as example.test/e2e:1 so ctr does not add a prefix. The image's command is
 # /bin/sh, or the JSON array in IMAGE_CMD (e.g. '["/bin/sleep","3600"]' for a pod sandbox).
+# BIG_MB=N adds /big, N MiB of random data, to layer 1 (a layer slow enough to interrupt;
+# its digest differs on every build).
 #
-# Usage: [IMAGE_CMD=JSON] build-image.sh OUT.tar NAME [EXTRA_LAYERS]
+# Usage: [IMAGE_CMD=JSON] [BIG_MB=N] build-image.sh OUT.tar NAME [EXTRA_LAYERS]
 set -euo pipefail
 
 if (($# < 2 || $# > 3)); then
@@ -94,6 +96,9 @@ echo x1 >"$l/data/keep/x"
 echo y1 >"$l/data/old/y"
 echo z1 >"$l/data/old/z"
 echo f1 >"$l/data/gone/f"
+if [ -n "${BIG_MB:-}" ]; then
+	head -c "$((BIG_MB * 1024 * 1024))" /dev/urandom >"$l/big"
+fi
 add_layer "$l"
 
 # Layer 2: a change, whiteouts of a file and of a directory, additions.

@@ -198,20 +198,62 @@ impl Client {
     }
 
     /// Takes a lease of our own (expiring in a day, as containerd's clients do) for the
-    /// calls that follow.
+    /// calls that follow, labelled with this process so that a later client can tell it
+    /// was left behind (see [`Client::drop_stale_leases`]).
     pub async fn take_lease(&mut self) -> Result<()> {
+        self.drop_stale_leases().await?;
         let expires =
             crate::content::rfc3339_utc(SystemTime::now() + std::time::Duration::from_secs(86_400));
         let id = format!("strata-{}", unique());
         let r = self.request(leases::CreateRequest {
             id: id.clone(),
-            labels: [(GC_EXPIRE_LABEL.to_string(), expires)].into(),
+            labels: [
+                (GC_EXPIRE_LABEL.to_string(), expires),
+                (CLIENT_LABEL.to_string(), this_client()),
+            ]
+            .into(),
         });
         LeasesClient::new(self.channel.clone())
             .create(r)
             .await
             .map_err(call("create a lease"))?;
         self.lease = Some(id);
+        Ok(())
+    }
+
+    /// Deletes the leases of Strata clients that died holding them (killed during a pull or
+    /// an import): what only they held (a half-written blob, a half-applied layer) is then
+    /// collected, instead of lingering until the leases expire a day later.
+    pub async fn drop_stale_leases(&self) -> Result<()> {
+        let r = self.request(leases::ListRequest {
+            filters: vec![format!("labels.\"{CLIENT_LABEL}\"")],
+        });
+        let mut client = LeasesClient::new(self.channel.clone());
+        let found = client
+            .list(r)
+            .await
+            .map_err(call("list leases"))?
+            .into_inner()
+            .leases;
+        for lease in found {
+            let holder = lease
+                .labels
+                .get(CLIENT_LABEL)
+                .map(String::as_str)
+                .unwrap_or("");
+            if client_alive(holder) {
+                continue;
+            }
+            let r = self.request(leases::DeleteRequest {
+                id: lease.id.clone(),
+                sync: true,
+            });
+            match client.delete(r).await {
+                Ok(_) => tracing::info!(lease = lease.id, holder, "dropped a dead client's lease"),
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(call(format!("delete lease {}", lease.id))(s)),
+            }
+        }
         Ok(())
     }
 
@@ -680,6 +722,30 @@ where
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| UnpackError::Invalid(format!("{what}: {e}")))
+}
+
+/// Lease label naming the Strata client holding the lease: `<boot id>/<pid>`.
+const CLIENT_LABEL: &str = "strata.io/client";
+
+/// This process, as [`CLIENT_LABEL`] names it.
+fn this_client() -> String {
+    format!("{}/{}", boot_id(), std::process::id())
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the client `holder` names still runs: same boot, and its pid is a `strata`.
+fn client_alive(holder: &str) -> bool {
+    let Some((boot, pid)) = holder.rsplit_once('/') else {
+        return false;
+    };
+    boot == boot_id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "strata")
 }
 
 /// Unique enough for snapshot keys and lease ids: the time in nanoseconds and a counter.
