@@ -250,36 +250,39 @@ fn ctr_on_strata_1_7() {
     }
 
     // The same tree mounted from both.
-    let mounted = |ctr: &dyn Fn(&[&str]) -> String, snapshotter: &str, dir: &std::path::Path| {
-        std::fs::create_dir_all(dir).unwrap();
-        let dir_s = dir.to_str().unwrap();
-        ctr(&[
-            "images",
-            "mount",
-            "--snapshotter",
-            snapshotter,
-            image,
-            dir_s,
-        ]);
-        let tree = crate::tree::capture(dir);
-        ctr(&[
-            "images",
-            "unmount",
-            "--rm",
-            "--snapshotter",
-            snapshotter,
-            dir_s,
-        ]);
-        tree
-    };
+    let mounted =
+        |ctr: &dyn Fn(&[&str]) -> String, snapshotter: &str, image: &str, dir: &std::path::Path| {
+            std::fs::create_dir_all(dir).unwrap();
+            let dir_s = dir.to_str().unwrap();
+            ctr(&[
+                "images",
+                "mount",
+                "--snapshotter",
+                snapshotter,
+                image,
+                dir_s,
+            ]);
+            let tree = crate::tree::capture(dir);
+            ctr(&[
+                "images",
+                "unmount",
+                "--rm",
+                "--snapshotter",
+                snapshotter,
+                dir_s,
+            ]);
+            tree
+        };
     let ours = mounted(
         &|a| env.ctr_strata(a),
         SNAPSHOTTER,
+        image,
         &env.scratch().join("m-strata"),
     );
     let theirs = mounted(
         &|a| env.ctr_ok(a),
         "overlayfs",
+        image,
         &env.scratch().join("m-builtin"),
     );
     assert!(ours.contains_key("/extra/f2"), "{ours:?}");
@@ -311,6 +314,60 @@ fn ctr_on_strata_1_7() {
         "{before:?}"
     );
     env.ctr_strata(&["images", "rm", "--sync", image]);
+
+    // A pull from a registry (ctr's client-side pull: content writes by ref, progress
+    // polls, labels), on both: the same image row and the same tree.
+    let registry = registry::Registry::start(&env.scratch().join("registry"));
+    let pulled = registry.push(std::path::Path::new(archive), "e2e/ctr-pull:1");
+    env.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "overlayfs",
+        &pulled,
+    ]);
+    let local = [
+        "images",
+        "pull",
+        "--local",
+        "--plain-http",
+        "--snapshotter",
+        SNAPSHOTTER,
+    ];
+    env.ctr_strata(&[&local[..], &[pulled.as_str()]].concat());
+    let row = |out: String| columns(&out).into_iter().find(|r| r.starts_with(&pulled));
+    assert_eq!(
+        row(env.ctr_strata(&["images", "ls"])),
+        row(env.ctr_ok(&["images", "ls"]))
+    );
+    let ours = mounted(
+        &|a| env.ctr_strata(a),
+        SNAPSHOTTER,
+        &pulled,
+        &env.scratch().join("p-strata"),
+    );
+    let theirs = mounted(
+        &|a| env.ctr_ok(a),
+        "overlayfs",
+        &pulled,
+        &env.scratch().join("p-builtin"),
+    );
+    assert_eq!(ours, theirs);
+    // Strata's own pull finds everything ctr put there.
+    let again = util::strata_command()
+        .args(["--address", env.strata.socket.to_str().unwrap()])
+        .args(["image", "-n", NAMESPACE, "pull", "--quiet", &pulled])
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(
+        again.contains("0 blobs downloaded") && again.contains("0 layers applied"),
+        "{again:?}"
+    );
+    env.ctr_strata(&["images", "rm", "--sync", &pulled]);
+    env.ctr_ok(&["images", "rm", "--sync", &pulled]);
+
     assert_eq!(env.ctr_strata(&["images", "ls", "-q"]), "");
     assert_eq!(env.ctr_strata(&["content", "ls", "-q"]), "");
     assert_eq!(env.strata_snapshots(), []);
