@@ -163,6 +163,47 @@ pub struct Unpacked {
     pub chain: String,
 }
 
+/// Blobs still on their way into the store (a pull's downloads), by digest: each sends
+/// its size once stored, or why it failed.
+#[derive(Default)]
+pub struct Arrivals {
+    pending: HashMap<String, tokio::sync::oneshot::Receiver<Result<u64>>>,
+    /// Blobs arrived, and their bytes.
+    pub count: usize,
+    pub bytes: u64,
+}
+
+impl Arrivals {
+    /// Expects blob `digest`: its download sends on the returned sender when done.
+    pub fn expect(&mut self, digest: &str) -> tokio::sync::oneshot::Sender<Result<u64>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.insert(digest.to_string(), rx);
+        tx
+    }
+
+    /// Waits for blob `digest` if it is expected (at once otherwise).
+    pub async fn wait(&mut self, digest: &str) -> Result<()> {
+        let Some(rx) = self.pending.remove(digest) else {
+            return Ok(());
+        };
+        let bytes = rx
+            .await
+            .map_err(|_| UnpackError::Invalid(format!("download of {digest} vanished")))??;
+        self.count += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Waits for every blob still expected.
+    pub async fn wait_all(&mut self) -> Result<()> {
+        let digests: Vec<String> = self.pending.keys().cloned().collect();
+        for d in digests {
+            self.wait(&d).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The daemon's services for one namespace, under a lease once one is taken.
 #[derive(Clone)]
 pub struct Client {
@@ -533,7 +574,7 @@ impl Client {
     pub async fn unpack(
         &mut self,
         name: &str,
-        mut progress: impl FnMut(&str, &str),
+        progress: impl FnMut(&str, &str),
     ) -> Result<Unpacked> {
         let target = self.image_target(name).await?;
         let manifest_desc = self.platform_manifest(&target).await?;
@@ -541,6 +582,25 @@ impl Client {
             &self.read_blob(&manifest_desc.digest).await?,
             &manifest_desc.digest,
         )?;
+        self.unpack_manifest(
+            &manifest_desc.digest,
+            &manifest,
+            &mut Arrivals::default(),
+            progress,
+        )
+        .await
+    }
+
+    /// Unpacks the layers of `manifest` (named `what` in errors), each once `arrivals` says
+    /// its blob is in the store: a pull applies a layer while later ones still download.
+    async fn unpack_manifest(
+        &mut self,
+        what: &str,
+        manifest: &JsonManifest,
+        arrivals: &mut Arrivals,
+        mut progress: impl FnMut(&str, &str),
+    ) -> Result<Unpacked> {
+        arrivals.wait(&manifest.config.digest).await?;
         let config: JsonConfig = parse(
             &self.read_blob(&manifest.config.digest).await?,
             &manifest.config.digest,
@@ -549,7 +609,7 @@ impl Client {
         if diff_ids.len() != manifest.layers.len() {
             return Err(UnpackError::Invalid(format!(
                 "{}: {} layers but {} diff IDs",
-                manifest_desc.digest,
+                what,
                 manifest.layers.len(),
                 diff_ids.len()
             )));
@@ -574,6 +634,7 @@ impl Client {
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(call(format!("stat {chain}"))(s)),
             }
+            arrivals.wait(&layer.digest).await?;
             progress(&layer.digest, "unpacking");
             let key = format!("extract-{} {chain}", unique());
             let labels: HashMap<String, String> =

@@ -23,7 +23,9 @@ use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::{Client, JsonDescriptor, Result, UnpackError, Unpacked, architecture};
+use super::{
+    Arrivals, Client, JsonDescriptor, JsonManifest, Result, UnpackError, Unpacked, architecture,
+};
 
 /// Downloads in flight at once (containerd's default).
 const DOWNLOADS: usize = 3;
@@ -126,6 +128,17 @@ fn credentials(registry: &str, user: Option<&str>) -> RegistryAuth {
                 .map(|(u, p)| RegistryAuth::Basic(u.to_string(), p.to_string()))
         })
         .unwrap_or(RegistryAuth::Anonymous)
+}
+
+/// The manifest part of a fetched document.
+fn as_manifest(root: &Root, desc: &JsonDescriptor) -> Result<JsonManifest> {
+    Ok(JsonManifest {
+        config: root
+            .config
+            .clone()
+            .ok_or_else(|| UnpackError::Invalid(format!("{} has no config", desc.digest)))?,
+        layers: root.layers.clone(),
+    })
 }
 
 /// Whether `registry` (`host[:port]`) is on this machine.
@@ -248,15 +261,17 @@ impl Client {
         labels.extend(source.clone());
         self.label_blob(&manifest_desc.digest, labels).await?;
 
-        // Config and layers: the missing ones, several at a time.
+        // Config and layers: the missing ones, several at a time; each layer is unpacked
+        // as soon as it and the layers below it are in.
         let limit = Arc::new(Semaphore::new(DOWNLOADS));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut arrivals = Arrivals::default();
         for desc in std::iter::once(config).chain(manifest.layers.iter().cloned()) {
             if self.has_blob(&desc.digest).await? {
                 pulled.present += 1;
                 progress(&desc.digest, "exists");
                 continue;
             }
+            let arrived = arrivals.expect(&desc.digest);
             let (remote, image, limit, progress) = (
                 Arc::clone(&remote),
                 image.clone(),
@@ -264,7 +279,7 @@ impl Client {
                 Arc::clone(&progress),
             );
             let writer = self.clone_for_task();
-            tasks.spawn(async move {
+            tokio::spawn(async move {
                 let _slot = limit.acquire_owned().await.expect("semaphore open");
                 progress(&desc.digest, "downloading");
                 let mut last = None;
@@ -280,27 +295,34 @@ impl Client {
                     match writer.write_blob_stream(&desc, stream.stream).await {
                         Ok(()) => {
                             progress(&desc.digest, "downloaded");
-                            return Ok(desc.size as u64);
+                            let _ = arrived.send(Ok(desc.size as u64));
+                            return;
                         }
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(last.expect("an attempt was made"))
+                let _ = arrived.send(Err(last.expect("an attempt was made")));
             });
         }
-        while let Some(done) = tasks.join_next().await {
-            let bytes = done.map_err(|e| UnpackError::Invalid(format!("download task: {e}")))??;
-            pulled.downloaded += 1;
-            pulled.bytes += bytes;
-        }
+        let progress_unpack = Arc::clone(&progress);
+        let unpacked = self
+            .unpack_manifest(
+                &manifest_desc.digest,
+                &as_manifest(&manifest, &manifest_desc)?,
+                &mut arrivals,
+                move |layer, state| progress_unpack(layer, state),
+            )
+            .await;
+        // Whatever happened, no download is left running unwatched.
+        let finished = arrivals.wait_all().await;
+        pulled.unpacked = unpacked?;
+        finished?;
+        pulled.downloaded += arrivals.count;
+        pulled.bytes += arrivals.bytes;
         for desc in manifest.config.iter().chain(&manifest.layers) {
             self.label_blob(&desc.digest, source.clone()).await?;
         }
         self.put_image(reference, &root_desc).await?;
-        let progress_unpack = Arc::clone(&progress);
-        pulled.unpacked = self
-            .unpack(reference, move |layer, state| progress_unpack(layer, state))
-            .await?;
         self.release_lease().await?;
         Ok(pulled)
     }
