@@ -2,6 +2,7 @@
 
 pub mod gc;
 pub mod layer;
+pub mod progress;
 pub mod snapshot;
 pub mod store;
 

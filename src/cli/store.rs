@@ -167,13 +167,15 @@ pub async fn image(
                 user,
                 platform,
             };
+            let display = std::sync::Arc::new(super::progress::PullDisplay::new(quiet));
+            let shown = std::sync::Arc::clone(&display);
             let pulled = client
-                .pull(&reference, &options, move |what, state| {
-                    if !quiet {
-                        eprintln!("{what}\t{state}");
-                    }
+                .pull(&reference, &options, move |what, state, done, total| {
+                    shown.event(what, state, done, total)
                 })
-                .await?;
+                .await;
+            display.finish();
+            let pulled = pulled?;
             writeln!(
                 out,
                 "pulled {reference}: {} blobs downloaded ({} bytes), {} present; {} layers applied, {} already present",

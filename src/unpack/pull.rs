@@ -148,12 +148,14 @@ fn loopback(registry: &str) -> bool {
 }
 
 impl Client {
-    /// Pulls `reference` (see the module doc); `progress` hears of each blob's state.
+    /// Pulls `reference` (see the module doc); `progress` hears of each blob's state as
+    /// (digest, state, bytes done, bytes in all): resolving, exists, downloading (as bytes
+    /// arrive), downloaded, unpacking, applied.
     pub async fn pull(
         &mut self,
         reference: &str,
         options: &PullOptions,
-        progress: impl Fn(&str, &str) + Send + Sync + 'static,
+        progress: impl Fn(&str, &str, u64, u64) + Send + Sync + 'static,
     ) -> Result<Pulled> {
         let image = Reference::from_str(reference)
             .map_err(|e| UnpackError::Invalid(format!("reference {reference:?}: {e}")))?;
@@ -180,7 +182,7 @@ impl Client {
             [(source_label, image.repository().to_string())].into();
 
         self.take_lease().await?;
-        progress(reference, "resolving");
+        progress(reference, "resolving", 0, 0);
         let (bytes, digest) = remote
             .pull_manifest_raw(&image, &auth, ACCEPTED)
             .await
@@ -268,7 +270,7 @@ impl Client {
         for desc in std::iter::once(config).chain(manifest.layers.iter().cloned()) {
             if self.has_blob(&desc.digest).await? {
                 pulled.present += 1;
-                progress(&desc.digest, "exists");
+                progress(&desc.digest, "exists", desc.size as u64, desc.size as u64);
                 continue;
             }
             let arrived = arrivals.expect(&desc.digest);
@@ -281,7 +283,8 @@ impl Client {
             let writer = self.clone_for_task();
             tokio::spawn(async move {
                 let _slot = limit.acquire_owned().await.expect("semaphore open");
-                progress(&desc.digest, "downloading");
+                let size = desc.size as u64;
+                progress(&desc.digest, "downloading", 0, size);
                 let mut last = None;
                 for _ in 0..ATTEMPTS {
                     let stream = match remote.pull_blob_stream(&image, desc.digest.as_str()).await {
@@ -292,9 +295,18 @@ impl Client {
                             continue;
                         }
                     };
-                    match writer.write_blob_stream(&desc, stream.stream).await {
+                    let mut done = 0u64;
+                    let (counting, digest) = (Arc::clone(&progress), desc.digest.clone());
+                    let counted = tokio_stream::StreamExt::map(stream.stream, move |chunk| {
+                        if let Ok(bytes) = &chunk {
+                            done += bytes.len() as u64;
+                            counting(&digest, "downloading", done, size);
+                        }
+                        chunk
+                    });
+                    match writer.write_blob_stream(&desc, Box::pin(counted)).await {
                         Ok(()) => {
-                            progress(&desc.digest, "downloaded");
+                            progress(&desc.digest, "downloaded", size, size);
                             let _ = arrived.send(Ok(desc.size as u64));
                             return;
                         }
@@ -310,7 +322,7 @@ impl Client {
                 &manifest_desc.digest,
                 &as_manifest(&manifest, &manifest_desc)?,
                 &mut arrivals,
-                move |layer, state| progress_unpack(layer, state),
+                move |layer, state| progress_unpack(layer, state, 0, 0),
             )
             .await;
         // Whatever happened, no download is left running unwatched.
