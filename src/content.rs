@@ -48,7 +48,7 @@ impl BlobSource for BlobStore {
         match self {
             BlobStore::Local(s) => s.open(digest),
             BlobStore::Containerd(s) => s.open(digest),
-            BlobStore::Own(s) => s.tree.open(digest),
+            BlobStore::Own(s) => s.open(digest),
         }
     }
 }
@@ -85,6 +85,21 @@ impl OwnContent {
             tree,
             namespace,
             lease,
+        }
+    }
+}
+
+impl OwnContent {
+    /// Blob `digest`: from the tree, or, while a write of it runs (a pull that applies as it
+    /// downloads), following that write; the reader checks the digest either way.
+    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
+        match self.tree.open(digest) {
+            Err(Error::NotFound(what)) => match self.store.blobs().open_live(digest) {
+                Ok(Some(live)) => Ok(Box::new(live)),
+                Ok(None) => Err(Error::NotFound(what)),
+                Err(e) => Err(Error::Store(format!("open {digest} while written: {e}"))),
+            },
+            other => other,
         }
     }
 }

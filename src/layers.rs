@@ -269,8 +269,9 @@ impl Layers {
                 namespace: default,
                 ..
             } => {
-                let in_own =
-                    blob.is_some_and(|d| self.own.blobs().size(d).ok().flatten().is_some());
+                let in_own = blob.is_some_and(|d| {
+                    self.own.blobs().size(d).ok().flatten().is_some() || self.own.blobs().is_live(d)
+                });
                 let own_lease = match (&ctx.namespace, &ctx.lease) {
                     (Some(ns), Some(lease)) => self.own.lease_exists(ns, lease).unwrap_or(false),
                     _ => false,

@@ -17,6 +17,7 @@ use differ::Digest;
 use differ::digest::Hasher;
 use sha2::{Digest as _, Sha256};
 
+use super::live::{Live, LiveReader, LiveWrites};
 use super::{Result, StoreError};
 
 /// The blob and ingest directories of a content store.
@@ -25,6 +26,8 @@ pub struct Blobs {
     root: PathBuf,
     /// Refs with a writer open: a second writer of one ref is refused.
     locked: Arc<Mutex<HashSet<String>>>,
+    /// Writes with an expected digest, readable while they run.
+    live: LiveWrites,
 }
 
 /// What is known about a write in progress.
@@ -66,6 +69,7 @@ impl Blobs {
         Ok(Blobs {
             root: root.to_path_buf(),
             locked: Arc::default(),
+            live: LiveWrites::default(),
         })
     }
 
@@ -96,6 +100,18 @@ impl Blobs {
             io::ErrorKind::NotFound => StoreError::NotFound(format!("content {digest}")),
             _ => io_err("open", &path)(e),
         })
+    }
+
+    /// A reader of blob `digest` while it is still being written, if it is (see
+    /// [`super::live`]).
+    pub fn open_live(&self, digest: &Digest) -> Result<Option<LiveReader>> {
+        let path = self.path(digest);
+        self.live.reader(digest).map_err(io_err("open", &path))
+    }
+
+    /// Whether blob `digest` is being written (and so can be read as it comes).
+    pub fn is_live(&self, digest: &Digest) -> bool {
+        self.live.is_live(digest)
     }
 
     /// Deletes blob `digest` (nothing if absent).
@@ -186,12 +202,17 @@ impl Blobs {
             }
             hasher.update(&buf[..n]);
         }
+        let live = status
+            .expected
+            .clone()
+            .map(|d| (d.clone(), self.live.start(&d, data.clone(), status.offset)));
         Ok(Ingest {
             blobs: self.clone(),
             dir,
             file,
             hasher,
             status,
+            live,
             _lock: lock,
         })
     }
@@ -257,6 +278,8 @@ pub struct Ingest {
     file: File,
     hasher: Hasher,
     status: IngestStatus,
+    /// Registered as live under its expected digest, until it ends.
+    live: Option<(Digest, Arc<Live>)>,
     _lock: RefLock,
 }
 
@@ -277,6 +300,12 @@ impl Ingest {
             )));
         }
         if offset < self.status.offset {
+            // Whoever read the old bytes must not mix them with the new ones.
+            if let Some((digest, live)) = self.live.take() {
+                self.end_live(&digest, &live, Err("the write restarted".into()));
+                let again = self.blobs.live.start(&digest, path.clone(), 0);
+                self.live = Some((digest, again));
+            }
             self.file
                 .set_len(offset)
                 .map_err(io_err("truncate", &path))?;
@@ -303,6 +332,9 @@ impl Ingest {
         self.hasher.update(data);
         self.status.offset += data.len() as u64;
         self.status.updated = SystemTime::now();
+        if let Some((_, live)) = &self.live {
+            live.wrote(self.status.offset);
+        }
         Ok(())
     }
 
@@ -310,7 +342,25 @@ impl Ingest {
     /// recorded at the start), and moves it to its blob name; the digest. The ingest is
     /// gone afterwards. If the blob already exists the data is dropped and AlreadyExists
     /// returned with the digest.
-    pub fn commit(self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+    pub fn commit(mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+        let result = self.place(size, expected);
+        if let Some((digest, live)) = self.live.take() {
+            let how = match &result {
+                Ok(_) | Err(StoreError::BlobExists(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            self.end_live(&digest, &live, how);
+        }
+        result
+    }
+
+    fn end_live(&self, digest: &Digest, live: &Arc<Live>, how: std::result::Result<(), String>) {
+        live.end(how);
+        self.blobs.live.finish(digest, live);
+    }
+
+    /// Checks and places the data (see [`Ingest::commit`]).
+    fn place(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
         let (digest, written) = self.hasher.clone().finish();
         let reference = &self.status.reference;
         let size = if size > 0 { size } else { self.status.total };
@@ -340,6 +390,20 @@ impl Ingest {
             .map_err(io_err("sync", parent))?;
         fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))?;
         Ok(digest)
+    }
+}
+
+impl Drop for Ingest {
+    /// A write dropped before it committed (its stream ended, its client died) ends its
+    /// readers with an error; the data stays, for a later write of the ref to resume.
+    fn drop(&mut self) {
+        if let Some((digest, live)) = self.live.take() {
+            self.end_live(
+                &digest,
+                &live,
+                Err("the write ended before its commit".into()),
+            );
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod gc;
 mod images;
 mod labels;
 mod leases;
+mod live;
 mod meta;
 mod namespaces;
 mod snapshots;
@@ -24,6 +25,7 @@ pub use blobs::{Blobs, Ingest, IngestStatus};
 pub use content::ContentWriter;
 pub use gc::{Report, SnapshotAccess, SnapshotTree};
 pub use labels::validate_identifier;
+pub use live::LiveReader;
 
 use meta::Meta;
 

@@ -168,17 +168,40 @@ pub struct Unpacked {
 #[derive(Default)]
 pub struct Arrivals {
     pending: HashMap<String, tokio::sync::oneshot::Receiver<Result<u64>>>,
+    /// Blobs whose write is open in the store, readable as they come.
+    opening: HashMap<String, tokio::sync::oneshot::Receiver<()>>,
     /// Blobs arrived, and their bytes.
     pub count: usize,
     pub bytes: u64,
 }
 
 impl Arrivals {
-    /// Expects blob `digest`: its download sends on the returned sender when done.
-    pub fn expect(&mut self, digest: &str) -> tokio::sync::oneshot::Sender<Result<u64>> {
+    /// Expects blob `digest`: its download says on the first sender when its write is open
+    /// in the store, and on the second when it is done.
+    pub fn expect(
+        &mut self,
+        digest: &str,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Sender<Result<u64>>,
+    ) {
+        let (opened, opening) = tokio::sync::oneshot::channel();
+        self.opening.insert(digest.to_string(), opening);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending.insert(digest.to_string(), rx);
-        tx
+        (opened, tx)
+    }
+
+    /// Waits until blob `digest` can be read, as it comes if its write is open (or, if the
+    /// write never opened, until it is done).
+    pub async fn wait_readable(&mut self, digest: &str) -> Result<()> {
+        match self.opening.remove(digest) {
+            None => Ok(()),
+            Some(opening) => match opening.await {
+                Ok(()) => Ok(()),
+                Err(_) => self.wait(digest).await,
+            },
+        }
     }
 
     /// Waits for blob `digest` if it is expected (at once otherwise).
@@ -377,7 +400,7 @@ impl Client {
                 }
             }
         });
-        self.write_chunks(desc, rx).await?;
+        self.write_chunks(desc, rx, None).await?;
         feeder
             .await
             .map_err(|e| UnpackError::Invalid(format!("blob feeder: {e}")))?
@@ -389,6 +412,7 @@ impl Client {
     pub async fn write_blob_stream<E: std::fmt::Display + Send + 'static>(
         &self,
         desc: &JsonDescriptor,
+        opened: Option<tokio::sync::oneshot::Sender<()>>,
         mut stream: impl tokio_stream::Stream<Item = std::result::Result<bytes::Bytes, E>>
         + Unpin
         + Send
@@ -409,7 +433,7 @@ impl Client {
             }
             Ok::<(), UnpackError>(())
         });
-        let written = self.write_chunks(desc, rx).await;
+        let written = self.write_chunks(desc, rx, opened).await;
         feeder
             .await
             .map_err(|e| UnpackError::Invalid(format!("download task: {e}")))??;
@@ -423,6 +447,7 @@ impl Client {
         &self,
         desc: &JsonDescriptor,
         mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        opened: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<()> {
         let reference = format!("import-{}", desc.digest);
         let (digest, size) = (desc.digest.clone(), desc.size);
@@ -463,6 +488,11 @@ impl Client {
             Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
             Err(s) => return Err(call(what)(s)),
         };
+        // The store has opened the write (it answers once the first request is in): the
+        // blob is readable as it comes.
+        if let Some(opened) = opened {
+            let _ = opened.send(());
+        }
         loop {
             match answers.message().await {
                 Ok(Some(a)) if !a.digest.is_empty() => return Ok(()),
@@ -634,7 +664,9 @@ impl Client {
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(call(format!("stat {chain}"))(s)),
             }
-            arrivals.wait(&layer.digest).await?;
+            // Applied as it downloads: the Apply reads the write in progress and checks the
+            // digest at the end.
+            arrivals.wait_readable(&layer.digest).await?;
             progress(&layer.digest, "unpacking");
             let key = format!("extract-{} {chain}", unique());
             let labels: HashMap<String, String> =
@@ -679,6 +711,7 @@ impl Client {
                 labels,
                 parent: String::new(),
             });
+            arrivals.wait(&layer.digest).await?;
             match snaps.commit(commit).await {
                 Ok(_) => done.applied += 1,
                 Err(s) if s.code() == tonic::Code::AlreadyExists => {

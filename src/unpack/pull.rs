@@ -273,7 +273,7 @@ impl Client {
                 progress(&desc.digest, "exists", desc.size as u64, desc.size as u64);
                 continue;
             }
-            let arrived = arrivals.expect(&desc.digest);
+            let (opened, arrived) = arrivals.expect(&desc.digest);
             let (remote, image, limit, progress) = (
                 Arc::clone(&remote),
                 image.clone(),
@@ -286,6 +286,7 @@ impl Client {
                 let size = desc.size as u64;
                 progress(&desc.digest, "downloading", 0, size);
                 let mut last = None;
+                let mut opened = Some(opened);
                 for _ in 0..ATTEMPTS {
                     let stream = match remote.pull_blob_stream(&image, desc.digest.as_str()).await {
                         Ok(s) => s,
@@ -304,7 +305,10 @@ impl Client {
                         }
                         chunk
                     });
-                    match writer.write_blob_stream(&desc, Box::pin(counted)).await {
+                    match writer
+                        .write_blob_stream(&desc, opened.take(), Box::pin(counted))
+                        .await
+                    {
                         Ok(()) => {
                             progress(&desc.digest, "downloaded", size, size);
                             let _ = arrived.send(Ok(desc.size as u64));
