@@ -102,8 +102,8 @@ impl Blobs {
         })
     }
 
-    /// A reader of blob `digest` while it is still being written, if it is (see
-    /// [`super::live`]).
+    /// A reader of blob `digest` while it is still being written, if it is (a live write:
+    /// bytes as they arrive, to the end once committed).
     pub fn open_live(&self, digest: &Digest) -> Result<Option<LiveReader>> {
         let path = self.path(digest);
         self.live.reader(digest).map_err(io_err("open", &path))
