@@ -1,6 +1,7 @@
-//! An OCI image layout to import from: a directory (`index.json`, `blobs/sha256/<hex>`), or
-//! a tar archive of one, read in place (its entries are located once, then each blob is
-//! read from its offset in the archive).
+//! An image layout to import from: an OCI layout (`index.json`, `blobs/sha256/<hex>`) or a
+//! docker archive (`manifest.json`, as `docker save` writes it), as a directory or a tar
+//! archive of one, read in place (its entries are located once, then each file is read
+//! from its offset in the archive).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -44,8 +45,16 @@ impl Layout {
         Ok(Layout::Archive(path.to_path_buf(), entries))
     }
 
+    /// Whether the layout has file `name`.
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Layout::Dir(dir) => dir.join(name).is_file(),
+            Layout::Archive(_, entries) => entries.contains_key(name),
+        }
+    }
+
     /// A file of the layout, opened for reading.
-    fn file(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+    pub fn file(&self, name: &str) -> Result<Box<dyn Read + Send>> {
         match self {
             Layout::Dir(dir) => {
                 let p = dir.join(name);

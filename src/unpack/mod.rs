@@ -747,6 +747,9 @@ impl Client {
     /// from index to manifests and from manifests to config and layers. The images' names.
     pub async fn import(&self, path: &Path) -> Result<Vec<String>> {
         let layout = layout::Layout::open(path)?;
+        if !layout.has("index.json") && layout.has("manifest.json") {
+            return self.import_docker(&layout).await;
+        }
         let index: JsonIndex = parse(&layout.read("index.json")?, "index.json")?;
         let mut names = Vec::new();
         for desc in &index.manifests {
@@ -757,6 +760,111 @@ impl Client {
             }
         }
         Ok(names)
+    }
+
+    /// Imports a docker archive (`docker save`): for each image of its `manifest.json`, the
+    /// config and layers as they are, and a Docker schema 2 manifest made for them, named
+    /// by each of its tags as containerd names them (`docker.io/library/busybox:1`).
+    async fn import_docker(&self, layout: &layout::Layout) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            #[serde(default)]
+            repo_tags: Vec<String>,
+            layers: Vec<String>,
+        }
+        let entries: Vec<Entry> = parse(&layout.read("manifest.json")?, "manifest.json")?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let config = self
+                .import_file(
+                    layout,
+                    &entry.config,
+                    "application/vnd.docker.container.image.v1+json",
+                )
+                .await?;
+            let mut layers = Vec::new();
+            for file in &entry.layers {
+                let mut magic = [0u8; 2];
+                let gzip =
+                    layout.file(file)?.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+                let media_type = if gzip {
+                    "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                } else {
+                    "application/vnd.docker.image.rootfs.diff.tar"
+                };
+                layers.push(self.import_file(layout, file, media_type).await?);
+            }
+            let json = |d: &JsonDescriptor| serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size});
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": json(&config),
+                "layers": layers.iter().map(json).collect::<Vec<_>>(),
+            }))
+            .expect("JSON");
+            let desc = JsonDescriptor {
+                media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+                digest: sha256_digest(&manifest),
+                size: manifest.len() as i64,
+                platform: None,
+                annotations: HashMap::new(),
+            };
+            self.write_blob(&desc, std::io::Cursor::new(manifest))
+                .await?;
+            let mut labels: HashMap<String, String> = [(
+                "containerd.io/gc.ref.content.config".to_string(),
+                config.digest.clone(),
+            )]
+            .into();
+            for (i, l) in layers.iter().enumerate() {
+                labels.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    l.digest.clone(),
+                );
+            }
+            self.label_blob(&desc.digest, labels).await?;
+            for tag in &entry.repo_tags {
+                let name = docker_name(tag);
+                self.put_image(&name, &desc).await?;
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Stores file `name` of `layout` as a blob of `media_type` (hashed first, then written
+    /// and checked against that digest); its descriptor.
+    async fn import_file(
+        &self,
+        layout: &layout::Layout,
+        name: &str,
+        media_type: &str,
+    ) -> Result<JsonDescriptor> {
+        let mut hasher = differ::digest::Hasher::default();
+        let mut file = layout.file(name)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|source| UnpackError::Io {
+                path: name.to_string(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let (digest, size) = hasher.finish();
+        let desc = JsonDescriptor {
+            media_type: media_type.into(),
+            digest: digest.to_string(),
+            size: size as i64,
+            platform: None,
+            annotations: HashMap::new(),
+        };
+        self.write_blob(&desc, layout.file(name)?).await?;
+        Ok(desc)
     }
 
     /// Writes `desc` and what it references, children first, labelling parents.
@@ -799,6 +907,31 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+fn sha256_digest(data: &[u8]) -> String {
+    let hex: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// A docker image name as containerd normalizes it: `busybox:1` →
+/// `docker.io/library/busybox:1`, `user/app:2` → `docker.io/user/app:2`; names with a
+/// registry host (a dot, a port, or `localhost`) stay.
+fn docker_name(tag: &str) -> String {
+    let first = tag.split('/').next().unwrap_or(tag);
+    let has_host =
+        tag.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        tag.to_string()
+    } else if tag.contains('/') {
+        format!("docker.io/{tag}")
+    } else {
+        format!("docker.io/library/{tag}")
     }
 }
 
@@ -859,6 +992,15 @@ pub mod pull;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_names_are_normalized() {
+        assert_eq!(docker_name("busybox:1"), "docker.io/library/busybox:1");
+        assert_eq!(docker_name("user/app:2"), "docker.io/user/app:2");
+        assert_eq!(docker_name("127.0.0.1:5000/a/b:3"), "127.0.0.1:5000/a/b:3");
+        assert_eq!(docker_name("localhost/x:1"), "localhost/x:1");
+        assert_eq!(docker_name("quay.io/a/b:1"), "quay.io/a/b:1");
+    }
 
     #[test]
     fn chain_ids_follow_oci() {

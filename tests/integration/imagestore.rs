@@ -1479,3 +1479,77 @@ fn pull_interrupted_by_kill() {
         );
     }
 }
+
+/// `strata image import` of a docker archive (`docker save`'s format, made with skopeo): the
+/// image is named as containerd names it, unpacks, and mounts the same tree as the OCI
+/// archive it was made from.
+#[test]
+#[ignore = "needs root"]
+fn docker_archive_import() {
+    assert_root("imagestore::docker_archive_import");
+    let tmp = TempDir::new("imagestore-docker");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let oci = tmp.path().join("oci.tar");
+    let built = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/e2e/build-image.sh"
+        ))
+        .arg(&oci)
+        .args(["strata.test/docker:1", "1"])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let docker = tmp.path().join("docker.tar");
+    let copied = std::process::Command::new("/usr/bin/skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci-archive:{}", oci.display()))
+        .arg(format!("docker-archive:{}:e2e/docker:1", docker.display()))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    let strata = |args: &[&str]| -> String {
+        let out = crate::util::strata_command()
+            .arg("--address")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "strata {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let imported = strata(&["image", "import", docker.to_str().unwrap()]);
+    assert!(
+        imported.contains("imported docker.io/e2e/docker:1"),
+        "{imported}"
+    );
+    assert!(
+        imported.contains("4 layers applied, 0 already present"),
+        "{imported}"
+    );
+    let from_oci = strata(&["image", "import", oci.to_str().unwrap()]);
+    assert!(
+        from_oci.contains("0 layers applied, 4 already present"),
+        "{from_oci}"
+    );
+    let mut trees = Vec::new();
+    for (name, key) in [
+        ("docker.io/e2e/docker:1", "d"),
+        ("strata.test/docker:1", "o"),
+    ] {
+        let root = tmp.path().join(key);
+        strata(&[
+            "rootfs",
+            "prepare",
+            name,
+            key,
+            "--mount",
+            root.to_str().unwrap(),
+        ]);
+        trees.push(crate::tree::capture(&root));
+        strata(&["rootfs", "unmount", root.to_str().unwrap()]);
+        strata(&["snapshot", "rm", key]);
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0]["/extra/f1"].data, b"extra 1\n");
+}
