@@ -302,7 +302,8 @@ impl Read for StreamReader {
 const WRITE_CHUNK: usize = 1 << 20;
 
 /// `<nanoseconds since the epoch>-<sequence>`: unique among this daemon's refs and leases.
-fn unique_suffix() -> String {
+/// A suffix that no other id of this process has: the time in nanoseconds and a counter.
+pub fn unique_suffix() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -30,7 +30,7 @@ pub use error::{Error, Result};
 pub use filter::Filters;
 pub use metastore::open_env as open_lmdb;
 pub use mountutil::Mount;
-pub use reuse::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF};
+pub use reuse::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF, chain_id};
 pub use usage::disk_usage;
 
 /// Labels of a snapshot. Empty values are never stored: an empty value means "delete".

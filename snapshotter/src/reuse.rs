@@ -72,7 +72,7 @@ impl<'a> LayerClaim<'a> {
 
 /// `sha256:` and the hex SHA-256 of `"<parent> <diff_id>"`: the OCI chain ID of a layer
 /// above others.
-fn chain_id(parent: &str, diff_id: &str) -> String {
+pub fn chain_id(parent: &str, diff_id: &str) -> String {
     let digest = Sha256::digest(format!("{parent} {diff_id}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::leases::RESOURCE_SNAPSHOTS;
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result};
-use crate::api::services::leases::v1::{Lease, Resource};
+use crate::api::services::leases::v1::Resource;
 
 impl ImageStore {
     /// Records snapshot `snapshot` of `snapshotter` as made in `namespace` under `lease`, if
@@ -24,11 +24,7 @@ impl ImageStore {
         snapshotter: &str,
         snapshot: &str,
     ) -> Result<bool> {
-        let known = self.meta.read(|r| {
-            Ok(r.get::<Lease>(Kind::Lease, &key(namespace, &[lease]))?
-                .is_some())
-        })?;
-        if !known {
+        if !self.lease_exists(namespace, lease)? {
             return Ok(false);
         }
         self.meta.write(|w| {

@@ -1,7 +1,6 @@
 //! `containerd.services.leases.v1.Leases` over the image store.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use snapshotter::Filters;
 use tonic::{Request, Response, Status};
@@ -24,18 +23,6 @@ impl LeasesService {
     }
 }
 
-/// An id for a lease created without one, as containerd makes them: the time's
-/// nanoseconds and a few bytes that differ between calls.
-fn random_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(now.as_nanos());
-    format!("{}-{:06x}", now.subsec_nanos(), h.finish() & 0xff_ffff)
-}
-
 #[tonic::async_trait]
 impl Leases for LeasesService {
     async fn create(
@@ -44,7 +31,11 @@ impl Leases for LeasesService {
     ) -> Result<Response<pb::CreateResponse>, Status> {
         let ns = namespace_of(&request)?;
         let r = request.into_inner();
-        let id = if r.id.is_empty() { random_id() } else { r.id };
+        let id = if r.id.is_empty() {
+            crate::content::unique_suffix()
+        } else {
+            r.id
+        };
         let lease = blocking(&self.store, move |s| s.lease_create(&ns, &id, r.labels)).await?;
         Ok(Response::new(pb::CreateResponse { lease: Some(lease) }))
     }

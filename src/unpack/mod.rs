@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -85,6 +84,20 @@ pub struct JsonPlatform {
     pub variant: Option<String>,
 }
 
+impl JsonPlatform {
+    /// Whether this is platform `wanted`, `os/arch` or `os/arch/variant` (a variant is
+    /// compared only when `wanted` names one).
+    pub fn is(&self, wanted: &str) -> bool {
+        let mut name = format!("{}/{}", self.os, self.architecture);
+        if let Some(v) = &self.variant
+            && wanted.matches('/').count() == 2
+        {
+            name = format!("{name}/{v}");
+        }
+        name == wanted
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct JsonIndex {
     #[serde(default)]
@@ -141,11 +154,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(parent) => {
-                let sum = Sha256::digest(format!("{parent} {d}").as_bytes());
-                let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
-            }
+            Some(parent) => snapshotter::chain_id(parent, d),
         };
         out.push(next);
     }
@@ -268,7 +277,7 @@ impl Client {
         self.drop_stale_leases().await?;
         let expires =
             crate::content::rfc3339_utc(SystemTime::now() + std::time::Duration::from_secs(86_400));
-        let id = format!("strata-{}", unique());
+        let id = format!("strata-{}", crate::content::unique_suffix());
         let r = self.request(leases::CreateRequest {
             id: id.clone(),
             labels: [
@@ -364,11 +373,6 @@ impl Client {
             out.extend_from_slice(&chunk.data);
         }
         Ok(out)
-    }
-
-    /// A copy for a task of its own, under the same lease.
-    pub fn clone_for_task(&self) -> Self {
-        self.clone()
     }
 
     /// Writes blob `desc` from `reader` (skipping it if the namespace has it); whether it
@@ -589,7 +593,7 @@ impl Client {
             .find(|m| {
                 m.platform
                     .as_ref()
-                    .is_none_or(|p| p.os == "linux" && p.architecture == architecture())
+                    .is_none_or(|p| p.is(&format!("linux/{}", architecture())))
             })
             .ok_or_else(|| {
                 UnpackError::Invalid(format!(
@@ -668,7 +672,7 @@ impl Client {
             // digest at the end.
             arrivals.wait_readable(&layer.digest).await?;
             progress(&layer.digest, "unpacking");
-            let key = format!("extract-{} {chain}", unique());
+            let key = format!("extract-{} {chain}", crate::content::unique_suffix());
             let labels: HashMap<String, String> =
                 [("containerd.io/snapshot.ref".to_string(), chain.clone())].into();
             let prepare = self.request(snapshots::PrepareSnapshotRequest {
@@ -806,7 +810,11 @@ impl Client {
             .expect("JSON");
             let desc = JsonDescriptor {
                 media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
-                digest: sha256_digest(&manifest),
+                digest: {
+                    let mut h = differ::digest::Hasher::default();
+                    h.update(&manifest);
+                    h.finish().0.to_string()
+                },
                 size: manifest.len() as i64,
                 platform: None,
                 annotations: HashMap::new(),
@@ -910,15 +918,6 @@ impl Client {
     }
 }
 
-/// `sha256:<hex>` of `data`.
-fn sha256_digest(data: &[u8]) -> String {
-    let hex: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
-}
-
 /// A docker image name as containerd normalizes it: `busybox:1` →
 /// `docker.io/library/busybox:1`, `user/app:2` → `docker.io/user/app:2`; names with a
 /// registry host (a dot, a port, or `localhost`) stay.
@@ -973,17 +972,6 @@ fn client_alive(holder: &str) -> bool {
     boot == boot_id()
         && std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|comm| comm.trim() == "strata")
-}
-
-/// Unique enough for snapshot keys and lease ids: the time in nanoseconds and a counter.
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 pub mod layout;

@@ -218,17 +218,7 @@ impl Client {
             let chosen = root
                 .manifests
                 .iter()
-                .find(|m| {
-                    m.platform.as_ref().is_some_and(|p| {
-                        let mut name = format!("{}/{}", p.os, p.architecture);
-                        if let Some(v) = &p.variant
-                            && wanted.matches('/').count() == 2
-                        {
-                            name = format!("{name}/{v}");
-                        }
-                        name == wanted
-                    })
-                })
+                .find(|m| m.platform.as_ref().is_some_and(|p| p.is(&wanted)))
                 .cloned()
                 .ok_or_else(|| {
                     UnpackError::Invalid(format!("{reference} has no manifest for {wanted}"))
@@ -280,7 +270,7 @@ impl Client {
                 Arc::clone(&limit),
                 Arc::clone(&progress),
             );
-            let writer = self.clone_for_task();
+            let writer = self.clone();
             tokio::spawn(async move {
                 let _slot = limit.acquire_owned().await.expect("semaphore open");
                 let size = desc.size as u64;
