@@ -13,7 +13,7 @@
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
 
 mod cri;
-mod env;
+pub mod env;
 mod layer_creation;
 pub mod registry;
 
@@ -199,7 +199,7 @@ fn ctr_on_strata_1_7() {
     );
     let image = "strata.test/e2e/ctr-direct:1";
     let archive = env.scratch().join("direct.tar");
-    env::build_image(&archive, image, 2, None);
+    env::build_image(&archive, image, 2, &[]);
     let archive = archive.to_str().expect("UTF-8");
 
     // The reference: containerd's builtin overlayfs, unpacked by its transfer service with

@@ -22,6 +22,7 @@ use strata::api::types::Descriptor;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use crate::containerd::env::build_image;
 use crate::util::{Daemon, TempDir, assert_root};
 
 /// `message` as a request in containerd namespace `ns` (none if empty).
@@ -1174,6 +1175,23 @@ fn pinned_digest(digests: &[String], data: &[u8]) -> String {
     d
 }
 
+/// `strata --address SOCKET ARGS...`, finished.
+fn strata_run(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    crate::util::strata_command()
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `strata --address SOCKET ARGS...`, which must succeed; its stdout.
+fn strata_ok(socket: &std::path::Path, args: &[&str]) -> String {
+    let out = strata_run(socket, args);
+    assert!(out.status.success(), "strata {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `strata image import` of the e2e test image (gzip layers with whiteouts and an opaque
 /// directory): the first import applies every layer, the second applies none and says so;
 /// `strata rootfs prepare --mount` shows the image's flattened tree; `container
@@ -1186,26 +1204,8 @@ fn cli_import_unpack_rootfs() {
     let tmp = TempDir::new("imagestore-cli");
     let daemon = Daemon::start(tmp.path(), "overlayfs");
     let archive = tmp.path().join("image.tar");
-    let built = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/e2e/build-image.sh"
-        ))
-        .arg(&archive)
-        .args(["strata.test/cli:1", "2"])
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{built:?}");
-    let strata = |args: &[&str]| -> String {
-        let out = crate::util::strata_command()
-            .arg("--address")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "strata {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    build_image(&archive, "strata.test/cli:1", 2, &[]);
+    let strata = |args: &[&str]| strata_ok(&daemon.socket, args);
     let archive = archive.to_str().unwrap();
 
     let first = strata(&["image", "import", archive]);
@@ -1289,37 +1289,17 @@ fn pull_from_registry() {
     let daemon = Daemon::start(tmp.path(), "overlayfs");
     let open = Registry::start(&tmp.path().join("open"));
     let locked = Registry::start_authenticated(&tmp.path().join("locked"), "puller", "pw-1");
-    let build = |name: &str, extra: &str| {
+    let build = |name: &str, extra: usize| {
         let archive = tmp.path().join(format!("{extra}.tar"));
-        let built = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/e2e/build-image.sh"
-            ))
-            .arg(&archive)
-            .args([name, extra])
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "{built:?}");
+        build_image(&archive, name, extra, &[]);
         archive
     };
     // "two" is "one" and one more layer.
-    let one = open.push(&build("e2e/one:1", "2"), "e2e/one:1");
-    let two = open.push(&build("e2e/two:1", "3"), "e2e/two:1");
-    let private = locked.push(&build("e2e/one:1", "2"), "e2e/private:1");
-    let strata = |args: &[&str]| {
-        crate::util::strata_command()
-            .arg("--address")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let ok = |args: &[&str]| -> String {
-        let out = strata(args);
-        assert!(out.status.success(), "strata {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let one = open.push(&build("e2e/one:1", 2), "e2e/one:1");
+    let two = open.push(&build("e2e/two:1", 3), "e2e/two:1");
+    let private = locked.push(&build("e2e/one:1", 2), "e2e/private:1");
+    let strata = |args: &[&str]| strata_run(&daemon.socket, args);
+    let ok = |args: &[&str]| strata_ok(&daemon.socket, args);
 
     let first = ok(&["image", "pull", &one]);
     assert!(
@@ -1401,29 +1381,9 @@ fn pull_interrupted_by_kill() {
     let tmp = TempDir::new("imagestore-kill");
     let mut daemon = Daemon::start(tmp.path(), "overlayfs");
     let registry = Registry::start(&tmp.path().join("registry"));
-    let strata = |socket: &std::path::Path, args: &[&str]| -> String {
-        let out = crate::util::strata_command()
-            .arg("--address")
-            .arg(socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "strata {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     for (round, kill_daemon) in [("client", false), ("daemon", true)] {
         let archive = tmp.path().join(format!("{round}.tar"));
-        let built = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/e2e/build-image.sh"
-            ))
-            .arg(&archive)
-            .args([&format!("e2e/{round}:1"), "0"])
-            .env("BIG_MB", "120")
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "{built:?}");
+        build_image(&archive, &format!("e2e/{round}:1"), 0, &[("BIG_MB", "120")]);
         let image = registry.push(&archive, &format!("e2e/{round}:1"));
 
         let mut pull = crate::util::strata_command()
@@ -1453,11 +1413,11 @@ fn pull_interrupted_by_kill() {
         }
         assert!(ingest_bytes(&daemon.root) > 0, "a partial write is left");
 
-        let done = strata(&daemon.socket, &["image", "pull", "--quiet", &image]);
+        let done = strata_ok(&daemon.socket, &["image", "pull", "--quiet", &image]);
         assert!(done.contains("3 layers applied"), "{done}");
-        strata(&daemon.socket, &["gc", "--force"]);
+        strata_ok(&daemon.socket, &["gc", "--force"]);
         assert_eq!(
-            strata(&daemon.socket, &["lease", "ls"]).lines().count(),
+            strata_ok(&daemon.socket, &["lease", "ls"]).lines().count(),
             1,
             "leases left"
         );
@@ -1466,11 +1426,13 @@ fn pull_interrupted_by_kill() {
             .unwrap()
             .count();
         assert_eq!(blobs, 2 + 3, "manifest, config, 3 layers");
-        let snapshots = strata(&daemon.socket, &["snapshot", "ls"]);
+        let snapshots = strata_ok(&daemon.socket, &["snapshot", "ls"]);
         assert_eq!(snapshots.lines().count(), 1 + 3, "{snapshots}");
-        strata(&daemon.socket, &["image", "rm", "--sync", &image]);
+        strata_ok(&daemon.socket, &["image", "rm", "--sync", &image]);
         assert_eq!(
-            strata(&daemon.socket, &["snapshot", "ls"]).lines().count(),
+            strata_ok(&daemon.socket, &["snapshot", "ls"])
+                .lines()
+                .count(),
             1
         );
         assert_eq!(
@@ -1490,16 +1452,7 @@ fn docker_archive_import() {
     let tmp = TempDir::new("imagestore-docker");
     let daemon = Daemon::start(tmp.path(), "overlayfs");
     let oci = tmp.path().join("oci.tar");
-    let built = std::process::Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/e2e/build-image.sh"
-        ))
-        .arg(&oci)
-        .args(["strata.test/docker:1", "1"])
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{built:?}");
+    build_image(&oci, "strata.test/docker:1", 1, &[]);
     let docker = tmp.path().join("docker.tar");
     let copied = std::process::Command::new("/usr/bin/skopeo")
         .args(["copy", "--quiet"])
@@ -1508,16 +1461,7 @@ fn docker_archive_import() {
         .output()
         .unwrap();
     assert!(copied.status.success(), "{copied:?}");
-    let strata = |args: &[&str]| -> String {
-        let out = crate::util::strata_command()
-            .arg("--address")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "strata {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let strata = |args: &[&str]| strata_ok(&daemon.socket, args);
     let imported = strata(&["image", "import", docker.to_str().unwrap()]);
     assert!(
         imported.contains("imported docker.io/e2e/docker:1"),

@@ -245,7 +245,9 @@ fn uncommitted(stored: &[pb::Info]) -> Vec<&pb::Info> {
         .collect()
 }
 
-/// Mounts anywhere under `root`.
+/// Mounts that show anything under `root`: their mount point, source or layer options
+/// (an overlay elsewhere stacking Strata's directories counts too, unlike
+/// `util::mounts_under`, which looks at mount points only).
 fn mounts_under(root: &Path) -> Vec<String> {
     let root = root.to_str().expect("UTF-8");
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -275,10 +277,15 @@ pub fn pod_lifecycle(test: &str, release: Containerd) {
     env.use_namespace(K8S_NAMESPACE);
 
     let pause = scratch.path().join("pause.tar");
-    build_image(&pause, "e2e/pause:1", 0, Some(r#"["/bin/sleep","100000"]"#));
+    build_image(
+        &pause,
+        "e2e/pause:1",
+        0,
+        &[("IMAGE_CMD", r#"["/bin/sleep","100000"]"#)],
+    );
     open.push(&pause, "e2e/pause:1");
     let app_archive = scratch.path().join("app.tar");
-    build_image(&app_archive, "e2e/app:1", APP_EXTRA, None);
+    build_image(&app_archive, "e2e/app:1", APP_EXTRA, &[]);
     let app = locked.push(&app_archive, "e2e/app:1");
 
     let socket = env.socket().to_path_buf();

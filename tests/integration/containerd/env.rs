@@ -176,14 +176,12 @@ fn script(name: &str) -> Command {
 }
 
 /// Builds the test image (`build-image.sh`) with `extra` layers beyond the base ones as the
-/// OCI archive `archive` naming it `name`, with command `cmd` (a JSON array; `/bin/sh` if
-/// `None`).
-pub fn build_image(archive: &Path, name: &str, extra: usize, cmd: Option<&str>) {
+/// OCI archive `archive` naming it `name`, with the script's options `vars` (`IMAGE_CMD`,
+/// `BIG_MB`) in its environment.
+pub fn build_image(archive: &Path, name: &str, extra: usize, vars: &[(&str, &str)]) {
     let mut build = script("build-image.sh");
     build.arg(archive).arg(name).arg(extra.to_string());
-    if let Some(cmd) = cmd {
-        build.env("IMAGE_CMD", cmd);
-    }
+    build.envs(vars.iter().copied());
     run(&mut build, archive.parent().expect("a directory")).check(&"build-image.sh");
 }
 
@@ -556,7 +554,7 @@ impl Env {
     pub fn import(&self, name: &str, extra: usize, unpack: Unpack<'_>) {
         assert_eq!(self.strata_snapshots(), [], "Strata must be empty first");
         let archive = self.tmp.path().join("image.tar");
-        build_image(&archive, name, extra, None);
+        build_image(&archive, name, extra, &[]);
         let applied_before = self.applied_lines().len();
 
         let listed = match unpack {
