@@ -43,12 +43,24 @@ pub enum BlobStore {
     Own(OwnContent),
 }
 
+impl BlobStore {
+    /// Layer blob `digest` to apply: verified by the reader itself when it follows a write
+    /// in progress in the own store (which checks the digest of the very bytes it hands
+    /// out before it lets a reader reach the end), else hashed by the differ.
+    pub fn open_layer(&self, digest: &Digest) -> differ::Result<differ::LayerSource> {
+        match self {
+            BlobStore::Own(s) => s.open_layer(digest),
+            other => other.open(digest).map(differ::LayerSource::from),
+        }
+    }
+}
+
 impl BlobSource for BlobStore {
     fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
         match self {
             BlobStore::Local(s) => s.open(digest),
             BlobStore::Containerd(s) => s.open(digest),
-            BlobStore::Own(s) => s.open(digest),
+            BlobStore::Own(s) => s.open_layer(digest).map(|l| l.reader),
         }
     }
 }
@@ -91,15 +103,18 @@ impl OwnContent {
 
 impl OwnContent {
     /// Blob `digest`: from the tree, or, while a write of it runs (a pull that applies as it
-    /// downloads), following that write; the reader checks the digest either way.
-    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
+    /// downloads), following that write, which verifies it.
+    fn open_layer(&self, digest: &Digest) -> differ::Result<differ::LayerSource> {
         match self.tree.open(digest) {
             Err(Error::NotFound(what)) => match self.store.blobs().open_live(digest) {
-                Ok(Some(live)) => Ok(Box::new(live)),
+                Ok(Some(live)) => Ok(differ::LayerSource {
+                    reader: Box::new(live),
+                    verified: Some(digest.clone()),
+                }),
                 Ok(None) => Err(Error::NotFound(what)),
                 Err(e) => Err(Error::Store(format!("open {digest} while written: {e}"))),
             },
-            other => other,
+            other => other.map(differ::LayerSource::from),
         }
     }
 }

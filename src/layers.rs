@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use differ::content::{BlobSink, BlobSource, LocalStore};
+use differ::content::{BlobSink, LocalStore};
 use differ::diff::{Changes, Created, DiffOptions};
 use differ::{Applied, Compression, Digest, WhiteoutMode};
 use snapshotter::{Kind, Mount, OwnedSnapshot};
@@ -303,7 +303,7 @@ impl Layers {
         let key = target.key().map(str::to_string);
         let blob = self
             .store(ctx, key.as_deref(), Some(&req.digest))
-            .open(&req.digest)?;
+            .open_layer(&req.digest)?;
         let applied = differ::apply_layer(
             blob,
             req.compression,

@@ -28,7 +28,7 @@ pub mod google {
     }
 }
 
-/// `strata.admin.v1`: Strata's own administration calls (garbage collection).
+/// `strata.admin.v1`: Strata's own administration calls (garbage collection, pull).
 pub mod admin {
     /// `strata.admin.v1`.
     pub mod v1 {

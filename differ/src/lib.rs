@@ -21,3 +21,4 @@ pub use apply::{Applied, LayerLimits, WhiteoutMode, apply_layer};
 pub use compression::Compression;
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use pipeline::LayerSource;

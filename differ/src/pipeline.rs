@@ -75,6 +75,26 @@ enum ToHash {
     Layer(Chunk),
 }
 
+/// A layer blob to read.
+pub struct LayerSource {
+    /// The blob's bytes.
+    pub reader: Box<dyn Read + Send>,
+    /// Set when the reader verifies the blob itself: reading it to the end succeeds only if
+    /// its bytes have this digest (a content store write checked as it arrives). The blob
+    /// is then not hashed again; the uncompressed stream always is.
+    pub verified: Option<Digest>,
+}
+
+/// Any reader, hashed while applied.
+impl<R: Read + Send + 'static> From<R> for LayerSource {
+    fn from(reader: R) -> Self {
+        LayerSource {
+            reader: Box::new(reader),
+            verified: None,
+        }
+    }
+}
+
 /// A digest and the number of bytes it covers.
 type Hashed = (Digest, u64);
 
@@ -157,7 +177,10 @@ struct BlobChunks {
     /// Set when reading the source failed (as opposed to decoding what it gave).
     failed: Arc<AtomicBool>,
     pool: Pool,
-    hasher: SyncSender<ToHash>,
+    /// Where chunks go to be hashed; `None` when the source verifies the blob itself.
+    hasher: Option<SyncSender<ToHash>>,
+    /// Bytes read.
+    read: u64,
 }
 
 impl NextChunk for BlobChunks {
@@ -169,8 +192,11 @@ impl NextChunk for BlobChunks {
             .pool
             .fill(|buf| fill_from(source, buf))
             .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))?;
-        if !chunk.is_empty() {
-            let _ = self.hasher.send(ToHash::Blob(Arc::clone(&chunk)));
+        self.read += chunk.len() as u64;
+        if let Some(hasher) = &self.hasher
+            && !chunk.is_empty()
+        {
+            let _ = hasher.send(ToHash::Blob(Arc::clone(&chunk)));
         }
         Ok(Some(chunk))
     }
@@ -192,7 +218,7 @@ fn fill_from(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Starts decoding `source` on its own thread (an error if the thread cannot be started).
 pub(crate) fn decode(
-    source: Box<dyn Read + Send>,
+    source: LayerSource,
     compression: Option<Compression>,
 ) -> Result<DecodedStream> {
     let (chunk_tx, chunks) = sync_channel(CHUNKS_IN_FLIGHT);
@@ -248,23 +274,30 @@ impl From<io::Error> for DecodeError {
 }
 
 fn decode_all(
-    source: Box<dyn Read + Send>,
+    source: LayerSource,
     failed: Arc<AtomicBool>,
     compression: Option<Compression>,
     chunks: &SyncSender<io::Result<Chunk>>,
 ) -> std::result::Result<Decoded, DecodeError> {
     let (to_hasher, hasher) = spawn_hasher()?;
-    let input = InPlace::new(BlobChunks {
-        source,
+    let mut input = InPlace::new(BlobChunks {
+        source: source.reader,
         failed,
         pool: Pool::new(),
-        hasher: to_hasher.clone(),
+        hasher: source.verified.is_none().then(|| to_hasher.clone()),
+        read: 0,
     });
-    let decoded = decode_into(input, compression, &to_hasher, chunks);
+    let decoded = decode_into(&mut input, compression, &to_hasher, chunks);
+    let read = input.source.read;
     // Every sender gone, the hasher ends: joined on failure too, so no thread outlives the
     // apply.
+    drop(input);
     drop(to_hasher);
-    let (compressed, uncompressed) = hasher.join().expect("hasher thread does not panic");
+    let (hashed, uncompressed) = hasher.join().expect("hasher thread does not panic");
+    let compressed = match source.verified {
+        Some(digest) => (digest, read),
+        None => hashed,
+    };
     decoded.map(|()| Decoded {
         compressed,
         uncompressed,
@@ -274,7 +307,7 @@ fn decode_all(
 /// Decompresses `input` into chunks for the writer and the hasher; the rest of the blob
 /// after the compressed stream is read too (it counts towards the blob's digest).
 fn decode_into(
-    mut input: InPlace<BlobChunks>,
+    input: &mut InPlace<BlobChunks>,
     compression: Option<Compression>,
     to_hasher: &SyncSender<ToHash>,
     chunks: &SyncSender<io::Result<Chunk>>,
@@ -286,7 +319,7 @@ fn decode_into(
     let pool = Pool::new();
     {
         let mut decoder = compression
-            .decoder(&mut input)
+            .decoder(&mut *input)
             .map_err(DecodeError::Layer)?;
         loop {
             let chunk = pool.fill(|buf| fill_from(&mut decoder, buf))?;
@@ -300,7 +333,7 @@ fn decode_into(
             }
         }
     }
-    io::copy(&mut input, &mut io::sink())?;
+    io::copy(input, &mut io::sink())?;
     Ok(())
 }
 
@@ -368,11 +401,40 @@ mod tests {
                 Err(io::Error::other(Error::Unavailable("content store".into())))
             }
         }
-        let stream = decode(Box::new(Gone), Some(Compression::None)).unwrap();
+        let stream = decode(Gone.into(), Some(Compression::None)).unwrap();
         assert!(matches!(stream.abort(), Some(Error::Unavailable(_))));
         assert!(matches!(
             source_error(io::Error::other("disk")),
             Error::Io(_)
         ));
+    }
+
+    fn decoded(source: LayerSource) -> (Decoded, Vec<u8>) {
+        let mut stream = decode(source, None).unwrap();
+        let mut out = Vec::new();
+        stream.reader().read_to_end(&mut out).unwrap();
+        (stream.finish().unwrap(), out)
+    }
+
+    #[test]
+    fn a_verified_source_is_not_hashed_again() {
+        let tar = vec![7u8; 3 * CHUNK + 5];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let (hashed, out) = decoded(std::io::Cursor::new(blob.clone()).into());
+        assert_eq!(out, tar);
+        // What the source vouches for is taken as the blob's digest (a made-up one here,
+        // to show it is not computed), with the bytes read; the diffID is still computed.
+        let vouched = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let (trusted, out) = decoded(LayerSource {
+            reader: Box::new(std::io::Cursor::new(blob.clone())),
+            verified: Some(vouched.clone()),
+        });
+        assert_eq!(out, tar);
+        assert_eq!(trusted.compressed, (vouched, blob.len() as u64));
+        assert_ne!(hashed.compressed.0, trusted.compressed.0);
+        assert_eq!(hashed.compressed.1, blob.len() as u64);
+        assert_eq!(trusted.uncompressed, hashed.uncompressed);
     }
 }

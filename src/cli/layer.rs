@@ -90,7 +90,7 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
             };
             let file = std::fs::File::open(&blob)?;
             let applied = differ::apply_layer(
-                Box::new(file),
+                file,
                 None,
                 &dir,
                 mode,

@@ -19,17 +19,40 @@ pub type SnapshotsClient =
 
 /// Opens a gRPC channel to the daemon's unix socket at `path`.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path: PathBuf = path.to_path_buf();
+    endpoint()
+        .connect_with_connector(socket_connector(path))
+        .await
+}
+
+/// A channel to the daemon at `path` that connects on first use (the daemon's own
+/// connection to itself, made before it serves).
+pub fn connect_lazy(path: &Path) -> Channel {
+    endpoint().connect_with_connector_lazy(socket_connector(path))
+}
+
+fn endpoint() -> Endpoint {
     // The URI is required by the API but unused: every connection goes to the socket.
     Endpoint::from_static("http://strata.sock")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
+}
+
+fn socket_connector(
+    path: &Path,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let path: PathBuf = path.to_path_buf();
+    tower::service_fn(move |_| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    })
 }
 
 /// A snapshots client on `channel` with containerd's message size limits.

@@ -25,6 +25,25 @@ use crate::unpack::Client;
 
 type Error = Box<dyn std::error::Error>;
 
+/// Runs a pull in the daemon, showing its progress on `display`; its summary.
+async fn follow_pull(
+    channel: Channel,
+    pull: Request<crate::admin::v1::PullRequest>,
+    display: &super::progress::PullDisplay,
+) -> Result<crate::admin::v1::PullSummary, Error> {
+    let mut events = crate::admin::v1::admin_client::AdminClient::new(channel)
+        .pull(pull)
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        if let Some(summary) = event.summary {
+            return Ok(summary);
+        }
+        display.event(&event.item, &event.state, event.done, event.total);
+    }
+    Err("the daemon ended the pull without a summary".into())
+}
+
 /// Where the commands work.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -161,29 +180,33 @@ pub async fn image(
             user,
             quiet,
         } => {
-            let mut client = Client::new(channel, ns, &args.snapshotter);
-            let options = crate::unpack::pull::PullOptions {
-                plain_http,
-                user,
-                platform,
-            };
-            let display = std::sync::Arc::new(super::progress::PullDisplay::new(quiet));
-            let shown = std::sync::Arc::clone(&display);
-            let pulled = client
-                .pull(&reference, &options, move |what, state, done, total| {
-                    shown.event(what, state, done, total)
-                })
-                .await;
+            let registry = crate::unpack::pull::registry_of(&reference)?;
+            let (username, password) =
+                crate::unpack::pull::credentials(&registry, user.as_deref()).unwrap_or_default();
+            let pull = request(
+                ns,
+                crate::admin::v1::PullRequest {
+                    reference: reference.clone(),
+                    platform: platform.unwrap_or_default(),
+                    plain_http,
+                    username,
+                    password,
+                    snapshotter: args.snapshotter.clone(),
+                    holder: crate::unpack::this_client(),
+                },
+            );
+            let display = super::progress::PullDisplay::new(quiet);
+            let pulled = follow_pull(channel, pull, &display).await;
             display.finish();
-            let pulled = pulled?;
+            let summary = pulled?;
             writeln!(
                 out,
                 "pulled {reference}: {} blobs downloaded ({} bytes), {} present; {} layers applied, {} already present",
-                pulled.downloaded,
-                pulled.bytes,
-                pulled.present,
-                pulled.unpacked.applied,
-                pulled.unpacked.existed
+                summary.downloaded,
+                summary.bytes,
+                summary.present,
+                summary.applied,
+                summary.existed
             )?;
         }
         ImageCommand::Import { path, no_unpack } => {

@@ -345,8 +345,13 @@ impl Ingest {
     pub fn commit(mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
         let result = self.place(size, expected);
         if let Some((digest, live)) = self.live.take() {
+            // Readers reach the end only of the bytes they were promised: a commit under
+            // another digest (the commit's own `expected`) is no success for them.
             let how = match &result {
-                Ok(_) | Err(StoreError::BlobExists(_)) => Ok(()),
+                Ok(d) | Err(StoreError::BlobExists(d)) if *d == digest => Ok(()),
+                Ok(d) | Err(StoreError::BlobExists(d)) => {
+                    Err(format!("the write was committed as {d}, not {digest}"))
+                }
                 Err(e) => Err(e.to_string()),
             };
             self.end_live(&digest, &live, how);
@@ -433,4 +438,54 @@ fn nanos(t: SystemTime) -> u64 {
 
 fn from_nanos(n: u64) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_nanos(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn sha256(data: &[u8]) -> Digest {
+        let mut h = Hasher::default();
+        h.update(data);
+        h.finish().0
+    }
+
+    /// A reader following a write reaches the end only if the write is committed as the
+    /// blob it was promised: a verified commit, yes; a failed one, or one committed under
+    /// another digest (the commit's own `expected`), no.
+    #[test]
+    fn live_readers_end_only_on_the_promised_blob() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(tmp.path()).unwrap();
+        let (good, bad) = (b"the promised bytes".as_slice(), b"other bytes".as_slice());
+        let read_all = |reader: LiveReader| {
+            std::thread::spawn(move || {
+                let mut reader = reader;
+                let mut all = Vec::new();
+                reader.read_to_end(&mut all).map(|_| all)
+            })
+        };
+        let cases: [(&str, &[u8], Option<Digest>, bool); 3] = [
+            ("verified", good, None, true),
+            ("wrong data", bad, None, false),
+            ("committed as another blob", bad, Some(sha256(bad)), false),
+        ];
+        for (what, data, commit_as, ends) in cases {
+            let promised = sha256(good);
+            let mut ingest = blobs
+                .writer(&format!("ref {what}"), 0, Some(promised.clone()))
+                .unwrap();
+            let reader = read_all(blobs.open_live(&promised).unwrap().unwrap());
+            ingest.write_at(0, data).unwrap();
+            let committed = ingest.commit(0, commit_as);
+            let read = reader.join().unwrap();
+            assert_eq!(read.is_ok(), ends, "{what}: {read:?} after {committed:?}");
+            if ends {
+                assert_eq!(read.unwrap(), good);
+            }
+            let _ = blobs.delete(&sha256(bad));
+        }
+    }
 }

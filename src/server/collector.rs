@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use snapshotter::Filters;
 
-use crate::admin::v1 as admin;
 use crate::imagestore::{ImageStore, Report, Result, SnapshotAccess, SnapshotTree, StoreError};
 use crate::instances::Instances;
 
@@ -89,75 +88,5 @@ impl Collector {
                 }
             }
         });
-    }
-}
-
-/// `strata.admin.v1.Admin`: garbage collection on demand (`strata gc`).
-pub struct AdminService {
-    collector: Arc<Collector>,
-}
-
-impl AdminService {
-    pub fn new(collector: Arc<Collector>) -> Self {
-        AdminService { collector }
-    }
-}
-
-/// A report as the Admin API lists it.
-fn removed(report: Report) -> Vec<admin::Removed> {
-    let item = |kind: &str, namespace: String, id: String| admin::Removed {
-        kind: kind.into(),
-        namespace,
-        id,
-    };
-    let mut out = Vec::new();
-    out.extend(
-        report
-            .leases
-            .into_iter()
-            .map(|(ns, id)| item("lease", ns, id)),
-    );
-    out.extend(
-        report
-            .content
-            .into_iter()
-            .map(|(ns, d)| item("content", ns, d)),
-    );
-    out.extend(
-        report
-            .ingests
-            .into_iter()
-            .map(|(ns, r)| item("ingest", ns, r)),
-    );
-    out.extend(
-        report
-            .snapshots
-            .into_iter()
-            .map(|(ns, s, k)| item("snapshot", ns, format!("{s}/{k}"))),
-    );
-    out.extend(
-        report
-            .blobs
-            .into_iter()
-            .map(|d| item("blob", String::new(), d)),
-    );
-    out
-}
-
-#[tonic::async_trait]
-impl admin::admin_server::Admin for AdminService {
-    async fn collect_garbage(
-        &self,
-        request: tonic::Request<admin::CollectGarbageRequest>,
-    ) -> std::result::Result<tonic::Response<admin::CollectGarbageResponse>, tonic::Status> {
-        let dry_run = request.into_inner().dry_run;
-        let collector = Arc::clone(&self.collector);
-        let report = tokio::task::spawn_blocking(move || collector.collect(dry_run))
-            .await
-            .map_err(crate::status::join_error)?
-            .map_err(crate::status::to_status)?;
-        Ok(tonic::Response::new(admin::CollectGarbageResponse {
-            removed: removed(report),
-        }))
     }
 }

@@ -1,6 +1,7 @@
 //! The daemon: opens the configured snapshotter instances and serves containerd's gRPC APIs
 //! for them on a unix socket until shut down.
 
+mod admin;
 mod collector;
 mod containers;
 mod content;
@@ -176,6 +177,8 @@ pub struct Services {
     pub store: Arc<ImageStore>,
     /// The daemon's root (the server's identity is kept there).
     pub root: PathBuf,
+    /// The socket it serves on (its own pulls are clients of it).
+    pub address: PathBuf,
 }
 
 /// Sets containerd's message size limits (16 MiB both ways) on a generated server.
@@ -198,6 +201,7 @@ pub async fn serve(
         differ,
         store,
         root,
+        address,
     } = services;
     let collector = collector::Collector::new(Arc::clone(&store), Arc::clone(&instances));
     let introspection =
@@ -240,7 +244,7 @@ pub async fn serve(
         ))
         .add_service(limited!(
             AdminServer,
-            collector::AdminService::new(Arc::clone(&collector))
+            admin::AdminService::new(Arc::clone(&collector), Arc::clone(&store), address)
         ))
         .add_service(limited!(IntrospectionServer, introspection))
         .add_service(limited!(VersionServer, introspection::VersionService))
@@ -318,6 +322,7 @@ pub async fn run(
         differ,
         store,
         root: config.root.clone(),
+        address: config.address.clone(),
     };
     let serving = serve(listener, services, shutdown);
     let drained = async {

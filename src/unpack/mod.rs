@@ -46,6 +46,12 @@ pub enum UnpackError {
     /// The image's JSON is not what OCI says.
     #[error("{0}")]
     Invalid(String),
+    /// The registry refused, failed, or could not be reached.
+    #[error("{0}")]
+    Registry(String),
+    /// The content store refused a write (a pull writes into it directly).
+    #[error(transparent)]
+    Store(#[from] crate::imagestore::StoreError),
     /// Reading the layout failed.
     #[error("read {path}")]
     Io {
@@ -243,6 +249,8 @@ pub struct Client {
     namespace: String,
     lease: Option<String>,
     snapshotter: String,
+    /// The process its lease is held for, as [`CLIENT_LABEL`] names it.
+    holder: String,
 }
 
 impl Client {
@@ -252,6 +260,16 @@ impl Client {
             namespace: namespace.to_string(),
             lease: None,
             snapshotter: snapshotter.to_string(),
+            holder: this_client(),
+        }
+    }
+
+    /// The same, holding its lease for process `holder` (`<boot id>/<pid>`, see
+    /// [`this_client`]) rather than this one: the daemon pulling for a client.
+    pub fn for_holder(channel: Channel, namespace: &str, snapshotter: &str, holder: &str) -> Self {
+        Client {
+            holder: holder.to_string(),
+            ..Client::new(channel, namespace, snapshotter)
         }
     }
 
@@ -282,7 +300,7 @@ impl Client {
             id: id.clone(),
             labels: [
                 (GC_EXPIRE_LABEL.to_string(), expires),
-                (CLIENT_LABEL.to_string(), this_client()),
+                (CLIENT_LABEL.to_string(), self.holder.clone()),
             ]
             .into(),
         });
@@ -404,44 +422,12 @@ impl Client {
                 }
             }
         });
-        self.write_chunks(desc, rx, None).await?;
+        self.write_chunks(desc, rx).await?;
         feeder
             .await
             .map_err(|e| UnpackError::Invalid(format!("blob feeder: {e}")))?
             .map_err(|source| UnpackError::Io { path: what, source })?;
         Ok(true)
-    }
-
-    /// Writes blob `desc` from a stream of chunks (a registry download).
-    pub async fn write_blob_stream<E: std::fmt::Display + Send + 'static>(
-        &self,
-        desc: &JsonDescriptor,
-        opened: Option<tokio::sync::oneshot::Sender<()>>,
-        mut stream: impl tokio_stream::Stream<Item = std::result::Result<bytes::Bytes, E>>
-        + Unpin
-        + Send
-        + 'static,
-    ) -> Result<()> {
-        use tokio_stream::StreamExt;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let what = desc.digest.clone();
-        let feeder = tokio::spawn(async move {
-            while let Some(chunk) = stream.next().await {
-                let chunk =
-                    chunk.map_err(|e| UnpackError::Invalid(format!("download {what}: {e}")))?;
-                for part in chunk.chunks(1 << 20) {
-                    if tx.send(part.to_vec()).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            Ok::<(), UnpackError>(())
-        });
-        let written = self.write_chunks(desc, rx, opened).await;
-        feeder
-            .await
-            .map_err(|e| UnpackError::Invalid(format!("download task: {e}")))??;
-        written
     }
 
     /// One Write stream for blob `desc` under ref `import-<digest>` (a retry resumes it
@@ -451,7 +437,6 @@ impl Client {
         &self,
         desc: &JsonDescriptor,
         mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
-        opened: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<()> {
         let reference = format!("import-{}", desc.digest);
         let (digest, size) = (desc.digest.clone(), desc.size);
@@ -492,11 +477,6 @@ impl Client {
             Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
             Err(s) => return Err(call(what)(s)),
         };
-        // The store has opened the write (it answers once the first request is in): the
-        // blob is readable as it comes.
-        if let Some(opened) = opened {
-            let _ = opened.send(());
-        }
         loop {
             match answers.message().await {
                 Ok(Some(a)) if !a.digest.is_empty() => return Ok(()),
@@ -954,7 +934,7 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> 
 const CLIENT_LABEL: &str = "strata.io/client";
 
 /// This process, as [`CLIENT_LABEL`] names it.
-fn this_client() -> String {
+pub fn this_client() -> String {
     format!("{}/{}", boot_id(), std::process::id())
 }
 

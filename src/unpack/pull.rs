@@ -1,27 +1,35 @@
-//! `strata image pull`: an image from an OCI registry into the image store, then unpacked.
+//! Pulling an image from an OCI registry into the image store, then unpacking it. It runs in
+//! the daemon (`strata.admin.v1.Admin/Pull`, what `strata image pull` calls): blob bytes go
+//! from the registry straight into the content store, the rest through the daemon's own
+//! services like any client's.
 //!
 //! The reference is resolved to its root (an index or a manifest); an index picks the
 //! requested platform's manifest. Only the blobs the namespace lacks are downloaded, several
-//! at a time, each streamed into the content store, which checks size and digest before
-//! committing it; a failed download is retried. Blobs are labelled as containerd labels
-//! them (gc references from index to manifests and from a manifest to its config and
-//! layers, `containerd.io/distribution.source.<host>`), the image is recorded under the
-//! reference, and unpacked: layers already committed are not applied again.
+//! at a time, each written into the content store as it streams; the store checks size and
+//! digest before committing it. A transfer that breaks is resumed where it stopped (a ranged
+//! request), so a layer being applied as it downloads does not notice. Blobs are labelled as
+//! containerd labels them (gc references from index to manifests and from a manifest to its
+//! config and layers, `containerd.io/distribution.source.<host>`), the image is recorded
+//! under the reference, and unpacked: layers already committed are not applied again.
 //!
-//! Credentials: `--user`, else the docker config file's `auths` entry for the registry
-//! (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else anonymous; bearer tokens
-//! are negotiated by the registry client. Plain HTTP for `--plain-http` and for loopback
-//! registries.
+//! Credentials are the client's to find ([`credentials`]: `--user`, else the docker config
+//! file's entry, else anonymous); bearer tokens are negotiated by the registry client with
+//! them. Plain HTTP for `--plain-http` and for loopback registries.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use oci_client::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+use crate::imagestore::{ContentWriter, ImageStore, StoreError};
 
 use super::{
     Arrivals, Client, JsonDescriptor, JsonManifest, Result, UnpackError, Unpacked, architecture,
@@ -29,8 +37,12 @@ use super::{
 
 /// Downloads in flight at once (containerd's default).
 const DOWNLOADS: usize = 3;
-/// Attempts per blob.
+/// Attempts in a row that bring no byte before a blob (or the resolve) is given up.
 const ATTEMPTS: usize = 3;
+/// Bytes gathered from the network before one write into the store.
+const WRITE_BATCH: usize = 1 << 20;
+/// Bytes between two "downloading" progress reports of a blob.
+const REPORT_EVERY: u64 = 1 << 20;
 
 const ACCEPTED: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -44,11 +56,14 @@ const ACCEPTED: &[&str] = &[
 pub struct PullOptions {
     /// Plain HTTP even for a registry that is not on loopback.
     pub plain_http: bool,
-    /// `user` or `user:password`.
-    pub user: Option<String>,
+    /// User and password, if not anonymous.
+    pub credentials: Option<(String, String)>,
     /// `os/arch[/variant]`; this machine's if unset.
     pub platform: Option<String>,
 }
+
+/// Hears of each blob's state as (digest, state, bytes done, bytes in all).
+pub type Progress = Arc<dyn Fn(&str, &str, u64, u64) + Send + Sync>;
 
 /// What a pull did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,22 +92,55 @@ struct Root {
 fn registry_error(
     what: String,
 ) -> impl FnOnce(oci_client::errors::OciDistributionError) -> UnpackError {
-    move |e| UnpackError::Invalid(format!("{what}: {e}"))
+    move |e| UnpackError::Registry(format!("{what}: {e}"))
+}
+
+/// Runs `attempt` until it succeeds or has failed [`ATTEMPTS`] times, waiting a little
+/// longer after each failure (transient registry and network errors).
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                failures += 1;
+                if failures >= ATTEMPTS {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, failures, "retrying");
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+fn backoff(failures: usize) -> Duration {
+    Duration::from_millis(200 << failures.min(5))
+}
+
+/// The registry part (`host[:port]`) of image reference `reference`.
+pub fn registry_of(reference: &str) -> Result<String> {
+    let image = Reference::from_str(reference)
+        .map_err(|e| UnpackError::Invalid(format!("reference {reference:?}: {e}")))?;
+    Ok(image.resolve_registry().to_string())
 }
 
 /// Credentials for `registry`: `user` if given (asking nothing: `user:password`), else the
-/// docker config file's, else anonymous.
-fn credentials(registry: &str, user: Option<&str>) -> RegistryAuth {
+/// docker config file's (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else
+/// none (anonymous).
+pub fn credentials(registry: &str, user: Option<&str>) -> Option<(String, String)> {
     if let Some(user) = user {
         let (name, password) = user.split_once(':').unwrap_or((user, ""));
-        return RegistryAuth::Basic(name.to_string(), password.to_string());
+        return Some((name.to_string(), password.to_string()));
     }
     let dir = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
-    let Some(config) = dir.and_then(|d| std::fs::read(d.join("config.json")).ok()) else {
-        return RegistryAuth::Anonymous;
-    };
+    let config = dir.and_then(|d| std::fs::read(d.join("config.json")).ok())?;
     #[derive(Deserialize)]
     struct DockerConfig {
         #[serde(default)]
@@ -103,9 +151,7 @@ fn credentials(registry: &str, user: Option<&str>) -> RegistryAuth {
         #[serde(default)]
         auth: String,
     }
-    let Ok(parsed) = serde_json::from_slice::<DockerConfig>(&config) else {
-        return RegistryAuth::Anonymous;
-    };
+    let parsed = serde_json::from_slice::<DockerConfig>(&config).ok()?;
     let entry = parsed.auths.iter().find(|(k, _)| {
         let host = k
             .trim_start_matches("https://")
@@ -125,9 +171,8 @@ fn credentials(registry: &str, user: Option<&str>) -> RegistryAuth {
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|s| {
             s.split_once(':')
-                .map(|(u, p)| RegistryAuth::Basic(u.to_string(), p.to_string()))
+                .map(|(u, p)| (u.to_string(), p.to_string()))
         })
-        .unwrap_or(RegistryAuth::Anonymous)
 }
 
 /// The manifest part of a fetched document.
@@ -147,15 +192,224 @@ fn loopback(registry: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
+/// Where a pull's downloads write: the store, the namespace and the pull's lease.
+#[derive(Clone)]
+struct Destination {
+    store: Arc<ImageStore>,
+    namespace: String,
+    lease: String,
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
+        .map_err(UnpackError::Store)
+}
+
+/// A registry blob to download.
+struct Download {
+    remote: Arc<oci_client::Client>,
+    image: Reference,
+    desc: JsonDescriptor,
+    progress: Progress,
+}
+
+impl Download {
+    /// Downloads the blob into `to` (see the module doc): says on `opened` once its write
+    /// is open in the store (readable as it comes), and returns the bytes downloaded.
+    async fn run(self, to: Destination, opened: oneshot::Sender<()>) -> Result<u64> {
+        let Download {
+            remote,
+            image,
+            desc,
+            progress,
+        } = self;
+        let size = desc.size as u64;
+        let reference = format!("pull-{}", desc.digest);
+        let writer = blocking({
+            let (to, reference, digest) = (to.clone(), reference.clone(), desc.digest.clone());
+            move || {
+                to.store.content_writer(
+                    &to.namespace,
+                    &reference,
+                    size,
+                    Some(&digest),
+                    Some(&to.lease),
+                )
+            }
+        })
+        .await;
+        let writer = match writer {
+            Ok(w) => w,
+            // Stored meanwhile (another pull of the namespace).
+            Err(UnpackError::Store(StoreError::AlreadyExists(_))) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        // A write an earlier pull left (its lease still held) goes on from where it is.
+        let start = writer.status().offset;
+        let _ = opened.send(());
+        let (chunks, received) = tokio::sync::mpsc::channel(16);
+        let writing = tokio::task::spawn_blocking(move || write_chunks(writer, start, received));
+        let mut offset = start;
+        let mut failures = 0;
+        let mut reported = 0;
+        while offset < size {
+            let before = offset;
+            let fetched = fetch_from(
+                &remote,
+                &image,
+                &desc,
+                &mut offset,
+                |offset| {
+                    if offset - reported >= REPORT_EVERY || offset == size {
+                        reported = offset;
+                        progress(&desc.digest, "downloading", offset, size);
+                    }
+                },
+                &chunks,
+            )
+            .await;
+            match fetched {
+                Ok(()) if offset == size => {}
+                Ok(()) if offset > size => {
+                    return Err(UnpackError::Registry(format!(
+                        "{}: the registry sent more than its {size} bytes",
+                        desc.digest
+                    )));
+                }
+                // The store's writer stopped: its error says why.
+                Err(FetchError::Store) => break,
+                outcome => {
+                    if offset == before {
+                        failures += 1;
+                    } else {
+                        failures = 1;
+                    }
+                    let why = match outcome {
+                        Err(FetchError::Registry(e)) => e,
+                        _ => format!("{}: the transfer ended early", desc.digest),
+                    };
+                    if failures >= ATTEMPTS {
+                        drop(chunks);
+                        let _ = writing.await;
+                        return Err(UnpackError::Registry(why));
+                    }
+                    tracing::info!(
+                        digest = desc.digest,
+                        offset,
+                        error = why,
+                        "resuming a download"
+                    );
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+        drop(chunks);
+        let writer = writing
+            .await
+            .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
+            .map_err(UnpackError::Store)?;
+        let digest = desc.digest.clone();
+        let committed = blocking(move || {
+            to.store
+                .content_commit(writer, &reference, size, Some(&digest), HashMap::new())
+        })
+        .await;
+        match committed {
+            Ok(_) | Err(UnpackError::Store(StoreError::AlreadyExists(_))) => {}
+            Err(e) => return Err(e),
+        }
+        progress(&desc.digest, "downloaded", size, size);
+        Ok(size - start)
+    }
+}
+
+/// Why one transfer of a blob stopped.
+enum FetchError {
+    /// The registry or the network failed.
+    Registry(String),
+    /// The store's writer is gone.
+    Store,
+}
+
+/// One transfer of blob `desc` from `*offset` on: its bytes go to `chunks`, `*offset`
+/// follows them and `advanced` hears of each step.
+async fn fetch_from(
+    remote: &oci_client::Client,
+    image: &Reference,
+    desc: &JsonDescriptor,
+    offset: &mut u64,
+    mut advanced: impl FnMut(u64),
+    chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> std::result::Result<(), FetchError> {
+    let failed =
+        |e: &dyn std::fmt::Display| FetchError::Registry(format!("fetch {}: {e}", desc.digest));
+    // From the start too: a ranged answer is not hashed by the registry client, and the
+    // store checks the digest anyway.
+    let response = remote
+        .pull_blob_stream_partial(image, desc.digest.as_str(), *offset, None)
+        .await
+        .map_err(|e| failed(&e))?;
+    let (mut stream, mut skip) = match response {
+        BlobResponse::Partial(s) => (s.stream, 0),
+        // The registry ignored the range: what we have comes again.
+        BlobResponse::Full(s) => (s.stream, *offset),
+    };
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| failed(&e))?;
+        if skip > 0 {
+            let n = skip.min(chunk.len() as u64);
+            skip -= n;
+            let _ = chunk.split_to(n as usize);
+            if chunk.is_empty() {
+                continue;
+            }
+        }
+        let n = chunk.len() as u64;
+        chunks.send(chunk).await.map_err(|_| FetchError::Store)?;
+        *offset += n;
+        advanced(*offset);
+    }
+    Ok(())
+}
+
+/// The store side of a download: writes what `received` brings at `offset` on, gathered
+/// into writes of about [`WRITE_BATCH`] bytes; the writer, to commit, once it ends.
+fn write_chunks(
+    mut writer: ContentWriter,
+    mut offset: u64,
+    mut received: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> std::result::Result<ContentWriter, StoreError> {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while let Some(chunk) = received.blocking_recv() {
+        batch.extend_from_slice(&chunk);
+        // Write when the batch is full or nothing more is waiting: readers of the blob
+        // (a layer applied as it downloads) see bytes without delay.
+        if batch.len() >= WRITE_BATCH || received.is_empty() {
+            writer.write_at(offset, &batch)?;
+            offset += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        writer.write_at(offset, &batch)?;
+    }
+    Ok(writer)
+}
+
 impl Client {
-    /// Pulls `reference` (see the module doc); `progress` hears of each blob's state as
-    /// (digest, state, bytes done, bytes in all): resolving, exists, downloading (as bytes
-    /// arrive), downloaded, unpacking, applied.
+    /// Pulls `reference` into `store` (see the module doc); `progress` hears of each blob's
+    /// state: resolving, exists, downloading (as bytes arrive), downloaded, unpacking,
+    /// applied.
     pub async fn pull(
         &mut self,
+        store: Arc<ImageStore>,
         reference: &str,
         options: &PullOptions,
-        progress: impl Fn(&str, &str, u64, u64) + Send + Sync + 'static,
+        progress: Progress,
     ) -> Result<Pulled> {
         let image = Reference::from_str(reference)
             .map_err(|e| UnpackError::Invalid(format!("reference {reference:?}: {e}")))?;
@@ -169,8 +423,10 @@ impl Client {
             protocol,
             ..Default::default()
         }));
-        let auth = credentials(&registry, options.user.as_deref());
-        let progress = Arc::new(progress);
+        let auth = match &options.credentials {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
         let mut pulled = Pulled::default();
         let source_label = format!(
             "containerd.io/distribution.source.{}",
@@ -182,11 +438,30 @@ impl Client {
             [(source_label, image.repository().to_string())].into();
 
         self.take_lease().await?;
+        let destination = Destination {
+            store,
+            namespace: self.namespace.clone(),
+            lease: self.lease.clone().expect("a lease was just taken"),
+        };
         progress(reference, "resolving", 0, 0);
-        let (bytes, digest) = remote
-            .pull_manifest_raw(&image, &auth, ACCEPTED)
-            .await
-            .map_err(registry_error(format!("resolve {reference}")))?;
+        let fetch_manifest = |image: Reference, what: String| {
+            let (remote, auth) = (Arc::clone(&remote), auth.clone());
+            retried(move || {
+                let (remote, auth, image, what) = (
+                    Arc::clone(&remote),
+                    auth.clone(),
+                    image.clone(),
+                    what.clone(),
+                );
+                async move {
+                    remote
+                        .pull_manifest_raw(&image, &auth, ACCEPTED)
+                        .await
+                        .map_err(registry_error(what))
+                }
+            })
+        };
+        let (bytes, digest) = fetch_manifest(image.clone(), format!("resolve {reference}")).await?;
         let root: Root = super::parse(&bytes, &digest)?;
         let root_desc = JsonDescriptor {
             media_type: if root.media_type.is_empty() {
@@ -224,10 +499,7 @@ impl Client {
                     UnpackError::Invalid(format!("{reference} has no manifest for {wanted}"))
                 })?;
             let by_digest = image.clone_with_digest(chosen.digest.clone());
-            let (bytes, _) = remote
-                .pull_manifest_raw(&by_digest, &auth, ACCEPTED)
-                .await
-                .map_err(registry_error(format!("fetch {}", chosen.digest)))?;
+            let (bytes, _) = fetch_manifest(by_digest, format!("fetch {}", chosen.digest)).await?;
             self.store_bytes(&chosen, bytes.to_vec(), &mut pulled)
                 .await?;
             (super::parse::<Root>(&bytes, &chosen.digest)?, chosen)
@@ -257,6 +529,8 @@ impl Client {
         // as soon as it and the layers below it are in.
         let limit = Arc::new(Semaphore::new(DOWNLOADS));
         let mut arrivals = Arrivals::default();
+        // Dropped with the pull (a cancelled pull stops its downloads).
+        let mut downloads = JoinSet::new();
         for desc in std::iter::once(config).chain(manifest.layers.iter().cloned()) {
             if self.has_blob(&desc.digest).await? {
                 pulled.present += 1;
@@ -264,50 +538,23 @@ impl Client {
                 continue;
             }
             let (opened, arrived) = arrivals.expect(&desc.digest);
-            let (remote, image, limit, progress) = (
-                Arc::clone(&remote),
-                image.clone(),
-                Arc::clone(&limit),
-                Arc::clone(&progress),
-            );
-            let writer = self.clone();
-            tokio::spawn(async move {
+            let limit = Arc::clone(&limit);
+            let download = Download {
+                remote: Arc::clone(&remote),
+                image: image.clone(),
+                desc,
+                progress: Arc::clone(&progress),
+            };
+            let to = destination.clone();
+            downloads.spawn(async move {
                 let _slot = limit.acquire_owned().await.expect("semaphore open");
-                let size = desc.size as u64;
-                progress(&desc.digest, "downloading", 0, size);
-                let mut last = None;
-                let mut opened = Some(opened);
-                for _ in 0..ATTEMPTS {
-                    let stream = match remote.pull_blob_stream(&image, desc.digest.as_str()).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            last =
-                                Some(UnpackError::Invalid(format!("fetch {}: {e}", desc.digest)));
-                            continue;
-                        }
-                    };
-                    let mut done = 0u64;
-                    let (counting, digest) = (Arc::clone(&progress), desc.digest.clone());
-                    let counted = tokio_stream::StreamExt::map(stream.stream, move |chunk| {
-                        if let Ok(bytes) = &chunk {
-                            done += bytes.len() as u64;
-                            counting(&digest, "downloading", done, size);
-                        }
-                        chunk
-                    });
-                    match writer
-                        .write_blob_stream(&desc, opened.take(), Box::pin(counted))
-                        .await
-                    {
-                        Ok(()) => {
-                            progress(&desc.digest, "downloaded", size, size);
-                            let _ = arrived.send(Ok(desc.size as u64));
-                            return;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                let _ = arrived.send(Err(last.expect("an attempt was made")));
+                (download.progress)(
+                    &download.desc.digest,
+                    "downloading",
+                    0,
+                    download.desc.size as u64,
+                );
+                let _ = arrived.send(download.run(to, opened).await);
             });
         }
         let progress_unpack = Arc::clone(&progress);
@@ -316,7 +563,7 @@ impl Client {
                 &manifest_desc.digest,
                 &as_manifest(&manifest, &manifest_desc)?,
                 &mut arrivals,
-                move |layer, state| progress_unpack(layer, state, 0, 0),
+                move |layer: &str, state: &str| progress_unpack(layer, state, 0, 0),
             )
             .await;
         // Whatever happened, no download is left running unwatched.

@@ -52,7 +52,7 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     let mut h = differ::digest::Hasher::default();
     h.update(data);
     h.finish().0.to_string()
@@ -1176,7 +1176,7 @@ fn pinned_digest(digests: &[String], data: &[u8]) -> String {
 }
 
 /// `strata --address SOCKET ARGS...`, finished.
-fn strata_run(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn strata_run(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
     crate::util::strata_command()
         .arg("--address")
         .arg(socket)
@@ -1186,7 +1186,7 @@ fn strata_run(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 /// `strata --address SOCKET ARGS...`, which must succeed; its stdout.
-fn strata_ok(socket: &std::path::Path, args: &[&str]) -> String {
+pub(crate) fn strata_ok(socket: &std::path::Path, args: &[&str]) -> String {
     let out = strata_run(socket, args);
     assert!(out.status.success(), "strata {args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap()

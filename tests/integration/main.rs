@@ -8,6 +8,7 @@ mod errors;
 mod imagestore;
 mod load;
 mod operations;
+mod pull;
 mod suite;
 mod systemd;
 mod tree;

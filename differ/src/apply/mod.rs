@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
@@ -18,7 +18,7 @@ use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::NodeKind;
 pub use mountutil::overlay::WhiteoutMode;
 
-use crate::pipeline::{self, Decoded};
+use crate::pipeline::{self, Decoded, LayerSource};
 use crate::tarstream::{EntryKind, Header, TarStream};
 use crate::{Compression, Digest, Error, Result};
 
@@ -110,7 +110,7 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// nearest lower layer that has it as a directory, as containerd's overlay applier does,
 /// so the merged view keeps them. A layer beyond `limits` is refused.
 pub fn apply_layer(
-    source: Box<dyn Read + Send>,
+    source: impl Into<LayerSource>,
     compression: Option<Compression>,
     target: &Path,
     mode: WhiteoutMode,
@@ -122,7 +122,7 @@ pub fn apply_layer(
         .iter()
         .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
         .collect::<Result<Vec<_>>>()?;
-    let mut stream = pipeline::decode(source, compression)?;
+    let mut stream = pipeline::decode(source.into(), compression)?;
     let written = LayerWriter::new(&root, mode, lowers, limits).write_all(stream.reader());
     let decoded: Decoded = match written {
         Ok(()) => stream.finish()?,

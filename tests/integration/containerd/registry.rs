@@ -1,7 +1,8 @@
 //! A private OCI registry for the end-to-end tests: Debian's `docker-registry` (the CNCF
 //! distribution registry) serving plain HTTP on a free loopback port from a directory of
-//! the test's, filled with `skopeo copy` from the test image's OCI archive; anonymous, or
-//! with basic authentication from an htpasswd file.
+//! the test's, filled with `skopeo copy` from the test image's OCI archive or layout;
+//! anonymous, with basic authentication from an htpasswd file, or with bearer tokens from a
+//! token server of `scripts/e2e/registry-aid.py`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,9 +11,40 @@ use std::time::{Duration, Instant};
 const REGISTRY: &str = "/usr/bin/docker-registry";
 const SKOPEO: &str = "/usr/bin/skopeo";
 
+/// `scripts/e2e/registry-aid.py`.
+pub fn aid() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e/registry-aid.py")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// Waits until something listens on `address`.
+pub fn wait_listening(address: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How a registry authenticates.
+enum Auth {
+    Anonymous,
+    /// htpasswd.
+    Basic,
+    /// Bearer tokens from a token server.
+    Token,
+}
+
 /// A running registry, killed on drop.
 pub struct Registry {
     child: Child,
+    /// The token server, for a token registry.
+    helper: Option<Child>,
     /// `127.0.0.1:<port>`.
     pub address: String,
     /// The user and password it requires, if any.
@@ -31,32 +63,79 @@ impl Registry {
         Self::start_with(dir, Some((user.to_string(), password.to_string())))
     }
 
+    /// Starts a registry storing under `dir` that takes only bearer tokens, which its token
+    /// server gives for `user` and `password` (basic credentials) and nothing else.
+    pub fn start_token(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_auth(
+            dir,
+            Auth::Token,
+            Some((user.to_string(), password.to_string())),
+        )
+    }
+
     fn start_with(dir: &Path, credentials: Option<(String, String)>) -> Registry {
+        let auth = if credentials.is_some() {
+            Auth::Basic
+        } else {
+            Auth::Anonymous
+        };
+        Self::start_auth(dir, auth, credentials)
+    }
+
+    fn start_auth(dir: &Path, auth: Auth, credentials: Option<(String, String)>) -> Registry {
         for program in [REGISTRY, SKOPEO] {
             assert!(
                 Path::new(program).exists(),
                 "{program} is missing: run scripts/e2e/ensure-deps.sh"
             );
         }
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let address = format!("127.0.0.1:{port}");
+        let address = format!("127.0.0.1:{}", free_port());
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let mut config_text = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
              http:\n  addr: {address}\n",
             dir.join("storage").display()
         );
-        if let Some((user, password)) = &credentials {
-            let htpasswd = dir.join("htpasswd");
-            let hash = bcrypt::hash(password, 4).expect("bcrypt");
-            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
-            config_text += &format!(
-                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
-                htpasswd.display()
-            );
+        let mut helper = None;
+        match (&auth, &credentials) {
+            (Auth::Basic, Some((user, password))) => {
+                let htpasswd = dir.join("htpasswd");
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+                config_text += &format!(
+                    "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                    htpasswd.display()
+                );
+            }
+            (Auth::Token, Some((user, password))) => {
+                let keys = dir.join("token");
+                std::fs::create_dir_all(&keys).unwrap();
+                let made = Command::new(aid())
+                    .arg("token-keys")
+                    .arg(&keys)
+                    .status()
+                    .unwrap();
+                assert!(made.success(), "token keys");
+                let token_address = format!("127.0.0.1:{}", free_port());
+                let port = token_address.rsplit_once(':').unwrap().1;
+                helper = Some(
+                    Command::new(aid())
+                        .args(["token-server", port])
+                        .arg(&keys)
+                        .args(["strata-test-issuer", "strata-test-registry", user, password])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .expect("start the token server"),
+                );
+                wait_listening(&token_address, "the token server");
+                config_text += &format!(
+                    "auth:\n  token:\n    realm: http://{token_address}/token\n    \
+                     service: strata-test-registry\n    issuer: strata-test-issuer\n    \
+                     rootcertbundle: {}\n",
+                    keys.join("cert.pem").display()
+                );
+            }
+            _ => {}
         }
         let config = dir.join("registry.yml");
         std::fs::write(&config, config_text).unwrap();
@@ -68,13 +147,10 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&address, "the registry");
         Registry {
             child,
+            helper,
             address,
             credentials,
         }
@@ -83,14 +159,20 @@ impl Registry {
     /// Pushes the image in the OCI archive `archive` as `<address>/<repository>`; the
     /// reference.
     pub fn push(&self, archive: &Path, repository: &str) -> String {
+        self.push_from(&format!("oci-archive:{}", archive.display()), repository)
+    }
+
+    /// Pushes the image skopeo finds at `source` (`oci:DIR:NAME`, `oci-archive:...`; an
+    /// index with all its platforms) as `<address>/<repository>`; the reference.
+    pub fn push_from(&self, source: &str, repository: &str) -> String {
         let reference = format!("{}/{repository}", self.address);
         let mut skopeo = Command::new(SKOPEO);
-        skopeo.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        skopeo.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
         if let Some((user, password)) = &self.credentials {
             skopeo.arg(format!("--dest-creds={user}:{password}"));
         }
         let out = skopeo
-            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(source)
             .arg(format!("docker://{reference}"))
             .output()
             .expect("run skopeo");
@@ -105,7 +187,9 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.helper.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""What the pull tests put next to Debian's docker-registry.
+
+  registry-aid.py token-keys DIR
+      an RSA key and a self-signed certificate in DIR (key.pem, cert.pem) for the registry's
+      `auth.token.rootcertbundle`
+  registry-aid.py token-server PORT DIR ISSUER SERVICE USER PASSWORD
+      a bearer-token server (the registry's `auth.token.realm`): a GET with USER:PASSWORD as
+      basic credentials gets a JWT (RS256, signed with DIR/key.pem, the certificate in its
+      x5c header) granting pull and push on the repositories it asks for; anything else 401
+  registry-aid.py flaky-proxy PORT UPSTREAM LOG
+      an HTTP proxy to UPSTREAM (host:port) that fails each manifest's first request with 503
+      and cuts each blob's first response in the middle (headers promise the whole blob,
+      half is sent, the connection is closed); every request, with its Range header, is
+      logged to LOG as "METHOD PATH RANGE STATUS"
+
+Signing uses the openssl command, so nothing beyond the standard library is imported.
+"""
+
+import base64
+import http.client
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def token_keys(directory):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=strata-test-token-issuer",
+                    "-keyout", f"{directory}/key.pem", "-out", f"{directory}/cert.pem"],
+                   check=True, capture_output=True)
+
+
+def token_server(port, directory, issuer, service, user, password):
+    der = subprocess.run(["openssl", "x509", "-in", f"{directory}/cert.pem", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    header = b64url(json.dumps({"typ": "JWT", "alg": "RS256",
+                                "x5c": [base64.b64encode(der).decode()]}).encode())
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def sign(claims):
+        body = header + "." + b64url(json.dumps(claims).encode())
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{directory}/key.pem"],
+                                   input=body.encode(), check=True, capture_output=True).stdout
+        return body + "." + b64url(signature)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            access = []
+            for scope in query.get("scope", []):
+                kind, name, _ = scope.split(":", 2)
+                access.append({"type": kind, "name": name, "actions": ["pull", "push"]})
+            now = int(time.time())
+            token = sign({"iss": issuer, "sub": user, "aud": service, "exp": now + 600,
+                          "nbf": now - 60, "iat": now, "jti": os.urandom(8).hex(),
+                          "access": access})
+            body = json.dumps({"token": token, "access_token": token, "expires_in": 600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def flaky_proxy(port, upstream, log_path):
+    seen = set()
+    lock = threading.Lock()
+    log = open(log_path, "a", buffering=1)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def first_time(self, key):
+            with lock:
+                if key in seen:
+                    return False
+                seen.add(key)
+                return True
+
+        def relay(self):
+            path = self.path
+            rng = self.headers.get("Range", "-")
+            is_blob = self.command == "GET" and "/blobs/sha256:" in path
+            is_manifest = "/manifests/" in path
+            if is_manifest and self.first_time(("manifest", path)):
+                log.write(f"{self.command} {path} {rng} 503\n")
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length", "0") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn = http.client.HTTPConnection(upstream, timeout=60)
+            conn.request(self.command, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            cut = is_blob and resp.status in (200, 206) and len(data) > 1 and self.first_time(("blob", path))
+            log.write(f"{self.command} {path} {rng} {resp.status}{' cut' if cut else ''}\n")
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            if cut:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data[: len(data) // 2] if cut else data)
+            if cut:
+                self.wfile.flush()
+                self.close_connection = True
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = relay
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def main():
+    args = sys.argv[1:]
+    if args[:1] == ["token-keys"] and len(args) == 2:
+        token_keys(args[1])
+    elif args[:1] == ["token-server"] and len(args) == 7:
+        token_server(int(args[1]), *args[2:])
+    elif args[:1] == ["flaky-proxy"] and len(args) == 4:
+        flaky_proxy(int(args[1]), args[2], args[3])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

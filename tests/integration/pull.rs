@@ -1,0 +1,371 @@
+//! `strata image pull` from Debian's docker-registry, beyond the basics of
+//! `imagestore::pull_from_registry`: an image with every kind of layer entry (gzip and
+//! zstd, whiteouts, an opaque directory, hard links, xattrs, a device) whose mounted root
+//! filesystem must equal its flattened content as `scripts/e2e/rich-image.py` computes it
+//! from the layer entries; transfers cut in the middle (and a registry answering 503) that
+//! the pull resumes; bearer-token authentication with credentials from `--user` and from the
+//! docker config file; and the platform picked from a multi-platform index.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::containerd::registry::{Registry, aid, free_port, wait_listening};
+use crate::imagestore::{strata_ok, strata_run};
+use crate::util::{Daemon, TempDir, assert_root};
+
+fn rich_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e/rich-image.py")
+}
+
+/// Builds the rich image as an OCI layout in `dir` (image "rich", for `arches`, this
+/// machine's if none); `oci:DIR:rich` for skopeo.
+fn rich_image(dir: &Path, arches: &[&str]) -> String {
+    let out = Command::new(rich_script())
+        .arg("build")
+        .arg(dir)
+        .arg("rich")
+        .args(arches)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rich-image.py build: {out:?}");
+    format!("oci:{}:rich", dir.display())
+}
+
+/// The tree under `root` as rich-image.py captures it.
+fn capture(root: &Path) -> Value {
+    let out = Command::new(rich_script())
+        .arg("capture")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rich-image.py capture: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts `actual` equals `expected`, naming every path that differs.
+fn assert_same_tree(expected: &Value, actual: &Value) {
+    let (e, a) = (expected.as_object().unwrap(), actual.as_object().unwrap());
+    let mut differences = Vec::new();
+    for (path, want) in e {
+        match a.get(path) {
+            None => differences.push(format!("{path}: missing")),
+            Some(got) if got != want => differences.push(format!("{path}: {got} != {want}")),
+            Some(_) => {}
+        }
+    }
+    for path in a.keys().filter(|p| !e.contains_key(*p)) {
+        differences.push(format!("{path}: not in the image"));
+    }
+    assert!(
+        differences.is_empty(),
+        "trees differ:\n{}",
+        differences.join("\n")
+    );
+}
+
+/// Prepares a root filesystem of `image` under `key`, mounted at `dir/key`; its capture.
+fn rootfs_capture(daemon: &Daemon, image: &str, key: &str, dir: &Path) -> Value {
+    let root = dir.join(key);
+    strata_ok(
+        &daemon.socket,
+        &[
+            "rootfs",
+            "prepare",
+            image,
+            key,
+            "--mount",
+            root.to_str().unwrap(),
+        ],
+    );
+    let tree = capture(&root);
+    strata_ok(
+        &daemon.socket,
+        &["rootfs", "unmount", root.to_str().unwrap()],
+    );
+    strata_ok(&daemon.socket, &["snapshot", "rm", key]);
+    tree
+}
+
+/// The rich image, pulled: the first pull downloads its 5 blobs and applies its 3 layers,
+/// the second does nothing and says so; the root filesystem equals the flattened image.
+#[test]
+#[ignore = "needs root"]
+fn pull_rich_image() {
+    assert_root("pull::pull_rich_image");
+    let tmp = TempDir::new("pull-rich");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let layout = tmp.path().join("layout");
+    let image = registry.push_from(&rich_image(&layout, &[]), "e2e/rich:1");
+
+    let first = strata_ok(&daemon.socket, &["image", "pull", &image]);
+    assert!(
+        first.contains("5 blobs downloaded") && first.contains("3 layers applied, 0 already"),
+        "{first}"
+    );
+    let again = strata_ok(&daemon.socket, &["image", "pull", &image]);
+    assert!(
+        again.contains("0 blobs downloaded (0 bytes), 5 present; 0 layers applied, 3 already"),
+        "{again}"
+    );
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("expected.json")).unwrap()).unwrap();
+    let tree = rootfs_capture(&daemon, &image, "rich-root", tmp.path());
+    assert_same_tree(&expected, &tree);
+
+    strata_ok(&daemon.socket, &["image", "rm", "--sync", &image]);
+    assert_eq!(
+        strata_ok(&daemon.socket, &["content", "ls"])
+            .lines()
+            .count(),
+        1,
+        "only the header"
+    );
+    assert_eq!(
+        crate::util::snapshot_dirs(&daemon.root),
+        Vec::<String>::new()
+    );
+}
+
+/// `registry-aid.py flaky-proxy` in front of `upstream`, killed on drop.
+struct FlakyProxy {
+    child: Child,
+    address: String,
+    log: PathBuf,
+}
+
+impl FlakyProxy {
+    fn start(upstream: &str, log: PathBuf) -> FlakyProxy {
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(aid())
+            .args(["flaky-proxy", address.rsplit_once(':').unwrap().1, upstream])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the flaky proxy");
+        wait_listening(&address, "the flaky proxy");
+        FlakyProxy {
+            child,
+            address,
+            log,
+        }
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Through a proxy that answers each manifest's first request with 503 and cuts each blob's
+/// first response in the middle: the pull resolves on a retry, resumes every blob where
+/// the cut left it (a ranged request from a non-zero offset, answered 206), and the root
+/// filesystem is the image's.
+#[test]
+#[ignore = "needs root"]
+fn pull_resumes_broken_transfers() {
+    assert_root("pull::pull_resumes_broken_transfers");
+    let tmp = TempDir::new("pull-flaky");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let layout = tmp.path().join("layout");
+    registry.push_from(&rich_image(&layout, &[]), "e2e/rich:1");
+    let proxy = FlakyProxy::start(&registry.address, tmp.path().join("proxy.log"));
+    let image = format!("{}/e2e/rich:1", proxy.address);
+
+    let pulled = strata_ok(&daemon.socket, &["image", "pull", &image]);
+    assert!(
+        pulled.contains("5 blobs downloaded") && pulled.contains("3 layers applied"),
+        "{pulled}"
+    );
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l[1].contains("/manifests/") && l[3] == "503"),
+        "no manifest request failed:\n{log}"
+    );
+    let cut: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.len() == 5 && l[4] == "cut")
+        .map(|l| l[1])
+        .collect();
+    // The config and the three layers (the manifest is fetched by the resolve).
+    assert_eq!(cut.len(), 4, "{log}");
+    for path in cut {
+        let resumed = lines.iter().any(|l| {
+            l[1] == path
+                && l[3] == "206"
+                && l[2]
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+        });
+        assert!(
+            resumed,
+            "{path} was not resumed from where it was cut:\n{log}"
+        );
+    }
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("expected.json")).unwrap()).unwrap();
+    assert_same_tree(
+        &expected,
+        &rootfs_capture(&daemon, &image, "flaky-root", tmp.path()),
+    );
+    assert_eq!(
+        strata_ok(&daemon.socket, &["content", "ls"])
+            .lines()
+            .count(),
+        6,
+        "the header and the 5 blobs, no ingest left"
+    );
+}
+
+/// A registry that takes only bearer tokens: an anonymous pull is refused (Unauthenticated
+/// by the token server, nothing stored); `--user` gets a token and pulls; after the image is
+/// removed, the credentials of a docker config file (`$DOCKER_CONFIG/config.json`) do too.
+#[test]
+#[ignore = "needs root"]
+fn pull_with_bearer_tokens() {
+    assert_root("pull::pull_with_bearer_tokens");
+    let tmp = TempDir::new("pull-token");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let registry = Registry::start_token(&tmp.path().join("registry"), "puller", "pw-tok");
+    let image = registry.push_from(&rich_image(&tmp.path().join("layout"), &[]), "e2e/rich:1");
+
+    let refused = strata_run(&daemon.socket, &["image", "pull", &image]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert_eq!(
+        strata_ok(&daemon.socket, &["content", "ls"])
+            .lines()
+            .count(),
+        1,
+        "a refused pull stores nothing"
+    );
+    let wrong = strata_run(
+        &daemon.socket,
+        &["image", "pull", "--user", "puller:wrong", &image],
+    );
+    assert!(!wrong.status.success(), "{wrong:?}");
+
+    let with_user = strata_ok(
+        &daemon.socket,
+        &["image", "pull", "--user", "puller:pw-tok", &image],
+    );
+    assert!(with_user.contains("3 layers applied"), "{with_user}");
+    strata_ok(&daemon.socket, &["image", "rm", "--sync", &image]);
+
+    let config = tmp.path().join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("puller:pw-tok");
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.address
+        ),
+    )
+    .unwrap();
+    let out = crate::util::strata_command()
+        .arg("--address")
+        .arg(&daemon.socket)
+        .args(["image", "pull", &image])
+        .env("DOCKER_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("5 blobs downloaded"), "{text}");
+}
+
+/// A two-platform index (this machine's and another architecture): `--platform` picks the
+/// other's manifest (its blobs are stored, this machine's are not); without it, this
+/// machine's, whose root filesystem's `/arch` names it; a platform the index lacks is
+/// refused.
+#[test]
+#[ignore = "needs root"]
+fn pull_selects_platform() {
+    assert_root("pull::pull_selects_platform");
+    let tmp = TempDir::new("pull-platform");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let host = strata::unpack::architecture();
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    let layout = tmp.path().join("layout");
+    let image = registry.push_from(&rich_image(&layout, &[host, other]), "e2e/multi:1");
+    // The manifest of each architecture, from the layout's index.
+    let read_json = |digest: &str| -> Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let top: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index = read_json(top["manifests"][0]["digest"].as_str().unwrap());
+    let manifest_of = |arch: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .map(|m| m["digest"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    // The digests stored (labels name blobs that need not be).
+    let content = || {
+        strata_ok(&daemon.socket, &["content", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    let pulled = strata_ok(
+        &daemon.socket,
+        &[
+            "image",
+            "pull",
+            "--platform",
+            &format!("linux/{other}"),
+            &image,
+        ],
+    );
+    // The index, the chosen manifest, its config and three layers.
+    assert!(
+        pulled.contains("6 blobs downloaded") && pulled.contains("3 layers applied"),
+        "{pulled}"
+    );
+    let stored = content();
+    assert!(stored.contains(&manifest_of(other)), "{stored:?}");
+    assert!(!stored.contains(&manifest_of(host)), "{stored:?}");
+
+    strata_ok(&daemon.socket, &["image", "rm", "--sync", &image]);
+    let default = strata_ok(&daemon.socket, &["image", "pull", &image]);
+    assert!(default.contains("6 blobs downloaded"), "{default}");
+    assert!(content().contains(&manifest_of(host)));
+    let tree = rootfs_capture(&daemon, &image, "host-root", tmp.path());
+    let sha = crate::imagestore::sha256(format!("{host}\n").as_bytes());
+    assert_eq!(
+        tree["/arch"]["sha256"],
+        sha.trim_start_matches("sha256:"),
+        "{}",
+        tree["/arch"]
+    );
+
+    let missing = strata_run(
+        &daemon.socket,
+        &["image", "pull", "--platform", "linux/s390x", &image],
+    );
+    assert!(!missing.status.success(), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no manifest for linux/s390x"),
+        "{missing:?}"
+    );
+}
