@@ -24,6 +24,8 @@ use crate::api::services::content::v1 as pb;
 use crate::api::services::content::v1::content_client::ContentClient;
 use crate::api::services::leases::v1 as leases;
 use crate::api::services::leases::v1::leases_client::LeasesClient;
+use crate::api::services::namespaces::v1 as namespaces;
+use crate::api::services::namespaces::v1::namespaces_client::NamespacesClient;
 use crate::status::remote_error;
 
 /// gRPC metadata key of the containerd namespace.
@@ -163,6 +165,8 @@ pub struct ContainerdContent {
     /// The same connection, for the Leases service.
     channel: Channel,
     namespace: String,
+    /// The namespace is a default, not the caller's (see [`ContainerdContent::guessed`]).
+    namespace_guessed: bool,
     lease: Option<String>,
     runtime: Handle,
 }
@@ -193,9 +197,19 @@ impl ContainerdContent {
                 .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
             channel,
             namespace,
+            namespace_guessed: false,
             lease,
             runtime,
         }
+    }
+
+    /// The same, for a call whose namespace is unknown (containerd 1.7 does not pass it to
+    /// proxy differs, and foreign mounts do not name it): the namespace given is a default,
+    /// and a blob it lacks is looked for in the others. Any namespace that has the blob has
+    /// the same bytes (the Apply checks the digest); the read needs no lease.
+    pub fn guessed(mut self) -> Self {
+        self.namespace_guessed = true;
+        self
     }
 
     /// Whether calls carry a lease (the caller's or one of ours).
@@ -250,8 +264,12 @@ impl ContainerdContent {
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
+        self.request_in(&self.namespace, msg)
+    }
+
+    fn request_in<T>(&self, namespace: &str, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        if let Ok(v) = self.namespace.parse() {
+        if let Ok(v) = namespace.parse() {
             r.metadata_mut().insert(NAMESPACE_HEADER, v);
         }
         if let Some(Ok(v)) = self.lease.as_ref().map(|l| l.parse()) {
@@ -261,21 +279,68 @@ impl ContainerdContent {
     }
 }
 
-impl BlobSource for ContainerdContent {
-    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
+impl ContainerdContent {
+    /// A Read stream of blob `digest` in namespace `namespace`, once Info found it there.
+    fn read_in(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+    ) -> Result<Streaming<pb::ReadContentResponse>, Status> {
         let mut client = self.client.clone();
-        let info = self.request(pb::InfoRequest {
-            digest: digest.to_string(),
-        });
-        let read = self.request(pb::ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        });
-        let stream = self.runtime.block_on(async move {
+        let info = self.request_in(
+            namespace,
+            pb::InfoRequest {
+                digest: digest.to_string(),
+            },
+        );
+        let read = self.request_in(
+            namespace,
+            pb::ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            },
+        );
+        self.runtime.block_on(async move {
             client.info(info).await?;
             Ok::<_, Status>(client.read(read).await?.into_inner())
-        });
+        })
+    }
+
+    /// containerd's namespaces other than this client's.
+    fn other_namespaces(&self) -> Result<Vec<String>, Status> {
+        let mut client = NamespacesClient::new(self.channel.clone());
+        let listed = self
+            .runtime
+            .block_on(client.list(Request::new(namespaces::ListNamespacesRequest::default())))?;
+        Ok(listed
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .filter(|n| *n != self.namespace)
+            .collect())
+    }
+}
+
+impl BlobSource for ContainerdContent {
+    fn open(&self, digest: &Digest) -> differ::Result<Box<dyn Read + Send>> {
+        let stream = match self.read_in(&self.namespace, digest) {
+            Err(s) if s.code() == Code::NotFound && self.namespace_guessed => {
+                let others = self
+                    .other_namespaces()
+                    .map_err(|e| remote_error("list namespaces", &e))?;
+                let found = others.iter().find_map(|ns| match self.read_in(ns, digest) {
+                    Err(e) if e.code() == Code::NotFound => None,
+                    other => Some(other),
+                });
+                if found.is_some() {
+                    tracing::debug!(%digest, "blob found outside the default namespace");
+                }
+                found.unwrap_or(Err(s))
+            }
+            other => other,
+        };
         let stream = stream.map_err(|s| remote_error(digest.as_str(), &s))?;
         Ok(Box::new(StreamReader {
             stream,

@@ -279,12 +279,14 @@ impl Layers {
                 if in_own || own_lease {
                     return own();
                 }
-                BlobStore::Containerd(Box::new(ContainerdContent::new(
+                let client = ContainerdContent::new(
                     channel.clone(),
                     namespace(default),
                     ctx.lease.clone(),
                     ctx.runtime.clone(),
-                )))
+                );
+                let guessed = ctx.namespace.is_none() && key.and_then(key_namespace).is_none();
+                BlobStore::Containerd(Box::new(if guessed { client.guessed() } else { client }))
             }
         }
     }

@@ -391,6 +391,50 @@ fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
 }
 
 #[test]
+#[ignore = "needs root"]
+fn a_hard_link_header_applies_to_the_shared_inode() {
+    // As containerd's applier: after linking, the link entry's owner, mode and times go
+    // to the inode both names share; a link to a symlink changes no mode (and follows
+    // nothing).
+    assert_root("a_hard_link_header_applies_to_the_shared_inode");
+    let tmp = tempdir();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    std::fs::write(tmp.path().join("outside"), b"o").unwrap();
+    let mut link = Header::new(b'1', "l");
+    link.link = b"f".to_vec();
+    (link.mode, link.uid, link.gid, link.mtime) = (0o600, 7, 8, 1_000_000);
+    let mut to_symlink = Header::new(b'1', "s2");
+    to_symlink.link = b"s".to_vec();
+    (to_symlink.mode, to_symlink.uid, to_symlink.gid) = (0o600, 9, 9);
+    let blob = RawTar::default()
+        .file("f", b"data")
+        .entry(link, b"")
+        .symlink("s", "../outside")
+        .entry(to_symlink, b"")
+        .finish();
+    apply(&blob, &root, WhiteoutMode::Native).unwrap();
+    let (f, l) = (
+        fs::metadata(root.join("f")).unwrap(),
+        fs::metadata(root.join("l")).unwrap(),
+    );
+    assert_eq!(f.ino(), l.ino());
+    assert_eq!(
+        (f.mode() & 0o7777, f.uid(), f.gid(), f.mtime()),
+        (0o600, 7, 8, 1_000_000)
+    );
+    let s2 = fs::symlink_metadata(root.join("s2")).unwrap();
+    assert!(s2.is_symlink());
+    assert_eq!((s2.uid(), s2.gid()), (9, 9));
+    let outside = fs::metadata(tmp.path().join("outside")).unwrap();
+    assert_eq!(
+        outside.mode() & 0o777,
+        0o644,
+        "the symlink's target was not touched"
+    );
+}
+
+#[test]
 fn entries_through_dangling_symlinks_create_the_targets_inside_the_root() {
     // As containerd (RootPath, then mkparent): the parent path is resolved through the
     // symlinks that exist, even when their targets do not yet, and the targets are created,

@@ -12,7 +12,9 @@
 The layers hold directories, files and symlinks with assorted modes (setuid, sticky) and
 owners, user.* xattrs on files and directories, hard links, a character device, then a
 whiteout of a file and of a directory, an opaque directory, a file turned into a directory,
-changed modes, owners and xattrs, and a hard link in the last layer. The flattened tree is
+changed modes, owners and xattrs, a hard link whose header differs from its target's (the
+shared inode takes the link header's owner, mode, xattrs and times, as containerd's applier
+does), and a hard link in the last layer. The flattened tree is
 computed from the tar entries with OCI's rules (a later entry replaces an earlier one,
 `.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory of what lower layers had), not
 by any applier. A tree maps each path ("/" excluded) to its kind, mode, owner, content or
@@ -43,8 +45,10 @@ def f(name, data, mode=0o644, uid=0, gid=0, xattrs=None, mtime=MTIME):
     return ("file", name, mode, uid, gid, xattrs or {}, (data, mtime))
 
 
-def link(name, target):
-    return ("link", name, 0, 0, 0, {}, target)
+def link(name, target, mode=0o644, uid=0, gid=0):
+    # A link entry's header is applied to the inode it shares, as containerd's applier
+    # does (writers put the file's own attributes there).
+    return ("link", name, mode, uid, gid, {}, target)
 
 
 def sym(name, target, uid=0, gid=0):
@@ -65,7 +69,7 @@ LAYERS = [
             d("usr", xattrs={"user.dir": b"usr"}),
             d("usr/bin"),
             f("usr/bin/tool", b"#!/bin/sh\necho tool\n", mode=0o4755),
-            link("usr/bin/tool-link", "usr/bin/tool"),
+            link("usr/bin/tool-link", "usr/bin/tool", mode=0o4755),
             sym("usr/bin/t", "tool"),
             d("home", mode=0o755),
             d("home/user", mode=0o700, uid=1000, gid=1000),
@@ -108,7 +112,8 @@ LAYERS = [
             d("opt", mode=0o755, uid=7, gid=8, xattrs={"user.opt": b"\x00\x01binary"}),
             f("opt/data", b"data\n" * 1000),
             link("opt/data-2", "opt/data"),
-            link("opt/data-3", "opt/data"),
+            # One whose header differs: the shared inode takes its mode and owner.
+            link("opt/data-3", "opt/data", mode=0o600, uid=9, gid=9),
         ],
     ),
     (
@@ -118,7 +123,7 @@ LAYERS = [
             d("usr", xattrs={"user.dir": b"usr"}),
             d("usr/bin"),
             f("usr/bin/new", b"new\n", mode=0o755),
-            link("usr/bin/new-link", "usr/bin/new"),
+            link("usr/bin/new-link", "usr/bin/new", mode=0o755),
             d("var"),
             d("var/lib"),
             f("var/lib/" + WHITEOUT + "state", b""),
@@ -182,7 +187,12 @@ def flatten(layers):
             if kind == "link":
                 target = "/" + extra
                 remove(path)
-                tree[path] = tree[target]
+                shared = tree[target]
+                shared.update(mode=mode, uid=uid, gid=gid)
+                shared["xattrs"].update(xattrs)
+                if shared["kind"] == "f":
+                    shared["mtime"] = MTIME
+                tree[path] = shared
                 inode[path] = inode[target]
                 continue
             old = tree.get(path)

@@ -91,7 +91,8 @@ impl Bars {
                 .progress_chars("=> "),
             );
             bar.set_prefix(short(what).to_string());
-            if state == "downloading" {
+            // A download is announced waiting (queued) or downloading: counted once.
+            if state == "waiting" || state == "downloading" {
                 self.total.inc_length(total);
             }
             bar

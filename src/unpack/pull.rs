@@ -402,7 +402,7 @@ fn write_chunks(
 
 impl Client {
     /// Pulls `reference` into `store` (see the module doc); `progress` hears of each blob's
-    /// state: resolving, exists, downloading (as bytes arrive), downloaded, unpacking,
+    /// state: resolving, exists, waiting, downloading (as bytes arrive), downloaded, unpacking,
     /// applied.
     pub async fn pull(
         &mut self,
@@ -546,6 +546,13 @@ impl Client {
                 progress: Arc::clone(&progress),
             };
             let to = destination.clone();
+            // Queued behind the downloads in flight.
+            progress(
+                &download.desc.digest,
+                "waiting",
+                0,
+                download.desc.size as u64,
+            );
             downloads.spawn(async move {
                 let _slot = limit.acquire_owned().await.expect("semaphore open");
                 (download.progress)(

@@ -354,6 +354,99 @@ fn ctr_on_strata_1_7() {
         &env.scratch().join("p-builtin"),
     );
     assert_eq!(ours, theirs);
+    // The rich image (gzip and zstd layers, hard links, xattrs, a device, whiteouts, an
+    // opaque directory): both views equal its flattening, xattrs and hard links included.
+    let layout = env.scratch().join("rich");
+    let rich_source = crate::pull::rich_image(&layout, &[]);
+    let expected = crate::pull::expected_tree(&layout);
+    // First containerd's own applier on it (the transfer service's import unpacks with the
+    // walking differ), so the independent flattening is checked against containerd too.
+    let rich_tar = env.scratch().join("rich.tar");
+    let packed = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&rich_tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    let before = env.ctr_ok(&["images", "ls", "-q"]);
+    env.ctr_ok(&[
+        "images",
+        "import",
+        "--local=false",
+        "--snapshotter",
+        "overlayfs",
+        rich_tar.to_str().unwrap(),
+    ]);
+    let after = env.ctr_ok(&["images", "ls", "-q"]);
+    let imported: Vec<&str> = after.lines().filter(|l| !before.contains(l)).collect();
+    assert_eq!(imported.len(), 1, "{after}");
+    let walking = env.scratch().join("r-walking");
+    std::fs::create_dir_all(&walking).unwrap();
+    let walking_s = walking.to_str().unwrap();
+    env.ctr_ok(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        "overlayfs",
+        imported[0],
+        walking_s,
+    ]);
+    let tree = crate::pull::capture(&walking);
+    env.ctr_ok(&[
+        "images",
+        "unmount",
+        "--rm",
+        "--snapshotter",
+        "overlayfs",
+        walking_s,
+    ]);
+    crate::pull::assert_same_tree(&expected, &tree);
+    env.ctr_ok(&["images", "rm", "--sync", imported[0]]);
+    let rich = registry.push_from(&rich_source, "e2e/rich:1");
+    env.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "overlayfs",
+        &rich,
+    ]);
+    env.ctr_strata(&[&local[..], &[rich.as_str()]].concat());
+    for (ctr, snapshotter, dir) in [
+        (
+            &(|a: &[&str]| env.ctr_strata(a)) as &dyn Fn(&[&str]) -> String,
+            SNAPSHOTTER,
+            "r-strata",
+        ),
+        (&|a: &[&str]| env.ctr_ok(a), "overlayfs", "r-builtin"),
+    ] {
+        let dir = env.scratch().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_s = dir.to_str().unwrap();
+        ctr(&[
+            "images",
+            "mount",
+            "--snapshotter",
+            snapshotter,
+            &rich,
+            dir_s,
+        ]);
+        let tree = crate::pull::capture(&dir);
+        ctr(&[
+            "images",
+            "unmount",
+            "--rm",
+            "--snapshotter",
+            snapshotter,
+            dir_s,
+        ]);
+        crate::pull::assert_same_tree(&expected, &tree);
+    }
+    env.ctr_strata(&["images", "rm", "--sync", &rich]);
+    env.ctr_ok(&["images", "rm", "--sync", &rich]);
     // Strata's own pull finds everything ctr put there.
     let again = util::strata_command()
         .args(["--address", env.strata.socket.to_str().unwrap()])

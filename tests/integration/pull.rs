@@ -21,7 +21,7 @@ fn rich_script() -> PathBuf {
 
 /// Builds the rich image as an OCI layout in `dir` (image "rich", for `arches`, this
 /// machine's if none); `oci:DIR:rich` for skopeo.
-fn rich_image(dir: &Path, arches: &[&str]) -> String {
+pub(crate) fn rich_image(dir: &Path, arches: &[&str]) -> String {
     let out = Command::new(rich_script())
         .arg("build")
         .arg(dir)
@@ -34,7 +34,7 @@ fn rich_image(dir: &Path, arches: &[&str]) -> String {
 }
 
 /// The tree under `root` as rich-image.py captures it.
-fn capture(root: &Path) -> Value {
+pub(crate) fn capture(root: &Path) -> Value {
     let out = Command::new(rich_script())
         .arg("capture")
         .arg(root)
@@ -45,7 +45,7 @@ fn capture(root: &Path) -> Value {
 }
 
 /// Asserts `actual` equals `expected`, naming every path that differs.
-fn assert_same_tree(expected: &Value, actual: &Value) {
+pub(crate) fn assert_same_tree(expected: &Value, actual: &Value) {
     let (e, a) = (expected.as_object().unwrap(), actual.as_object().unwrap());
     let mut differences = Vec::new();
     for (path, want) in e {
@@ -63,6 +63,11 @@ fn assert_same_tree(expected: &Value, actual: &Value) {
         "trees differ:\n{}",
         differences.join("\n")
     );
+}
+
+/// The flattened tree rich-image.py wrote next to the layout in `dir`.
+pub(crate) fn expected_tree(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap()
 }
 
 /// Prepares a root filesystem of `image` under `key`, mounted at `dir/key`; its capture.
@@ -110,8 +115,7 @@ fn pull_rich_image() {
         again.contains("0 blobs downloaded (0 bytes), 5 present; 0 layers applied, 3 already"),
         "{again}"
     );
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(layout.join("expected.json")).unwrap()).unwrap();
+    let expected = expected_tree(&layout);
     let tree = rootfs_capture(&daemon, &image, "rich-root", tmp.path());
     assert_same_tree(&expected, &tree);
 
@@ -212,8 +216,7 @@ fn pull_resumes_broken_transfers() {
             "{path} was not resumed from where it was cut:\n{log}"
         );
     }
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(layout.join("expected.json")).unwrap()).unwrap();
+    let expected = expected_tree(&layout);
     assert_same_tree(
         &expected,
         &rootfs_capture(&daemon, &image, "flaky-root", tmp.path()),

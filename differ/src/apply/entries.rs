@@ -197,12 +197,17 @@ impl LayerWriter<'_> {
         Ok(())
     }
 
+    /// A hard link to `target`; the entry's own header is then applied to the inode the
+    /// two names share (owner, xattrs, mode unless it is a symlink, times), as containerd's
+    /// applier does. Writers put the file's attributes there, so this changes nothing for
+    /// them; a layer that says otherwise gets what containerd would make of it.
     pub(super) fn hard_link(
         &mut self,
         parent: &Path,
         name: &OsStr,
         rel: &Path,
         target: &Path,
+        meta: &Meta,
     ) -> Result<()> {
         let (Some(tname), tparent) = (target.file_name(), target.parent().unwrap_or(Path::new("")))
         else {
@@ -220,6 +225,23 @@ impl LayerWriter<'_> {
                 }
                 other => other,
             })?;
+        let dir = &self.parent(parent)?.dir;
+        let symlink = matches!(
+            dir.kind(name).map_err(|e| Error::io("stat", rel, e))?,
+            Some(Kind::Symlink)
+        );
+        dir.chown(name, meta.uid, meta.gid)
+            .map_err(|e| Error::io("chown", rel, e))?;
+        for (k, v) in &meta.xattrs {
+            dir.set_xattr(name, k, v)
+                .map_err(|e| Error::io("setxattr", rel, e))?;
+        }
+        if !symlink {
+            dir.chmod(name, meta.mode)
+                .map_err(|e| Error::io("chmod", rel, e))?;
+        }
+        dir.set_times(name, meta.mtime, meta.mtime)
+            .map_err(|e| Error::io("utimens", rel, e))?;
         self.note_created(rel);
         Ok(())
     }

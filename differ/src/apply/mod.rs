@@ -242,7 +242,7 @@ impl<'r> LayerWriter<'r> {
             EntryKind::HardLink if h.link.is_empty() => {
                 Err(layer_err("hard link without target", &rel, "refused"))
             }
-            EntryKind::HardLink => self.hard_link(&parent, &name, &rel, &normalize(&link())),
+            EntryKind::HardLink => self.hard_link(&parent, &name, &rel, &normalize(&link()), &meta),
             EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
                 let node = match h.kind {
                     EntryKind::Char => NodeKind::Char,
