@@ -32,6 +32,10 @@ pub struct Config {
     /// `host:port` to serve Prometheus metrics on over HTTP (`/metrics`); off when unset.
     #[serde(default)]
     pub metrics_address: Option<String>,
+    /// Registries (`host[:port]`) that pulls reach over plain HTTP, as with `--plain-http`
+    /// (registries on loopback always are).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where layer blobs live for the Diff service.
@@ -132,6 +136,7 @@ impl Default for Config {
             snapshotters: Vec::new(),
             differ: DifferConfig::default(),
             metrics_address: None,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -163,6 +168,9 @@ root = "/var/lib/strata"
 address = "/run/strata/strata.sock"
 # Prometheus metrics over HTTP at http://<metrics_address>/metrics; off when unset.
 # metrics_address = "127.0.0.1:9323"
+# Registries (host[:port]) that `strata image pull` reaches over plain HTTP, as with
+# --plain-http; registries on loopback always are.
+insecure_registries = []
 
 [differ]
 # Where the Diff service reads and writes layer blobs. Unset: the daemon's own content
@@ -317,11 +325,13 @@ mod tests {
             .join("\n");
         let full: Config = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(full.metrics_address.as_deref(), Some("127.0.0.1:9323"));
+        assert!(full.insecure_registries.is_empty());
         assert_eq!(full.snapshotters.len(), 1);
         for key in [
             "root",
             "address",
             "metrics_address",
+            "insecure_registries",
             "content_dir",
             "containerd_address",
             "namespace",

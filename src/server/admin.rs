@@ -23,14 +23,22 @@ pub struct AdminService {
     store: Arc<ImageStore>,
     /// The daemon's own socket, which its pulls are clients of.
     address: PathBuf,
+    /// Registries pulled from over plain HTTP.
+    insecure_registries: Vec<String>,
 }
 
 impl AdminService {
-    pub fn new(collector: Arc<Collector>, store: Arc<ImageStore>, address: PathBuf) -> Self {
+    pub fn new(
+        collector: Arc<Collector>,
+        store: Arc<ImageStore>,
+        address: PathBuf,
+        insecure_registries: Vec<String>,
+    ) -> Self {
         AdminService {
             collector,
             store,
             address,
+            insecure_registries,
         }
     }
 }
@@ -125,8 +133,10 @@ impl admin::admin_server::Admin for AdminService {
         } else {
             Client::for_holder(channel, &namespace, &req.snapshotter, &req.holder)
         };
+        let registry = crate::unpack::pull::registry_of(&req.reference)
+            .map_err(|e| Status::invalid_argument(crate::status::chain(&e)))?;
         let options = PullOptions {
-            plain_http: req.plain_http,
+            plain_http: req.plain_http || self.insecure_registries.contains(&registry),
             credentials: (!req.username.is_empty()).then_some((req.username, req.password)),
             platform: (!req.platform.is_empty()).then_some(req.platform),
         };

@@ -179,6 +179,8 @@ pub struct Services {
     pub root: PathBuf,
     /// The socket it serves on (its own pulls are clients of it).
     pub address: PathBuf,
+    /// Registries pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Sets containerd's message size limits (16 MiB both ways) on a generated server.
@@ -202,6 +204,7 @@ pub async fn serve(
         store,
         root,
         address,
+        insecure_registries,
     } = services;
     let collector = collector::Collector::new(Arc::clone(&store), Arc::clone(&instances));
     let introspection =
@@ -244,7 +247,12 @@ pub async fn serve(
         ))
         .add_service(limited!(
             AdminServer,
-            admin::AdminService::new(Arc::clone(&collector), Arc::clone(&store), address)
+            admin::AdminService::new(
+                Arc::clone(&collector),
+                Arc::clone(&store),
+                address,
+                insecure_registries
+            )
         ))
         .add_service(limited!(IntrospectionServer, introspection))
         .add_service(limited!(VersionServer, introspection::VersionService))
@@ -323,6 +331,7 @@ pub async fn run(
         store,
         root: config.root.clone(),
         address: config.address.clone(),
+        insecure_registries: config.insecure_registries.clone(),
     };
     let serving = serve(listener, services, shutdown);
     let drained = async {

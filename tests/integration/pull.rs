@@ -372,3 +372,48 @@ fn pull_selects_platform() {
         "{missing:?}"
     );
 }
+
+/// An IPv4 address of this machine that is not loopback.
+fn network_address() -> String {
+    let out = Command::new("hostname").arg("-I").output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .expect("this machine has a non-loopback IPv4 address")
+        .to_string()
+}
+
+/// A plain-HTTP registry on this machine's network address (not loopback, so HTTPS is
+/// assumed): a pull fails; `--plain-http` reaches it; so does a daemon whose configuration
+/// lists it in `insecure_registries`.
+#[test]
+#[ignore = "needs root"]
+fn pull_from_an_insecure_registry() {
+    assert_root("pull::pull_from_an_insecure_registry");
+    let tmp = TempDir::new("pull-insecure");
+    let registry = Registry::start_on(&tmp.path().join("registry"), &network_address());
+    let image = registry.push_from(&rich_image(&tmp.path().join("layout"), &[]), "e2e/rich:1");
+
+    let (plain_dir, listed_dir) = (tmp.path().join("plain"), tmp.path().join("listed"));
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    std::fs::create_dir_all(&listed_dir).unwrap();
+    let plain = Daemon::start(&plain_dir, "overlayfs");
+    let refused = strata_run(&plain.socket, &["image", "pull", &image]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let flagged = strata_ok(&plain.socket, &["image", "pull", "--plain-http", &image]);
+    assert!(flagged.contains("3 layers applied"), "{flagged}");
+
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("insecure_registries = [\"{}\"]\n", registry.address),
+    )
+    .unwrap();
+    let listed = Daemon::start_with(&listed_dir, &["--config", config.to_str().unwrap()]);
+    let pulled = strata_ok(&listed.socket, &["image", "pull", &image]);
+    assert!(pulled.contains("3 layers applied"), "{pulled}");
+}

@@ -57,6 +57,12 @@ impl Registry {
         Self::start_with(dir, None)
     }
 
+    /// Starts an anonymous registry storing under `dir`, listening on `host` (an address of
+    /// this machine) rather than loopback.
+    pub fn start_on(dir: &Path, host: &str) -> Registry {
+        Self::start_auth(dir, Auth::Anonymous, None, host)
+    }
+
     /// Starts a registry storing under `dir` that requires `user` and `password` (basic
     /// authentication, checked against a bcrypt htpasswd file) for everything.
     pub fn start_authenticated(dir: &Path, user: &str, password: &str) -> Registry {
@@ -70,6 +76,7 @@ impl Registry {
             dir,
             Auth::Token,
             Some((user.to_string(), password.to_string())),
+            "127.0.0.1",
         )
     }
 
@@ -79,17 +86,22 @@ impl Registry {
         } else {
             Auth::Anonymous
         };
-        Self::start_auth(dir, auth, credentials)
+        Self::start_auth(dir, auth, credentials, "127.0.0.1")
     }
 
-    fn start_auth(dir: &Path, auth: Auth, credentials: Option<(String, String)>) -> Registry {
+    fn start_auth(
+        dir: &Path,
+        auth: Auth,
+        credentials: Option<(String, String)>,
+        host: &str,
+    ) -> Registry {
         for program in [REGISTRY, SKOPEO] {
             assert!(
                 Path::new(program).exists(),
                 "{program} is missing: run scripts/e2e/ensure-deps.sh"
             );
         }
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = format!("{host}:{}", free_port());
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let mut config_text = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
