@@ -17,6 +17,8 @@ pub mod env;
 mod layer_creation;
 pub mod registry;
 
+use std::path::Path;
+
 use strata::api::services::snapshots::v1 as pb;
 
 use self::env::{BASE_LAYERS, Containerd, Env, NAMESPACE, SNAPSHOTTER, Unpack, table};
@@ -250,29 +252,9 @@ fn ctr_on_strata_1_7() {
     }
 
     // The same tree mounted from both.
-    let mounted =
-        |ctr: &dyn Fn(&[&str]) -> String, snapshotter: &str, image: &str, dir: &std::path::Path| {
-            std::fs::create_dir_all(dir).unwrap();
-            let dir_s = dir.to_str().unwrap();
-            ctr(&[
-                "images",
-                "mount",
-                "--snapshotter",
-                snapshotter,
-                image,
-                dir_s,
-            ]);
-            let tree = crate::tree::capture(dir);
-            ctr(&[
-                "images",
-                "unmount",
-                "--rm",
-                "--snapshotter",
-                snapshotter,
-                dir_s,
-            ]);
-            tree
-        };
+    let mounted = |ctr: &dyn Fn(&[&str]) -> String, snapshotter: &str, image: &str, dir: &Path| {
+        mounted_view(ctr, snapshotter, image, dir, crate::tree::capture)
+    };
     let ours = mounted(
         &|a| env.ctr_strata(a),
         SNAPSHOTTER,
@@ -383,26 +365,13 @@ fn ctr_on_strata_1_7() {
     let after = env.ctr_ok(&["images", "ls", "-q"]);
     let imported: Vec<&str> = after.lines().filter(|l| !before.contains(l)).collect();
     assert_eq!(imported.len(), 1, "{after}");
-    let walking = env.scratch().join("r-walking");
-    std::fs::create_dir_all(&walking).unwrap();
-    let walking_s = walking.to_str().unwrap();
-    env.ctr_ok(&[
-        "images",
-        "mount",
-        "--snapshotter",
+    let tree = mounted_view(
+        &|a| env.ctr_ok(a),
         "overlayfs",
         imported[0],
-        walking_s,
-    ]);
-    let tree = crate::pull::capture(&walking);
-    env.ctr_ok(&[
-        "images",
-        "unmount",
-        "--rm",
-        "--snapshotter",
-        "overlayfs",
-        walking_s,
-    ]);
+        &env.scratch().join("r-walking"),
+        crate::pull::capture,
+    );
     crate::pull::assert_same_tree(&expected, &tree);
     env.ctr_ok(&["images", "rm", "--sync", imported[0]]);
     let rich = registry.push_from(&rich_source, "e2e/rich:1");
@@ -424,25 +393,7 @@ fn ctr_on_strata_1_7() {
         (&|a: &[&str]| env.ctr_ok(a), "overlayfs", "r-builtin"),
     ] {
         let dir = env.scratch().join(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir_s = dir.to_str().unwrap();
-        ctr(&[
-            "images",
-            "mount",
-            "--snapshotter",
-            snapshotter,
-            &rich,
-            dir_s,
-        ]);
-        let tree = crate::pull::capture(&dir);
-        ctr(&[
-            "images",
-            "unmount",
-            "--rm",
-            "--snapshotter",
-            snapshotter,
-            dir_s,
-        ]);
+        let tree = mounted_view(ctr, snapshotter, &rich, &dir, crate::pull::capture);
         crate::pull::assert_same_tree(&expected, &tree);
     }
     env.ctr_strata(&["images", "rm", "--sync", &rich]);
@@ -470,6 +421,37 @@ fn ctr_on_strata_1_7() {
         .count();
     assert_eq!(blobs, 0);
     env.ctr_ok(&["images", "rm", "--sync", image]);
+}
+
+/// `ctr images mount` of `image` from `snapshotter` at `dir` (created), what `capture` sees
+/// there, then `ctr images unmount --rm`.
+fn mounted_view<T>(
+    ctr: &dyn Fn(&[&str]) -> String,
+    snapshotter: &str,
+    image: &str,
+    dir: &Path,
+    capture: impl Fn(&Path) -> T,
+) -> T {
+    std::fs::create_dir_all(dir).unwrap();
+    let dir_s = dir.to_str().unwrap();
+    ctr(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        snapshotter,
+        image,
+        dir_s,
+    ]);
+    let seen = capture(dir);
+    ctr(&[
+        "images",
+        "unmount",
+        "--rm",
+        "--snapshotter",
+        snapshotter,
+        dir_s,
+    ]);
+    seen
 }
 
 /// The whole flow on one snapshotter kind under containerd 1.6: snapshot commands, import,
