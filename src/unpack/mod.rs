@@ -933,7 +933,7 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> 
 /// Lease label naming the Strata client holding the lease: `<boot id>/<pid>`.
 const CLIENT_LABEL: &str = "strata.io/client";
 
-/// This process, as [`CLIENT_LABEL`] names it.
+/// This process, as the `strata.io/client` lease label names it: `<boot id>/<pid>`.
 pub fn this_client() -> String {
     format!("{}/{}", boot_id(), std::process::id())
 }
