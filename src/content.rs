@@ -277,9 +277,7 @@ impl ContainerdContent {
         }
         r
     }
-}
 
-impl ContainerdContent {
     /// A Read stream of blob `digest` in namespace `namespace`, once Info found it there.
     fn read_in(
         &self,

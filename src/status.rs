@@ -111,6 +111,19 @@ impl Classify for LayerError {
     }
 }
 
+impl Classify for crate::unpack::UnpackError {
+    fn code(&self) -> Code {
+        use crate::unpack::UnpackError as U;
+        match self {
+            U::Call { status, .. } => status.code(),
+            U::Store(e) => e.code(),
+            U::Registry(_) => Code::Unavailable,
+            U::Invalid(_) => Code::FailedPrecondition,
+            U::Io { .. } => Code::Internal,
+        }
+    }
+}
+
 /// The full error chain on one line, `outer: inner: ...`.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();

@@ -164,10 +164,13 @@ def flatten(layers):
     inode = {}  # path -> inode id
     next_inode = [0]
 
-    def remove(path):
-        for p in [p for p in tree if p == path or p.startswith(path + "/")]:
+    def drop(paths):
+        for p in list(paths):
             del tree[p]
             inode.pop(p, None)
+
+    def remove(path):
+        drop(p for p in tree if p == path or p.startswith(path + "/"))
 
     for _, entries in layers:
         this_layer = set()
@@ -176,9 +179,7 @@ def flatten(layers):
             parent, base = path.rsplit("/", 1)
             if base == OPAQUE:
                 # What lower layers had in the directory goes; this layer's entries stay.
-                for p in [p for p in tree if p.startswith(parent + "/") and p not in this_layer]:
-                    del tree[p]
-                    inode.pop(p, None)
+                drop(p for p in tree if p.startswith(parent + "/") and p not in this_layer)
                 continue
             this_layer.add(path)
             if base.startswith(WHITEOUT):
@@ -213,7 +214,7 @@ def flatten(layers):
             tree[path] = entry
             next_inode[0] += 1
             inode[path] = next_inode[0]
-    return {p: e for p, e in tree.items()}, inode
+    return tree, inode
 
 
 def as_json(tree, inode):

@@ -14,8 +14,8 @@ use super::collector::Collector;
 use super::namespace_of;
 use crate::admin::v1 as admin;
 use crate::imagestore::{ImageStore, Report};
+use crate::unpack::Client;
 use crate::unpack::pull::{Progress, PullOptions};
-use crate::unpack::{Client, UnpackError};
 
 /// The Admin service.
 pub struct AdminService {
@@ -40,18 +40,6 @@ impl AdminService {
             address,
             insecure_registries,
         }
-    }
-}
-
-/// A failed pull as a status: the daemon's own refusals keep their code.
-fn pull_status(e: UnpackError) -> Status {
-    let message = crate::status::chain(&e);
-    match e {
-        UnpackError::Call { status, .. } => Status::new(status.code(), message),
-        UnpackError::Store(store) => Status::new(crate::status::to_status(store).code(), message),
-        UnpackError::Registry(_) => Status::unavailable(message),
-        UnpackError::Invalid(_) => Status::failed_precondition(message),
-        UnpackError::Io { .. } => Status::internal(message),
     }
 }
 
@@ -173,20 +161,22 @@ impl admin::admin_server::Admin for AdminService {
             let Some(pulled) = pulled else {
                 return;
             };
-            let answer = pulled.map_err(pull_status).map(|p| admin::PullProgress {
-                item: reference.clone(),
-                state: "done".into(),
-                done: 0,
-                total: 0,
-                summary: Some(admin::PullSummary {
-                    downloaded: p.downloaded as u64,
-                    bytes: p.bytes,
-                    present: p.present as u64,
-                    applied: p.unpacked.applied as u64,
-                    existed: p.unpacked.existed as u64,
-                    chain: p.unpacked.chain,
-                }),
-            });
+            let answer = pulled
+                .map_err(crate::status::to_status)
+                .map(|p| admin::PullProgress {
+                    item: reference.clone(),
+                    state: "done".into(),
+                    done: 0,
+                    total: 0,
+                    summary: Some(admin::PullSummary {
+                        downloaded: p.downloaded as u64,
+                        bytes: p.bytes,
+                        present: p.present as u64,
+                        applied: p.unpacked.applied as u64,
+                        existed: p.unpacked.existed as u64,
+                        chain: p.unpacked.chain,
+                    }),
+                });
             let _ = tx.send(answer);
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))

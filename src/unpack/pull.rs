@@ -200,13 +200,16 @@ struct Destination {
     lease: String,
 }
 
-async fn blocking<T: Send + 'static>(
+/// Starts `work` on the blocking pool at once; its result, awaited.
+fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
-        .map_err(UnpackError::Store)
+) -> impl std::future::Future<Output = Result<T>> {
+    let task = tokio::task::spawn_blocking(work);
+    async move {
+        task.await
+            .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
+            .map_err(UnpackError::Store)
+    }
 }
 
 /// A registry blob to download.
@@ -252,7 +255,7 @@ impl Download {
         let start = writer.status().offset;
         let _ = opened.send(());
         let (chunks, received) = tokio::sync::mpsc::channel(16);
-        let writing = tokio::task::spawn_blocking(move || write_chunks(writer, start, received));
+        let writing = blocking(move || write_chunks(writer, start, received));
         let mut offset = start;
         let mut failures = 0;
         let mut reported = 0;
@@ -308,10 +311,7 @@ impl Download {
             }
         }
         drop(chunks);
-        let writer = writing
-            .await
-            .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
-            .map_err(UnpackError::Store)?;
+        let writer = writing.await?;
         let digest = desc.digest.clone();
         let committed = blocking(move || {
             to.store

@@ -163,11 +163,13 @@ impl LayerWriter<'_> {
         meta: &Meta,
     ) -> Result<()> {
         self.replace(parent, name, rel, |d| d.symlink(name, target))?;
-        self.finish_name(parent, name, rel, meta, false)
+        self.finish_name(parent, name, rel, meta, false, true)
     }
 
-    /// Owner, mode (unless a symlink), xattrs and times of a just-created non-regular
-    /// entry, by name.
+    /// Owner, mode (when `chmod`: not for a symlink), xattrs and times of a just-made
+    /// non-regular entry, by name. A `new_inode` is ours until chowned, so its owner is set
+    /// only when it differs (or a setgid parent gave it another group); a hard link shares
+    /// its target's inode, whose owner is set always.
     pub(super) fn finish_name(
         &mut self,
         parent: &Path,
@@ -175,11 +177,12 @@ impl LayerWriter<'_> {
         rel: &Path,
         meta: &Meta,
         chmod: bool,
+        new_inode: bool,
     ) -> Result<()> {
         let ids = self.ids;
         let cached = self.parent(parent)?;
         let dir = &cached.dir;
-        if (meta.uid, meta.gid) != ids || cached.setgid {
+        if !new_inode || (meta.uid, meta.gid) != ids || cached.setgid {
             dir.chown(name, meta.uid, meta.gid)
                 .map_err(|e| Error::io("chown", rel, e))?;
         }
@@ -225,25 +228,14 @@ impl LayerWriter<'_> {
                 }
                 other => other,
             })?;
-        let dir = &self.parent(parent)?.dir;
         let symlink = matches!(
-            dir.kind(name).map_err(|e| Error::io("stat", rel, e))?,
+            self.parent(parent)?
+                .dir
+                .kind(name)
+                .map_err(|e| Error::io("stat", rel, e))?,
             Some(Kind::Symlink)
         );
-        dir.chown(name, meta.uid, meta.gid)
-            .map_err(|e| Error::io("chown", rel, e))?;
-        for (k, v) in &meta.xattrs {
-            dir.set_xattr(name, k, v)
-                .map_err(|e| Error::io("setxattr", rel, e))?;
-        }
-        if !symlink {
-            dir.chmod(name, meta.mode)
-                .map_err(|e| Error::io("chmod", rel, e))?;
-        }
-        dir.set_times(name, meta.mtime, meta.mtime)
-            .map_err(|e| Error::io("utimens", rel, e))?;
-        self.note_created(rel);
-        Ok(())
+        self.finish_name(parent, name, rel, meta, !symlink, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -261,6 +253,6 @@ impl LayerWriter<'_> {
             d.mknod(name, kind, meta.mode, major, minor)
         })?;
         // mknod's mode went through the umask; set it exactly.
-        self.finish_name(parent, name, rel, meta, true)
+        self.finish_name(parent, name, rel, meta, true, true)
     }
 }

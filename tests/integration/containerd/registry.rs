@@ -31,13 +31,30 @@ pub fn wait_listening(address: &str, what: &str) {
     }
 }
 
-/// How a registry authenticates.
+/// How a registry authenticates, and whom it lets in.
 enum Auth {
     Anonymous,
     /// htpasswd.
-    Basic,
-    /// Bearer tokens from a token server.
-    Token,
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// Bearer tokens from a token server, given for these basic credentials.
+    Token {
+        user: String,
+        password: String,
+    },
+}
+
+impl Auth {
+    fn credentials(&self) -> Option<(String, String)> {
+        match self {
+            Auth::Anonymous => None,
+            Auth::Basic { user, password } | Auth::Token { user, password } => {
+                Some((user.clone(), password.clone()))
+            }
+        }
+    }
 }
 
 /// A running registry, killed on drop.
@@ -54,47 +71,30 @@ pub struct Registry {
 impl Registry {
     /// Starts an anonymous registry storing under `dir`.
     pub fn start(dir: &Path) -> Registry {
-        Self::start_with(dir, None)
+        Self::start_auth(dir, Auth::Anonymous, "127.0.0.1")
     }
 
     /// Starts an anonymous registry storing under `dir`, listening on `host` (an address of
     /// this machine) rather than loopback.
     pub fn start_on(dir: &Path, host: &str) -> Registry {
-        Self::start_auth(dir, Auth::Anonymous, None, host)
+        Self::start_auth(dir, Auth::Anonymous, host)
     }
 
     /// Starts a registry storing under `dir` that requires `user` and `password` (basic
     /// authentication, checked against a bcrypt htpasswd file) for everything.
     pub fn start_authenticated(dir: &Path, user: &str, password: &str) -> Registry {
-        Self::start_with(dir, Some((user.to_string(), password.to_string())))
+        let (user, password) = (user.to_string(), password.to_string());
+        Self::start_auth(dir, Auth::Basic { user, password }, "127.0.0.1")
     }
 
     /// Starts a registry storing under `dir` that takes only bearer tokens, which its token
     /// server gives for `user` and `password` (basic credentials) and nothing else.
     pub fn start_token(dir: &Path, user: &str, password: &str) -> Registry {
-        Self::start_auth(
-            dir,
-            Auth::Token,
-            Some((user.to_string(), password.to_string())),
-            "127.0.0.1",
-        )
+        let (user, password) = (user.to_string(), password.to_string());
+        Self::start_auth(dir, Auth::Token { user, password }, "127.0.0.1")
     }
 
-    fn start_with(dir: &Path, credentials: Option<(String, String)>) -> Registry {
-        let auth = if credentials.is_some() {
-            Auth::Basic
-        } else {
-            Auth::Anonymous
-        };
-        Self::start_auth(dir, auth, credentials, "127.0.0.1")
-    }
-
-    fn start_auth(
-        dir: &Path,
-        auth: Auth,
-        credentials: Option<(String, String)>,
-        host: &str,
-    ) -> Registry {
+    fn start_auth(dir: &Path, auth: Auth, host: &str) -> Registry {
         for program in [REGISTRY, SKOPEO] {
             assert!(
                 Path::new(program).exists(),
@@ -109,8 +109,8 @@ impl Registry {
             dir.join("storage").display()
         );
         let mut helper = None;
-        match (&auth, &credentials) {
-            (Auth::Basic, Some((user, password))) => {
+        match &auth {
+            Auth::Basic { user, password } => {
                 let htpasswd = dir.join("htpasswd");
                 let hash = bcrypt::hash(password, 4).expect("bcrypt");
                 std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
@@ -119,7 +119,7 @@ impl Registry {
                     htpasswd.display()
                 );
             }
-            (Auth::Token, Some((user, password))) => {
+            Auth::Token { user, password } => {
                 let keys = dir.join("token");
                 std::fs::create_dir_all(&keys).unwrap();
                 let made = Command::new(aid())
@@ -147,7 +147,7 @@ impl Registry {
                     keys.join("cert.pem").display()
                 );
             }
-            _ => {}
+            Auth::Anonymous => {}
         }
         let config = dir.join("registry.yml");
         std::fs::write(&config, config_text).unwrap();
@@ -164,7 +164,7 @@ impl Registry {
             child,
             helper,
             address,
-            credentials,
+            credentials: auth.credentials(),
         }
     }
 
