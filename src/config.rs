@@ -107,6 +107,35 @@ pub struct InstanceConfig {
     /// Extra overlay mount options, such as `volatile` (overlayfs only).
     #[serde(default)]
     pub mount_options: Vec<String>,
+    /// Size limit in bytes of container snapshots that ask for none (0: none); needs
+    /// project quotas on the root's filesystem.
+    #[serde(default)]
+    pub max_size: u64,
+    /// Show layers to user-namespaced snapshots through idmapped mounts (else: shifted
+    /// copies).
+    #[serde(default = "yes")]
+    pub idmapped_layers: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl InstanceConfig {
+    /// The instance `strata serve` runs without a config listing any: "strata", every
+    /// option at its default.
+    pub fn default_of(kind: SnapshotterKind) -> Self {
+        InstanceConfig {
+            name: "strata".into(),
+            kind,
+            root: None,
+            sync_remove: None,
+            upperdir_label: false,
+            mount_options: Vec::new(),
+            max_size: 0,
+            idmapped_layers: true,
+        }
+    }
 }
 
 /// The snapshotter implementations.
@@ -200,6 +229,11 @@ max_name_bytes = 255
 # sync_remove = false           # delete removed snapshots at once (native default: true)
 # upperdir_label = false        # report containerd.io/snapshot/overlay.upperdir
 # mount_options = []            # extra overlay options, e.g. ["volatile"]
+# max_size = 0                  # bytes a container snapshot may write (0: no limit), unless
+#                               # it asks with containerd.io/snapshot/max-size; layer
+#                               # extractions never get it. Needs ext4/xfs with prjquota.
+# idmapped_layers = true        # user-namespaced snapshots see layers through idmapped
+#                               # mounts; false: each gets a copy with owners shifted
 "#;
 
 impl Config {
@@ -222,14 +256,7 @@ impl Config {
     /// The instances to open, each with its resolved root.
     pub fn instances(&self) -> Result<Vec<(InstanceConfig, PathBuf)>, ConfigError> {
         if self.snapshotters.is_empty() {
-            let only = InstanceConfig {
-                name: "strata".into(),
-                kind: SnapshotterKind::default(),
-                root: None,
-                sync_remove: None,
-                upperdir_label: false,
-                mount_options: Vec::new(),
-            };
+            let only = InstanceConfig::default_of(SnapshotterKind::default());
             return Ok(vec![(only, self.root.clone())]);
         }
         let single = self.snapshotters.len() == 1;
@@ -344,6 +371,8 @@ mod tests {
             "sync_remove",
             "upperdir_label",
             "mount_options",
+            "max_size",
+            "idmapped_layers",
         ] {
             assert!(
                 DEFAULT_TOML.contains(&format!("{key} = ")),

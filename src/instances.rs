@@ -72,6 +72,8 @@ fn open_instance(inst: &InstanceConfig, root: &Path) -> snapshotter::Result<Arc<
         sync_remove: inst
             .sync_remove
             .unwrap_or(inst.kind == SnapshotterKind::Native),
+        max_size: Some(inst.max_size),
+        shifted_copies: !inst.idmapped_layers,
     };
     Ok(match inst.kind {
         SnapshotterKind::Native => Arc::new(NativeSnapshotter::open(

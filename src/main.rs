@@ -168,14 +168,7 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     }
     if let Some(kind) = args.snapshotter {
         if config.snapshotters.is_empty() {
-            config.snapshotters.push(InstanceConfig {
-                name: "strata".into(),
-                kind,
-                root: None,
-                sync_remove: None,
-                upperdir_label: false,
-                mount_options: Vec::new(),
-            });
+            config.snapshotters.push(InstanceConfig::default_of(kind));
         } else {
             return Err(
                 "--snapshotter cannot be combined with a config file that lists snapshotters"

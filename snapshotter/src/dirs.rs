@@ -16,10 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use heed::{RoTxn, RwTxn};
+use mountutil::idmap::IdMapping;
 use mountutil::lock::RootLock;
 
+use crate::copy::copy_tree;
 use crate::metastore::{MetaStore, Record, from_time};
+use crate::quota::Quotas;
 use crate::reuse::{self, LayerClaim};
+use crate::userns::{self, IdmappedTrees, REMAPPED_COPY};
 use crate::{
     Error, Filters, Info, Kind, Labels, Mount, OwnedSnapshot, Result, SNAPSHOT_REF, Snapshotter,
     Usage, WhiteoutMode, disk_usage,
@@ -81,6 +85,12 @@ impl SnapshotDir {
 pub struct Options {
     /// Delete a removed snapshot's directory at once instead of at the next cleanup.
     pub sync_remove: bool,
+    /// Size limit of active snapshots that ask for none (layer extractions excepted),
+    /// enforced with project quotas; `None` or 0 for none.
+    pub max_size: Option<u64>,
+    /// Give user-namespaced snapshots shifted copies of their parents even where layers
+    /// could be idmapped.
+    pub shifted_copies: bool,
 }
 
 /// Space kept in `<root>/reserve` so that on a full filesystem a Remove can still record
@@ -95,6 +105,10 @@ pub struct DirSnapshotter<D: Driver> {
     store: MetaStore,
     driver: D,
     options: Options,
+    /// Idmapped views of the layers for user-namespaced snapshots.
+    idmapped: IdmappedTrees,
+    /// Size limits of active snapshots.
+    quotas: Quotas,
     /// Temporary directories of creations in flight, which cleanup must leave alone.
     building: Arc<Mutex<HashSet<String>>>,
     /// Serialises a removed snapshot's rename to `rm-<id>` against cleanup's renames.
@@ -134,6 +148,8 @@ impl<D: Driver> DirSnapshotter<D> {
             root: root.to_path_buf(),
             store,
             driver,
+            idmapped: IdmappedTrees::new(root, !options.shifted_copies),
+            quotas: Quotas::new(&root.join("snapshots"), options.max_size)?,
             options,
             building: Arc::new(Mutex::new(HashSet::new())),
             layout: Arc::new(Mutex::new(())),
@@ -188,6 +204,74 @@ impl<D: Driver> DirSnapshotter<D> {
         SnapshotDir::of(&self.snapshots_dir(), id)
     }
 
+    /// The `fs` directories of the parent chain `parent_ids` as `mapping` (if any) shows
+    /// them: through its idmapped tree, where there is one.
+    fn layer_dirs(&self, parent_ids: &[u64], mapping: Option<&IdMapping>) -> Vec<PathBuf> {
+        let base = mapping
+            .and_then(|m| self.idmapped.tree(m))
+            .unwrap_or_else(|| self.snapshots_dir());
+        parent_ids
+            .iter()
+            .map(|id| SnapshotDir::of(&base, *id).fs())
+            .collect()
+    }
+
+    /// The mounts of snapshot `dir` of `kind` on parent chain `parent_ids`.
+    fn mounts_of(
+        &self,
+        dir: &SnapshotDir,
+        kind: Kind,
+        parent_ids: &[u64],
+        mapping: Option<&IdMapping>,
+    ) -> Vec<Mount> {
+        if kind == Kind::View && dir.path().join(REMAPPED_COPY).exists() {
+            return vec![Mount::bind(&dir.fs(), true)];
+        }
+        let parents = self.layer_dirs(parent_ids, mapping);
+        self.driver.mounts(dir, kind, &parents)
+    }
+
+    /// Fills new snapshot `dir` through the driver; for a user-namespaced snapshot, with its
+    /// parents seen through the idmapped tree, or else as a copy with owners shifted.
+    fn populate(
+        &self,
+        key: &str,
+        dir: &SnapshotDir,
+        kind: Kind,
+        parent_ids: &[u64],
+        mapping: Option<&IdMapping>,
+    ) -> Result<()> {
+        let parents = self.layer_dirs(parent_ids, mapping);
+        self.driver.populate(dir, kind, &parents)?;
+        let Some(mapping) = mapping else {
+            return Ok(());
+        };
+        let fs = dir.fs();
+        let idmapped = parent_ids.is_empty() || !parents[0].starts_with(self.snapshots_dir());
+        if idmapped {
+            tracing::info!(key, %mapping, "user-namespaced snapshot: idmapped layers");
+            let (uid, gid) = mapping.to_host(0, 0);
+            return std::os::unix::fs::lchown(&fs, uid, gid)
+                .map_err(|e| Error::io("chown", &fs, e));
+        }
+        tracing::warn!(
+            key,
+            %mapping,
+            "user-namespaced snapshot: shifted copy of its parents (idmapped layers off or unsupported here)"
+        );
+        let copied = fs::read_dir(&fs)
+            .map_err(|e| Error::io("read", &fs, e))?
+            .next()
+            .is_some();
+        if !copied {
+            let view = self.driver.mounts(dir, Kind::View, &parents);
+            mountutil::mount::with_temp_mount(&view, dir.path(), |merged| copy_tree(merged, &fs))??;
+        }
+        userns::shift_owners(&fs, mapping)?;
+        let marker = dir.path().join(REMAPPED_COPY);
+        fs::write(&marker, mapping.to_string()).map_err(|e| Error::io("create", &marker, e))
+    }
+
     /// The directory of an active snapshot or view, with the kind: lets the daemon recognise
     /// mounts that are its own.
     pub fn lookup_dir(&self, key: &str) -> Result<(SnapshotDir, Kind, Vec<PathBuf>)> {
@@ -239,9 +323,22 @@ impl<D: Driver> DirSnapshotter<D> {
             }
             Ok(parent_ids)
         })?;
-        let parents: Vec<PathBuf> = parent_ids.iter().map(|id| self.dir(*id).fs()).collect();
+        let mapping = userns::mapping_of(&labels)?;
+        let limit = self.quotas.limit_for(key, kind, &labels)?;
+        let _pin = mapping.as_ref().map(|m| self.idmapped.pin(m));
         let temp = self.temp_dir()?;
-        if let Err(e) = self.driver.populate(&temp.dir, kind, &parents) {
+        // A limited snapshot's id is taken now: it is the project id everything created in
+        // its directory must carry from the start.
+        let reserved_id = match limit {
+            Some(limit) => {
+                let id = self.store.write(|store, txn| store.next_id(txn))?;
+                self.quotas.apply(temp.dir.path(), id, limit)?;
+                Some(id)
+            }
+            None => None,
+        };
+        let populated = self.populate(key, &temp.dir, kind, &parent_ids, mapping.as_ref());
+        if let Err(e) = populated {
             // A parent removed while it was being copied is the Remove winning the race, as
             // if it had come first: NotFound, not the copy's I/O error.
             self.store
@@ -261,11 +358,15 @@ impl<D: Driver> DirSnapshotter<D> {
         };
         let placed: Arc<Mutex<Option<(u64, SnapshotDir)>>> = Arc::default();
         let result = self.store.write({
+            let parent_ids = parent_ids.clone();
             let (key, parent, temp) = (key.to_string(), parent.to_string(), temp.dir.clone());
             let (snapshots, placed) = (self.snapshots_dir(), Arc::clone(&placed));
             move |store, txn| {
                 check_unchanged(store, txn, &key, &parent, &parent_ids)?;
-                record.id = store.next_id(txn)?;
+                record.id = match reserved_id {
+                    Some(id) => id,
+                    None => store.next_id(txn)?,
+                };
                 store.put(txn, &key, &record)?;
                 store.add_child(txn, &parent, &key)?;
                 let dir = SnapshotDir::of(&snapshots, record.id);
@@ -280,7 +381,7 @@ impl<D: Driver> DirSnapshotter<D> {
             }
         });
         match result {
-            Ok(dir) => Ok(self.driver.mounts(&dir, kind, &parents)),
+            Ok(dir) => Ok(self.mounts_of(&dir, kind, &parent_ids, mapping.as_ref())),
             Err(e) => {
                 // Placed but not indexed (the batch failed): take the directory back. If the
                 // index has it (only the flush failed), it stays, for Remove to reclaim.
@@ -523,13 +624,18 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
     }
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let (dir, kind, parents) = self.lookup_dir(key)?;
-        if kind == Kind::Committed {
+        let (rec, parent_ids) = self.store.read(|txn| {
+            let rec = self.store.require(txn, key)?;
+            let parent_ids = self.store.parent_ids(txn, &rec.parent)?;
+            Ok((rec, parent_ids))
+        })?;
+        if rec.kind == Kind::Committed {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot {key} is committed and has no mounts"
             )));
         }
-        Ok(self.driver.mounts(&dir, kind, &parents))
+        let mapping = userns::mapping_of(&rec.labels)?;
+        Ok(self.mounts_of(&self.dir(rec.id), rec.kind, &parent_ids, mapping.as_ref()))
     }
 
     fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
@@ -597,6 +703,9 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             Err(e) if is_out_of_space(&e) && self.release_reserve() => self.store.write(remove())?,
             result => result?,
         };
+        if let Err(e) = self.quotas.release(self.dir(rec.id).path(), rec.id) {
+            tracing::warn!(key, error = %e, "could not lift the removed snapshot's size limit");
+        }
         if self.options.sync_remove {
             self.discard_dir(&rec.id.to_string())?;
         }
@@ -687,6 +796,13 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             tracing::info!(path = %path.display(), "reclaiming orphan snapshot directory");
             remove_tree(&path)?;
         }
+        self.idmapped.release_unused(|| {
+            let all = self.store.read(|txn| self.store.all(txn))?;
+            Ok(all
+                .iter()
+                .filter_map(|(_, rec)| userns::mapping_of(&rec.labels).ok().flatten())
+                .collect())
+        })?;
         self.ensure_reserve();
         Ok(())
     }

@@ -18,8 +18,10 @@ pub mod filter;
 mod metastore;
 pub mod native;
 pub mod overlay;
+mod quota;
 mod reuse;
 mod usage;
+mod userns;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,8 +32,11 @@ pub use error::{Error, Result};
 pub use filter::Filters;
 pub use metastore::open_env as open_lmdb;
 pub use mountutil::Mount;
+pub use mountutil::idmap::IdMapping;
+pub use quota::MAX_SIZE;
 pub use reuse::{DIFF_ID, PARENT_CHAIN_ID, SNAPSHOT_REF, chain_id};
 pub use usage::disk_usage;
+pub use userns::{GID_MAPPING, UID_MAPPING};
 
 /// Labels of a snapshot. Empty values are never stored: an empty value means "delete".
 pub type Labels = BTreeMap<String, String>;
