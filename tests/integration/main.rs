@@ -12,4 +12,5 @@ mod pull;
 mod suite;
 mod systemd;
 mod tree;
+mod userns;
 mod util;

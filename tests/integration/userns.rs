@@ -1,0 +1,299 @@
+//! User-namespaced snapshots and size limits through the daemon: layers shown through
+//! idmapped mounts (nothing copied, layers untouched), the shifted-copy fallback, and size
+//! limits refused clearly where the filesystem has no project quotas.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::util::{Daemon, Labels, Snap, TempDir, assert_root, labels, mounts_under, with_mounted};
+
+const UIDS: &str = "containerd.io/snapshot/uidmapping";
+const GIDS: &str = "containerd.io/snapshot/gidmapping";
+const MAX_SIZE: &str = "containerd.io/snapshot/max-size";
+
+fn mapped(uids: &str, gids: &str) -> Labels {
+    labels(&[(UIDS, uids), (GIDS, gids)])
+}
+
+/// Every entry under `root` (itself included): owner, mode, inode and change time.
+fn fingerprint(root: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let md = e.path().symlink_metadata().unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let id = (
+                md.uid(),
+                md.gid(),
+                md.mode(),
+                md.ino(),
+                md.ctime(),
+                md.ctime_nsec(),
+            );
+            (rel, id)
+        })
+        .collect()
+}
+
+/// [`fingerprint`] of the snapshot directories under `snapshots` (which itself changes).
+fn layer_prints(snapshots: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
+    let mut prints = fingerprint(snapshots);
+    prints.remove("");
+    prints
+}
+
+/// Owner of every entry under `root`, as `uid:gid`, by path relative to it.
+fn owners(root: &Path) -> BTreeMap<String, String> {
+    fingerprint(root)
+        .into_iter()
+        .map(|(path, (uid, gid, ..))| (path, format!("{uid}:{gid}")))
+        .collect()
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// Commits `c1` (files of several owners, a setuid binary, a symlink) and `c2` on it.
+async fn two_layers(s: &mut Snap, scratch: &Path) {
+    let m = s.prepare("l1", "").await.unwrap();
+    with_mounted(&m, scratch, |root| {
+        for dir in ["etc", "bin", "home/u"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("etc/f"), "one\n").unwrap();
+        chown(&root.join("etc/f"), 1000, 1000);
+        std::fs::write(root.join("bin/su"), "su\n").unwrap();
+        std::fs::set_permissions(root.join("bin/su"), PermissionsExt::from_mode(0o4755)).unwrap();
+        chown(&root.join("home/u"), 1000, 1001);
+        std::os::unix::fs::symlink("etc/f", root.join("lnk")).unwrap();
+        chown(&root.join("lnk"), 5, 6);
+    });
+    s.commit("c1", "l1").await.unwrap();
+    let m = s.prepare("l2", "c1").await.unwrap();
+    with_mounted(&m, scratch, |root| {
+        std::fs::create_dir(root.join("var")).unwrap();
+        std::fs::write(root.join("var/x"), "x\n").unwrap();
+        chown(&root.join("var/x"), 33, 33);
+    });
+    s.commit("c2", "l2").await.unwrap();
+}
+
+/// What the two layers look like to a container mapping ids 0.. to 100000..
+fn expected_mapped() -> BTreeMap<String, String> {
+    [
+        ("", "100000:100000"),
+        ("bin", "100000:100000"),
+        ("bin/su", "100000:100000"),
+        ("etc", "100000:100000"),
+        ("etc/f", "101000:101000"),
+        ("home", "100000:100000"),
+        ("home/u", "101000:101001"),
+        ("lnk", "100005:100006"),
+        ("var", "100000:100000"),
+        ("var/x", "100033:100033"),
+    ]
+    .into_iter()
+    .map(|(p, o)| (p.to_string(), o.to_string()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn idmapped_layers_are_not_copied() {
+    assert_root("idmapped_layers_are_not_copied");
+    let tmp = TempDir::new("userns-idmap");
+    let mut d = Daemon::start(tmp.path(), "overlayfs");
+    let mut s = Snap::new(&d).await;
+    let scratch = tmp.path().join("mnt");
+    std::fs::create_dir(&scratch).unwrap();
+    two_layers(&mut s, &scratch).await;
+    let snapshots = d.root.join("snapshots");
+    let layers_before = layer_prints(&snapshots);
+
+    let mapping = mapped("0:100000:65536", "0:100000:65536");
+    let m = s.prepare_labels("u", "c2", mapping.clone()).await.unwrap();
+    let lowers = m[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap();
+    assert!(lowers.split(':').all(|l| l.contains("/idmapped/")), "{m:?}");
+    let upper = m[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .unwrap()
+        .to_string();
+    with_mounted(&m, &scratch, |root| {
+        assert_eq!(owners(root), expected_mapped());
+        let su = root.join("bin/su").metadata().unwrap();
+        assert_eq!(su.mode() & 0o7777, 0o4755);
+        // A write copies the one file up, with the owner the container sees.
+        std::fs::write(root.join("etc/f"), "changed\n").unwrap();
+    });
+    let copied_up = owners(Path::new(&upper));
+    assert_eq!(
+        copied_up,
+        [
+            ("", "100000:100000"),
+            ("etc", "100000:100000"),
+            ("etc/f", "101000:101000")
+        ]
+        .into_iter()
+        .map(|(p, o)| (p.to_string(), o.to_string()))
+        .collect(),
+        "only the written file was copied"
+    );
+
+    // A view on one parent is a bind mount of it, idmapped too; a mapping of its own.
+    let other = mapped("0:200000:65536", "0:300000:65536");
+    let v = s.view_labels("v", "c1", other).await.unwrap();
+    assert_eq!(v[0].r#type, "bind", "{v:?}");
+    with_mounted(&v, &scratch, |root| {
+        assert_eq!(owners(&root.join("etc"))["f"], "201000:301000");
+        assert!(
+            std::fs::write(root.join("new"), "").is_err(),
+            "views are read-only"
+        );
+    });
+    assert_eq!(mounts_under(&d.root.join("idmapped")).len(), 2);
+
+    // Mounts answer the same after a restart, the idmapped trees still attached.
+    d.restart();
+    let mut s = Snap::new(&d).await;
+    assert_eq!(s.mounts("u").await.unwrap(), m);
+    with_mounted(&m, &scratch, |root| {
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/f")).unwrap(),
+            "changed\n"
+        );
+        assert_eq!(owners(root)["var/x"], "100033:100033");
+    });
+
+    // The layers were never touched: same inodes, owners, modes, change times.
+    let mut layers_after = layer_prints(&snapshots);
+    layers_after.retain(|path, _| layers_before.contains_key(path));
+    assert_eq!(layers_after, layers_before);
+
+    // Malformed mappings are refused, and create nothing.
+    for bad in [
+        labels(&[(UIDS, "0:100000:65536")]),
+        mapped("0:100000", "0:100000:1"),
+        mapped("0:100000:0", "0:100000:1"),
+    ] {
+        let e = s.prepare_labels("bad", "c2", bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+
+    // Unused trees are detached by Cleanup, the one still in use stays.
+    s.remove("v").await.unwrap();
+    s.cleanup().await.unwrap();
+    assert_eq!(mounts_under(&d.root.join("idmapped")).len(), 1);
+    s.remove("u").await.unwrap();
+    s.cleanup().await.unwrap();
+    assert_eq!(
+        mounts_under(&d.root.join("idmapped")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        std::fs::read_dir(d.root.join("idmapped")).unwrap().count(),
+        0
+    );
+    assert!(d.log_text().contains("idmapped layers"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn shifted_copies_without_idmapping() {
+    assert_root("shifted_copies_without_idmapping");
+    let tmp = TempDir::new("userns-copy");
+    let config = tmp.path().join("strata.toml");
+    std::fs::write(
+        &config,
+        "[[snapshotters]]\nname = \"strata\"\nidmapped_layers = false\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let mut s = Snap::new(&d).await;
+    let scratch = tmp.path().join("mnt");
+    std::fs::create_dir(&scratch).unwrap();
+    two_layers(&mut s, &scratch).await;
+    let snapshots = d.root.join("snapshots");
+    let layers_before = layer_prints(&snapshots);
+
+    let mapping = mapped("0:100000:65536", "0:100000:65536");
+    let m = s.prepare_labels("u", "c2", mapping.clone()).await.unwrap();
+    let upper = m[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .unwrap()
+        .to_string();
+    // The upper directory holds the whole shifted tree, setuid bit kept.
+    assert_eq!(owners(Path::new(&upper)), expected_mapped());
+    let su = Path::new(&upper).join("bin/su").metadata().unwrap();
+    assert_eq!(su.mode() & 0o7777, 0o4755);
+    with_mounted(&m, &scratch, |root| {
+        assert_eq!(owners(root), expected_mapped());
+    });
+    let v = s.view_labels("v", "c2", mapping).await.unwrap();
+    with_mounted(&v, &scratch, |root| {
+        assert_eq!(owners(root), expected_mapped());
+    });
+    let mut layers_after = layer_prints(&snapshots);
+    layers_after.retain(|path, _| layers_before.contains_key(path));
+    assert_eq!(layers_after, layers_before);
+    assert!(d.log_text().contains("shifted copy"), "{}", d.log_text());
+    assert_eq!(mounts_under(&d.root), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn size_limits_need_project_quotas() {
+    assert_root("size_limits_need_project_quotas");
+    // The tests' filesystem has no project quotas enforced: a limit is refused, never
+    // silently dropped.
+    let tmp = TempDir::new("quota-refused");
+    let d = Daemon::start(tmp.path(), "overlayfs");
+    let mut s = Snap::new(&d).await;
+    let e = s
+        .prepare_labels("limited", "", labels(&[(MAX_SIZE, "10485760")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("project quotas"), "{e:?}");
+    let e = s
+        .prepare_labels("limited", "", labels(&[(MAX_SIZE, "ten megs")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(s.list(&[]).await.unwrap().is_empty());
+    // Views cannot be written: a limit means nothing to them.
+    s.view_labels("v", "", labels(&[(MAX_SIZE, "1")]))
+        .await
+        .unwrap();
+
+    // A default limit on such a filesystem stops the daemon at start, saying why.
+    let config = tmp.path().join("strata.toml");
+    std::fs::write(
+        &config,
+        "[[snapshotters]]\nname = \"strata\"\nmax_size = 1048576\n",
+    )
+    .unwrap();
+    let out = crate::util::strata_command()
+        .args(["serve", "--config", config.to_str().unwrap(), "--root"])
+        .arg(tmp.path().join("other"))
+        .arg("--address")
+        .arg(tmp.path().join("other.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default size limit") && err.contains("prjquota"),
+        "{err}"
+    );
+}
