@@ -16,6 +16,7 @@ mod cri;
 pub mod env;
 mod layer_creation;
 pub mod registry;
+mod userns;
 
 use std::path::Path;
 
@@ -168,6 +169,13 @@ fn shared_layers_2_1() {
     );
     env.use_namespace("e2e-other");
     env.remove_image(&image);
+}
+
+/// A user-namespaced container on Strata's idmapped layers (see `containerd/userns.rs`).
+#[test]
+#[ignore = "needs root"]
+fn userns_2_1() {
+    userns::idmapped_container("containerd::userns_2_1");
 }
 
 /// Kubernetes' path on containerd 1.7.24 (the README's 1.7 configuration, CRI on): pull
