@@ -4,11 +4,12 @@
 //!
 //! Syscalls only. Nearly everything goes through the safe wrappers of `rustix` (and `nix`
 //! for `unshare`); the few calls neither wraps (fork into a user namespace, mount_setattr,
-//! the fsxattr ioctls, quotactl_fd) are `libc` calls in `idmap` and `quota`, each in a
-//! function allowed `unsafe` on its own with a `// SAFETY:` comment. The workspace lints
+//! ioctls, quotactl_fd) are `libc` calls in `idmap`, `quota` and `sys`, each in a function
+//! allowed `unsafe` on its own with a `// SAFETY:` comment. The workspace lints
 //! deny unsafe code everywhere else.
 
 pub mod at;
+pub mod btrfs;
 mod error;
 pub mod fs;
 pub mod idmap;
@@ -18,6 +19,7 @@ mod options;
 pub mod overlay;
 pub mod probe;
 pub mod quota;
+mod sys;
 
 pub use error::{Error, IoError, Result};
 pub use mount::{Mount, TempMount, mount_all, unmount};

@@ -2,11 +2,10 @@
 //! inherits (`FS_IOC_FSSETXATTR`), and a block limit on that id (`quotactl_fd`), which is
 //! how a writable layer gets a size limit on ext4 or xfs mounted with project quota.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use crate::sys::{ioctl, open_dir};
 use crate::{Error, Result};
 
 /// `struct fsxattr` of `FS_IOC_FSGETXATTR`/`FS_IOC_FSSETXATTR`.
@@ -64,36 +63,16 @@ pub struct ProjectUsage {
     pub inodes: u64,
 }
 
-fn open_dir(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))
-}
-
-#[allow(unsafe_code)]
-fn fsxattr(dir: BorrowedFd<'_>, request: libc::c_ulong, attr: &mut FsXattr) -> std::io::Result<()> {
-    // SAFETY: both requests read or write exactly one `struct fsxattr`, which `attr` is,
-    // borrowed mutably for the call.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), request, std::ptr::from_mut(attr)) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Tags directory `dir` with project `id`, inherited by everything created under it. On a
 /// filesystem without project ids this fails with EOPNOTSUPP.
 pub fn set_project(dir: &Path, id: u32) -> Result<()> {
     let file = open_dir(dir)?;
     let mut attr = FsXattr::default();
-    fsxattr(file.as_fd(), FS_IOC_FSGETXATTR, &mut attr)
+    ioctl(file.as_fd(), FS_IOC_FSGETXATTR, &mut attr)
         .map_err(|e| Error::io("get project of", dir, e))?;
     attr.projid = id;
     attr.xflags |= FS_XFLAG_PROJINHERIT;
-    fsxattr(file.as_fd(), FS_IOC_FSSETXATTR, &mut attr)
+    ioctl(file.as_fd(), FS_IOC_FSSETXATTR, &mut attr)
         .map_err(|e| Error::io("set project of", dir, e))
 }
 
@@ -101,7 +80,7 @@ pub fn set_project(dir: &Path, id: u32) -> Result<()> {
 pub fn project_of(path: &Path) -> Result<u32> {
     let file = open_dir(path)?;
     let mut attr = FsXattr::default();
-    fsxattr(file.as_fd(), FS_IOC_FSGETXATTR, &mut attr)
+    ioctl(file.as_fd(), FS_IOC_FSGETXATTR, &mut attr)
         .map_err(|e| Error::io("get project of", path, e))?;
     Ok(attr.projid)
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the programs the end-to-end tests need are installed: containerd (with ctr and
 # containerd-shim-runc-v2), runc, a static busybox for the test image,
-# systemd-socket-activate (socket activation without a running systemd), and a registry
-# (docker-registry) with skopeo to push the test image to it.
+# systemd-socket-activate (socket activation without a running systemd), a registry
+# (docker-registry) with skopeo to push the test image to it, and btrfs-progs (the size-limit
+# tests' loop-mounted filesystem with quotas).
 # Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
 # needed. Idempotent. Needs root when something has to be installed. With --check, installs
 # nothing and fails naming what is missing (what the tests call: they never install).
@@ -20,6 +21,8 @@ required=(
 	systemd:/usr/bin/systemd-socket-activate
 	docker-registry:/usr/bin/docker-registry
 	skopeo:/usr/bin/skopeo
+	btrfs-progs:/usr/bin/btrfs
+	btrfs-progs:/usr/sbin/mkfs.btrfs
 )
 
 missing=()

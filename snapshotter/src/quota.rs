@@ -1,15 +1,16 @@
-//! Size limits of writable snapshots, enforced with project quotas. A limited active
-//! snapshot's directory gets its own project id (its snapshot id) before anything is
+//! Size limits of writable snapshots. On ext4 or xfs they are project quotas: a limited
+//! active snapshot's directory gets its own project id (its snapshot id) before anything is
 //! created in it, so its upper directory and overlay work directory (copy-up renames from
-//! one to the other, which ext4 refuses across projects) are both charged to it, and a
-//! write past the limit fails with EDQUOT. The limit comes from containerd's
-//! [`MAX_SIZE`] label, or the instance's default for snapshots that are not layer
-//! extractions (those carry containerd's `containerd.io/snapshot.ref` label).
+//! one to the other, which ext4 refuses across projects) are both charged to it. On btrfs
+//! the directory is made a subvolume with a qgroup limit. Either way a write past the
+//! limit fails with EDQUOT. The limit comes from containerd's [`MAX_SIZE`] label, or the
+//! instance's default for snapshots that are not layer extractions (those carry
+//! containerd's `containerd.io/snapshot.ref` label).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use mountutil::quota;
+use mountutil::{btrfs, quota};
 
 use crate::{Error, Kind, Labels, Result, SNAPSHOT_REF};
 
@@ -22,6 +23,8 @@ pub(crate) struct Quotas {
     snapshots: PathBuf,
     /// The limit of active snapshots that ask for none.
     default: Option<u64>,
+    /// The root is on btrfs: subvolumes and qgroups rather than project quotas.
+    btrfs: bool,
     /// Whether that filesystem enforces project quotas, probed on first need.
     enforced: OnceLock<bool>,
 }
@@ -33,6 +36,7 @@ impl Quotas {
         let quotas = Quotas {
             snapshots: snapshots.to_path_buf(),
             default: default.filter(|&d| d > 0),
+            btrfs: btrfs::is_btrfs(snapshots)?,
             enforced: OnceLock::new(),
         };
         if let Some(limit) = quotas.default {
@@ -45,7 +49,11 @@ impl Quotas {
         if let Some(&known) = self.enforced.get() {
             return Ok(known);
         }
-        let enforced = quota::project_quota_enforced(&self.snapshots)?;
+        let enforced = if self.btrfs {
+            btrfs::quotas_enabled(&self.snapshots)?
+        } else {
+            quota::project_quota_enforced(&self.snapshots)?
+        };
         Ok(*self.enforced.get_or_init(|| enforced))
     }
 
@@ -53,11 +61,17 @@ impl Quotas {
         if self.enforced()? {
             return Ok(());
         }
-        Err(Error::FailedPrecondition(format!(
-            "{what} needs project quotas, and the filesystem of {} does not enforce them \
-             (ext4 or xfs mounted with prjquota)",
-            self.snapshots.display()
-        )))
+        let root = self.snapshots.display();
+        Err(Error::FailedPrecondition(if self.btrfs {
+            format!(
+                "{what} needs btrfs quotas, not enabled on the btrfs of {root} (btrfs quota enable)"
+            )
+        } else {
+            format!(
+                "{what} needs project quotas, and the filesystem of {root} does not enforce \
+                 them (ext4 or xfs mounted with prjquota, or btrfs with quotas enabled)"
+            )
+        }))
     }
 
     /// The limit a new snapshot of `kind` with `labels` gets, checked to be enforceable.
@@ -81,16 +95,30 @@ impl Quotas {
         }
     }
 
-    /// Gives `dir` (a new, still empty snapshot directory) project `id` limited to `limit`.
+    /// Gives `dir` (a new, still empty snapshot directory) project `id` limited to `limit`,
+    /// or on btrfs remakes it as a subvolume limited to `limit`.
     pub(crate) fn apply(&self, dir: &Path, id: u64, limit: u64) -> Result<()> {
+        if self.btrfs {
+            std::fs::remove_dir(dir).map_err(|e| Error::io("remove", dir, e))?;
+            btrfs::create_subvolume(dir)?;
+            btrfs::set_subvolume_limit(dir, Some(limit))?;
+            return Ok(());
+        }
         let project = project_id(id)?;
         quota::set_project_limit(&self.snapshots, project, limit)?;
         quota::set_project(dir, project)?;
         Ok(())
     }
 
-    /// Lifts the limit of removed snapshot `id` whose directory is `dir`, if it had one.
+    /// Lifts the limit of removed snapshot `id` whose directory is `dir`, if it had one. (A
+    /// btrfs qgroup goes with its subvolume when the directory is deleted.)
     pub(crate) fn release(&self, dir: &Path, id: u64) -> Result<()> {
+        if self.btrfs {
+            if btrfs::is_subvolume(dir).unwrap_or(false) {
+                btrfs::set_subvolume_limit(dir, None)?;
+            }
+            return Ok(());
+        }
         let Ok(project) = project_id(id) else {
             return Ok(());
         };

@@ -14,7 +14,7 @@ use snapshotter::{Error, Filters, Kind, Labels, Options, Snapshotter};
 
 /// Opens a snapshotter of `kind` at `root`.
 fn open(kind: &str, root: &Path) -> snapshotter::Result<Arc<dyn Snapshotter>> {
-    let options = Options { sync_remove: false };
+    let options = Options::default();
     Ok(match kind {
         "native" => Arc::new(NativeSnapshotter::open(root, Native, options)?),
         _ => {

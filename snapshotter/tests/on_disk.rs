@@ -18,7 +18,15 @@ fn a_schema_1_index_stays_readable() {
         root.join("metadata/data.mdb"),
     )
     .unwrap();
-    let s = NativeSnapshotter::open(root, Native, Options { sync_remove: true }).unwrap();
+    let s = NativeSnapshotter::open(
+        root,
+        Native,
+        Options {
+            sync_remove: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
 
     let all = s.list(&Filters::parse::<&str>(&[]).unwrap()).unwrap();
     let mut seen: Vec<(String, Kind, String, Labels)> = all

@@ -9,6 +9,7 @@ mod imagestore;
 mod load;
 mod operations;
 mod pull;
+mod quota;
 mod suite;
 mod systemd;
 mod tree;

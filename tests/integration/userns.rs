@@ -1,6 +1,5 @@
-//! User-namespaced snapshots and size limits through the daemon: layers shown through
-//! idmapped mounts (nothing copied, layers untouched), the shifted-copy fallback, and size
-//! limits refused clearly where the filesystem has no project quotas.
+//! User-namespaced snapshots through the daemon: layers shown through idmapped mounts
+//! (nothing copied, layers untouched), and the shifted-copy fallback.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,7 +9,6 @@ use crate::util::{Daemon, Labels, Snap, TempDir, assert_root, labels, mounts_und
 
 const UIDS: &str = "containerd.io/snapshot/uidmapping";
 const GIDS: &str = "containerd.io/snapshot/gidmapping";
-const MAX_SIZE: &str = "containerd.io/snapshot/max-size";
 
 fn mapped(uids: &str, gids: &str) -> Labels {
     labels(&[(UIDS, uids), (GIDS, gids)])
@@ -248,52 +246,4 @@ async fn shifted_copies_without_idmapping() {
     assert_eq!(layers_after, layers_before);
     assert!(d.log_text().contains("shifted copy"), "{}", d.log_text());
     assert_eq!(mounts_under(&d.root), Vec::<std::path::PathBuf>::new());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs root"]
-async fn size_limits_need_project_quotas() {
-    assert_root("size_limits_need_project_quotas");
-    // The tests' filesystem has no project quotas enforced: a limit is refused, never
-    // silently dropped.
-    let tmp = TempDir::new("quota-refused");
-    let d = Daemon::start(tmp.path(), "overlayfs");
-    let mut s = Snap::new(&d).await;
-    let e = s
-        .prepare_labels("limited", "", labels(&[(MAX_SIZE, "10485760")]))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("project quotas"), "{e:?}");
-    let e = s
-        .prepare_labels("limited", "", labels(&[(MAX_SIZE, "ten megs")]))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    assert!(s.list(&[]).await.unwrap().is_empty());
-    // Views cannot be written: a limit means nothing to them.
-    s.view_labels("v", "", labels(&[(MAX_SIZE, "1")]))
-        .await
-        .unwrap();
-
-    // A default limit on such a filesystem stops the daemon at start, saying why.
-    let config = tmp.path().join("strata.toml");
-    std::fs::write(
-        &config,
-        "[[snapshotters]]\nname = \"strata\"\nmax_size = 1048576\n",
-    )
-    .unwrap();
-    let out = crate::util::strata_command()
-        .args(["serve", "--config", config.to_str().unwrap(), "--root"])
-        .arg(tmp.path().join("other"))
-        .arg("--address")
-        .arg(tmp.path().join("other.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("default size limit") && err.contains("prjquota"),
-        "{err}"
-    );
 }

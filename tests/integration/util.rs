@@ -441,3 +441,36 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// A btrfs of `mib` MiB in a file under `dir`, loop-mounted at `dir/mnt`, with quotas
+/// enabled when `quotas`; its mount point. The loop device goes with the mount, which the
+/// TempDir holding `dir` unmounts.
+pub fn loop_btrfs(dir: &Path, mib: u64, quotas: bool) -> PathBuf {
+    let image = dir.join("btrfs.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(mib << 20))
+        .unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    run(Command::new("mkfs.btrfs").arg("-q").arg(&image));
+    run(Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&image)
+        .arg(&mnt));
+    if quotas {
+        run(Command::new("btrfs").args(["quota", "enable"]).arg(&mnt));
+    }
+    mnt
+}
+
+/// `btrfs` with `args` on `mnt`, its output.
+pub fn btrfs(args: &[&str], mnt: &Path) -> String {
+    let out = Command::new("btrfs").args(args).arg(mnt).output().unwrap();
+    assert!(out.status.success(), "btrfs {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
