@@ -15,6 +15,7 @@
 mod cri;
 pub mod env;
 mod layer_creation;
+mod quota;
 pub mod registry;
 mod userns;
 
@@ -176,6 +177,13 @@ fn shared_layers_2_1() {
 #[ignore = "needs root"]
 fn userns_2_1() {
     userns::idmapped_container("containerd::userns_2_1");
+}
+
+/// Containers with and without a size limit (see `containerd/quota.rs`).
+#[test]
+#[ignore = "needs root"]
+fn quota_2_1() {
+    quota::size_limited_containers("containerd::quota_2_1");
 }
 
 /// Kubernetes' path on containerd 1.7.24 (the README's 1.7 configuration, CRI on): pull

@@ -342,14 +342,20 @@ impl Env {
 
     /// [`Env::start`] with more arguments for `strata serve`.
     pub fn start_with(test: &str, kind: &str, release: Containerd, strata_extra: &[&str]) -> Env {
-        Self::launch(test, kind, release, strata_extra, None)
+        Self::launch(test, kind, release, strata_extra, None, None)
+    }
+
+    /// [`Env::start`] (overlayfs) with Strata's root at `root` (on a filesystem of the
+    /// test's making).
+    pub fn start_rooted(test: &str, release: Containerd, root: PathBuf) -> Env {
+        Self::launch(test, "overlayfs", release, &[], None, Some(root))
     }
 
     /// [`Env::start`] (overlayfs) with containerd's CRI plugin on, set up as `cri` says. On
     /// 1.7, Strata's root is where that CRI plugin reports the image filesystem to be
     /// (`<containerd root>/io.containerd.snapshotter.v1.strata`), as the README says.
     pub fn start_cri(test: &str, release: Containerd, cri: CriSetup) -> Env {
-        Self::launch(test, "overlayfs", release, &[], Some(cri))
+        Self::launch(test, "overlayfs", release, &[], Some(cri), None)
     }
 
     fn launch(
@@ -358,6 +364,7 @@ impl Env {
         release: Containerd,
         strata_extra: &[&str],
         cri: Option<CriSetup>,
+        root: Option<PathBuf>,
     ) -> Env {
         util::assert_root(test);
         // No colon in the path: it would split overlay lowerdir options.
@@ -385,8 +392,11 @@ impl Env {
             strata_args.extend(["--containerd-address", socket.to_str().expect("UTF-8")]);
         }
         strata_args.extend(strata_extra);
-        let strata_root = match (&cri, release) {
-            (Some(_), Containerd::V1_7) => dir.join("root/io.containerd.snapshotter.v1.strata"),
+        let strata_root = match (&cri, release, root) {
+            (_, _, Some(root)) => root,
+            (Some(_), Containerd::V1_7, None) => {
+                dir.join("root/io.containerd.snapshotter.v1.strata")
+            }
             _ => strata_dir.join("root"),
         };
         let strata = Daemon::start_rooted(&strata_dir, strata_root, &strata_args);
