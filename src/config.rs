@@ -108,7 +108,7 @@ pub struct InstanceConfig {
     #[serde(default)]
     pub mount_options: Vec<String>,
     /// Size limit in bytes of container snapshots that ask for none (0: none); needs
-    /// project quotas on the root's filesystem.
+    /// btrfs quotas or project quotas on the root's filesystem.
     #[serde(default)]
     pub max_size: u64,
     /// Show layers to user-namespaced snapshots through idmapped mounts (else: shifted
@@ -231,7 +231,8 @@ max_name_bytes = 255
 # mount_options = []            # extra overlay options, e.g. ["volatile"]
 # max_size = 0                  # bytes a container snapshot may write (0: no limit), unless
 #                               # it asks with containerd.io/snapshot/max-size; layer
-#                               # extractions never get it. Needs ext4/xfs with prjquota.
+#                               # extractions never get it. Needs btrfs with quotas
+#                               # enabled, or ext4/xfs mounted with prjquota.
 # idmapped_layers = true        # user-namespaced snapshots see layers through idmapped
 #                               # mounts; false: each gets a copy with owners shifted
 "#;
