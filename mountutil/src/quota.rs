@@ -52,17 +52,6 @@ fn project_cmd(cmd: u32) -> u32 {
     cmd << 8 | PRJQUOTA
 }
 
-/// What a project has used, and its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ProjectUsage {
-    /// The hard block limit in bytes; 0 for none.
-    pub limit_bytes: u64,
-    /// Bytes charged to the project.
-    pub used_bytes: u64,
-    /// Inodes charged to the project.
-    pub inodes: u64,
-}
-
 /// Tags directory `dir` with project `id`, inherited by everything created under it. On a
 /// filesystem without project ids this fails with EOPNOTSUPP.
 pub fn set_project(dir: &Path, id: u32) -> Result<()> {
@@ -139,30 +128,6 @@ pub fn set_project_limit(on: &Path, id: u32, bytes: u64) -> Result<()> {
     let addr = std::ptr::from_mut(&mut quota).cast();
     quotactl(file.as_fd(), project_cmd(libc::Q_SETQUOTA as u32), id, addr)
         .map_err(|e| Error::io("set project quota on", on, e))
-}
-
-/// The usage and limit of project `id` on the filesystem holding `on`.
-pub fn project_usage(on: &Path, id: u32) -> Result<ProjectUsage> {
-    let file = open_dir(on)?;
-    let mut quota = libc::dqblk {
-        dqb_bhardlimit: 0,
-        dqb_bsoftlimit: 0,
-        dqb_curspace: 0,
-        dqb_ihardlimit: 0,
-        dqb_isoftlimit: 0,
-        dqb_curinodes: 0,
-        dqb_btime: 0,
-        dqb_itime: 0,
-        dqb_valid: 0,
-    };
-    let addr = std::ptr::from_mut(&mut quota).cast();
-    quotactl(file.as_fd(), project_cmd(libc::Q_GETQUOTA as u32), id, addr)
-        .map_err(|e| Error::io("get project quota on", on, e))?;
-    Ok(ProjectUsage {
-        limit_bytes: quota.dqb_bhardlimit * 1024,
-        used_bytes: quota.dqb_curspace,
-        inodes: quota.dqb_curinodes,
-    })
 }
 
 #[cfg(test)]

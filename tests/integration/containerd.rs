@@ -360,15 +360,7 @@ fn ctr_on_strata_1_7() {
     // First containerd's own applier on it (the transfer service's import unpacks with the
     // walking differ), so the independent flattening is checked against containerd too.
     let rich_tar = env.scratch().join("rich.tar");
-    let packed = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&rich_tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(packed.success());
+    crate::pull::pack_layout(&layout, &rich_tar);
     let before = env.ctr_ok(&["images", "ls", "-q"]);
     env.ctr_ok(&[
         "images",

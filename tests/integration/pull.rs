@@ -33,6 +33,19 @@ pub(crate) fn rich_image(dir: &Path, arches: &[&str]) -> String {
     format!("oci:{}:rich", dir.display())
 }
 
+/// The OCI layout in `layout` as the archive `tar`, for `ctr images import`.
+pub(crate) fn pack_layout(layout: &Path, tar: &Path) {
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success(), "tar of {}", layout.display());
+}
+
 /// The tree under `root` as rich-image.py captures it.
 pub(crate) fn capture(root: &Path) -> Value {
     let out = Command::new(rich_script())

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use strata::api::types::Mount as PbMount;
 
 use crate::util::{Daemon, Labels, Snap, TempDir, assert_root, labels, mounts_under, with_mounted};
 
@@ -36,7 +38,7 @@ fn fingerprint(root: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> 
 }
 
 /// [`fingerprint`] of the snapshot directories under `snapshots` (which itself changes).
-fn layer_prints(snapshots: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
+pub(crate) fn layer_prints(snapshots: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
     let mut prints = fingerprint(snapshots);
     prints.remove("");
     prints
@@ -98,33 +100,78 @@ fn expected_mapped() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The mapping of most of these tests: ids 0..65536 inside are 100000.. outside.
+const MAP: &str = "0:100000:65536";
+
+/// The value of option `key=` of the first of `mounts`.
+fn option<'a>(mounts: &'a [PbMount], key: &str) -> &'a str {
+    mounts[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {mounts:?}"))
+}
+
+/// A daemon (its instance configured with `instance_options`) holding [`two_layers`], and
+/// active snapshot `u` prepared on them with [`MAP`].
+struct Layered {
+    tmp: TempDir,
+    daemon: Daemon,
+    s: Snap,
+    scratch: PathBuf,
+    /// [`layer_prints`] before `u` was prepared.
+    layers_before: BTreeMap<String, (u32, u32, u32, u64, i64, i64)>,
+    /// `u`'s upper directory.
+    upper: PathBuf,
+    /// `u`'s mounts.
+    mounts: Vec<PbMount>,
+}
+
+impl Layered {
+    async fn new(tag: &str, instance_options: &str) -> Self {
+        let tmp = TempDir::new(tag);
+        let config = tmp.path().join("strata.toml");
+        std::fs::write(
+            &config,
+            format!("[[snapshotters]]\nname = \"strata\"\n{instance_options}"),
+        )
+        .unwrap();
+        let daemon = Daemon::start_with(tmp.path(), &["--config", config.to_str().unwrap()]);
+        let mut s = Snap::new(&daemon).await;
+        let scratch = tmp.path().join("mnt");
+        std::fs::create_dir(&scratch).unwrap();
+        two_layers(&mut s, &scratch).await;
+        let layers_before = layer_prints(&daemon.root.join("snapshots"));
+        let mounts = s.prepare_labels("u", "c2", mapped(MAP, MAP)).await.unwrap();
+        let upper = PathBuf::from(option(&mounts, "upperdir="));
+        Layered {
+            tmp,
+            daemon,
+            s,
+            scratch,
+            layers_before,
+            upper,
+            mounts,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn idmapped_layers_are_not_copied() {
     assert_root("idmapped_layers_are_not_copied");
-    let tmp = TempDir::new("userns-idmap");
-    let mut d = Daemon::start(tmp.path(), "overlayfs");
-    let mut s = Snap::new(&d).await;
-    let scratch = tmp.path().join("mnt");
-    std::fs::create_dir(&scratch).unwrap();
-    two_layers(&mut s, &scratch).await;
+    let Layered {
+        tmp: _tmp,
+        daemon: mut d,
+        mut s,
+        scratch,
+        layers_before,
+        upper,
+        mounts: m,
+    } = Layered::new("userns-idmap", "").await;
     let snapshots = d.root.join("snapshots");
-    let layers_before = layer_prints(&snapshots);
-
-    let mapping = mapped("0:100000:65536", "0:100000:65536");
-    let m = s.prepare_labels("u", "c2", mapping.clone()).await.unwrap();
-    let lowers = m[0]
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("lowerdir="))
-        .unwrap();
+    let lowers = option(&m, "lowerdir=");
     assert!(lowers.split(':').all(|l| l.contains("/idmapped/")), "{m:?}");
-    let upper = m[0]
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("upperdir="))
-        .unwrap()
-        .to_string();
     with_mounted(&m, &scratch, |root| {
         assert_eq!(owners(root), expected_mapped());
         let su = root.join("bin/su").metadata().unwrap();
@@ -132,7 +179,7 @@ async fn idmapped_layers_are_not_copied() {
         // A write copies the one file up, with the owner the container sees.
         std::fs::write(root.join("etc/f"), "changed\n").unwrap();
     });
-    let copied_up = owners(Path::new(&upper));
+    let copied_up = owners(&upper);
     assert_eq!(
         copied_up,
         [
@@ -207,32 +254,20 @@ async fn idmapped_layers_are_not_copied() {
 #[ignore = "needs root"]
 async fn shifted_copies_without_idmapping() {
     assert_root("shifted_copies_without_idmapping");
-    let tmp = TempDir::new("userns-copy");
-    let config = tmp.path().join("strata.toml");
-    std::fs::write(
-        &config,
-        "[[snapshotters]]\nname = \"strata\"\nidmapped_layers = false\n",
-    )
-    .unwrap();
-    let d = Daemon::start_with(tmp.path(), &["--config", config.to_str().unwrap()]);
-    let mut s = Snap::new(&d).await;
-    let scratch = tmp.path().join("mnt");
-    std::fs::create_dir(&scratch).unwrap();
-    two_layers(&mut s, &scratch).await;
+    let Layered {
+        tmp: _tmp,
+        daemon: d,
+        mut s,
+        scratch,
+        layers_before,
+        upper,
+        mounts: m,
+    } = Layered::new("userns-copy", "idmapped_layers = false\n").await;
     let snapshots = d.root.join("snapshots");
-    let layers_before = layer_prints(&snapshots);
-
-    let mapping = mapped("0:100000:65536", "0:100000:65536");
-    let m = s.prepare_labels("u", "c2", mapping.clone()).await.unwrap();
-    let upper = m[0]
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("upperdir="))
-        .unwrap()
-        .to_string();
+    let mapping = mapped(MAP, MAP);
     // The upper directory holds the whole shifted tree, setuid bit kept.
-    assert_eq!(owners(Path::new(&upper)), expected_mapped());
-    let su = Path::new(&upper).join("bin/su").metadata().unwrap();
+    assert_eq!(owners(&upper), expected_mapped());
+    let su = upper.join("bin/su").metadata().unwrap();
     assert_eq!(su.mode() & 0o7777, 0o4755);
     with_mounted(&m, &scratch, |root| {
         assert_eq!(owners(root), expected_mapped());

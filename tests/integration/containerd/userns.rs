@@ -5,38 +5,16 @@
 //! not grow with the image.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::env::{Containerd, Env, SNAPSHOTTER, build_image};
+use crate::userns::layer_prints;
 use crate::util::{self, Snap, labels};
 
 /// The mapping of the container: ids 0..65536 inside are 100000.. outside.
 const MAP: &str = "0:100000:65536";
 /// Where the host's static busybox is bound into the (shell-less) rich image.
 const TOOLS: &str = "/.e2e-tools";
-
-/// Owner, mode, inode and change time of everything in Strata's layer directories.
-fn layer_prints(root: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
-    walkdir::WalkDir::new(root.join("snapshots"))
-        .min_depth(1)
-        .into_iter()
-        .map(|e| {
-            let e = e.unwrap();
-            let md = e.path().symlink_metadata().unwrap();
-            let id = (
-                md.uid(),
-                md.gid(),
-                md.mode(),
-                md.ino(),
-                md.ctime(),
-                md.ctime_nsec(),
-            );
-            (e.path().display().to_string(), id)
-        })
-        .collect()
-}
 
 /// The committed snapshots Strata holds that `before` did not, and the top one of them
 /// (the one no other is a parent of): an image's layer chain.
@@ -84,15 +62,7 @@ pub fn idmapped_container(test: &str) {
     crate::pull::rich_image(&layout, &[]);
     let expected = crate::pull::expected_tree(&layout);
     let rich_tar = env.scratch().join("rich.tar");
-    let packed = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&rich_tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(packed.success());
+    crate::pull::pack_layout(&layout, &rich_tar);
     env.ctr_ok(&[
         "images",
         "import",
@@ -102,7 +72,7 @@ pub fn idmapped_container(test: &str) {
     ]);
     let image = env.ctr_ok(&["images", "ls", "-q"]).trim().to_string();
     let rich_top = new_top(&env, &[]);
-    let layers_before = layer_prints(&env.strata.root);
+    let layers_before = layer_prints(&env.strata.root.join("snapshots"));
 
     // Every path, its owner as the container sees it (`/dev` is the runtime's tmpfs). Where
     // the layers were not mapped, the image's owners would show as the overflow id 65534.
@@ -160,7 +130,7 @@ pub fn idmapped_container(test: &str) {
     );
     // Nothing of the layers was rewritten. The container's own directory (removed, not yet
     // reclaimed) held only what the runtime made, nothing copied up.
-    let mut layers_after = layer_prints(&env.strata.root);
+    let mut layers_after = layer_prints(&env.strata.root.join("snapshots"));
     let container: Vec<&String> = layers_after
         .keys()
         .filter(|p| !layers_before.contains_key(*p))
