@@ -121,7 +121,7 @@ struct Layered {
     scratch: PathBuf,
     /// [`layer_prints`] before `u` was prepared.
     layers_before: BTreeMap<String, (u32, u32, u32, u64, i64, i64)>,
-    /// `u`'s upper directory.
+    /// `u`'s own directory: its overlay upper directory, or what its bind mount shows.
     upper: PathBuf,
     /// `u`'s mounts.
     mounts: Vec<PbMount>,
@@ -143,7 +143,10 @@ impl Layered {
         two_layers(&mut s, &scratch).await;
         let layers_before = layer_prints(&daemon.root.join("snapshots"));
         let mounts = s.prepare_labels("u", "c2", mapped(MAP, MAP)).await.unwrap();
-        let upper = PathBuf::from(option(&mounts, "upperdir="));
+        let upper = match mounts[0].r#type.as_str() {
+            "bind" => PathBuf::from(&mounts[0].source),
+            _ => PathBuf::from(option(&mounts, "upperdir=")),
+        };
         Layered {
             tmp,
             daemon,
@@ -281,4 +284,35 @@ async fn shifted_copies_without_idmapping() {
     assert_eq!(layers_after, layers_before);
     assert!(d.log_text().contains("shifted copy"), "{}", d.log_text());
     assert_eq!(mounts_under(&d.root), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root"]
+async fn native_copies_through_idmapped_layers() {
+    assert_root("native_copies_through_idmapped_layers");
+    let Layered {
+        tmp: _tmp,
+        daemon: d,
+        mut s,
+        scratch,
+        layers_before,
+        upper: own,
+        mounts: m,
+    } = Layered::new("userns-native", "type = \"native\"\n").await;
+    // A native snapshot is a full copy anyway: made through the idmapped tree, its owners
+    // come out shifted, the setuid bit kept.
+    assert_eq!(m[0].r#type, "bind", "{m:?}");
+    assert_eq!(owners(&own), expected_mapped());
+    let su = own.join("bin/su").metadata().unwrap();
+    assert_eq!(su.mode() & 0o7777, 0o4755);
+    // A view binds its parent through the idmapped tree: nothing copied.
+    let v = s.view_labels("v", "c1", mapped(MAP, MAP)).await.unwrap();
+    assert!(v[0].source.contains("/idmapped/"), "{v:?}");
+    with_mounted(&v, &scratch, |root| {
+        assert_eq!(owners(&root.join("etc"))["f"], "101000:101000");
+    });
+    let mut layers_after = layer_prints(&d.root.join("snapshots"));
+    layers_after.retain(|path, _| layers_before.contains_key(path));
+    assert_eq!(layers_after, layers_before);
+    assert!(d.log_text().contains("idmapped layers"));
 }
