@@ -189,11 +189,7 @@ fn set_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> std::io::Result<()
             size_of::<MountAttr>(),
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sys::zero_or_errno(rc)
 }
 
 /// Attaches at `target` (an existing directory) a read-only clone of the mount of `source`,

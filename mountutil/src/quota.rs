@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
-use crate::sys::{ioctl, open_dir};
+use crate::sys::{ioctl, open_dir, zero_or_errno};
 use crate::{Error, Result};
 
 /// `struct fsxattr` of `FS_IOC_FSGETXATTR`/`FS_IOC_FSSETXATTR`.
@@ -74,16 +74,15 @@ pub fn project_of(path: &Path) -> Result<u32> {
     Ok(attr.projid)
 }
 
+/// quotactl_fd `cmd` for `id` on the filesystem of `on`, with `arg`, the one structure
+/// that command reads or fills.
 #[allow(unsafe_code)]
-fn quotactl(on: BorrowedFd<'_>, cmd: u32, id: u32, addr: *mut libc::c_void) -> std::io::Result<()> {
-    // SAFETY: quotactl_fd reads or writes the one structure its command takes at `addr`;
-    // every caller passes a live, mutably borrowed structure of that command's type.
+fn quotactl<T>(on: BorrowedFd<'_>, cmd: u32, id: u32, arg: &mut T) -> std::io::Result<()> {
+    let addr = std::ptr::from_mut(arg);
+    // SAFETY: quotactl_fd reads or writes the one structure its command takes; every caller
+    // pairs `cmd` with that structure's type, and `arg` is borrowed mutably for the call.
     let rc = unsafe { libc::syscall(libc::SYS_quotactl_fd, on.as_raw_fd(), cmd, id, addr) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    zero_or_errno(rc)
 }
 
 /// Whether the filesystem holding `path` enforces project quota limits (ext4 or xfs
@@ -94,8 +93,7 @@ pub fn project_quota_enforced(path: &Path) -> Result<bool> {
         version: 1,
         ..QuotaStatV::default()
     };
-    let addr = std::ptr::from_mut(&mut stat).cast();
-    match quotactl(file.as_fd(), project_cmd(Q_XGETQSTATV), 0, addr) {
+    match quotactl(file.as_fd(), project_cmd(Q_XGETQSTATV), 0, &mut stat) {
         Ok(()) => Ok(stat.flags & FS_QUOTA_PDQ_ENFD != 0),
         // No quota support at all, or none switched on for this filesystem.
         Err(e)
@@ -125,9 +123,13 @@ pub fn set_project_limit(on: &Path, id: u32, bytes: u64) -> Result<()> {
         dqb_itime: 0,
         dqb_valid: libc::QIF_BLIMITS,
     };
-    let addr = std::ptr::from_mut(&mut quota).cast();
-    quotactl(file.as_fd(), project_cmd(libc::Q_SETQUOTA as u32), id, addr)
-        .map_err(|e| Error::io("set project quota on", on, e))
+    quotactl(
+        file.as_fd(),
+        project_cmd(libc::Q_SETQUOTA as u32),
+        id,
+        &mut quota,
+    )
+    .map_err(|e| Error::io("set project quota on", on, e))
 }
 
 #[cfg(test)]

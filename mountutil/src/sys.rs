@@ -1,5 +1,5 @@
-//! The raw pieces the ioctl-based modules share: a directory opened for ioctls, and one
-//! `ioctl(2)` taking a structure.
+//! The raw pieces the libc-based modules share: a directory opened for ioctls, one
+//! `ioctl(2)` taking a structure, and a syscall's 0-or-errno answer as a Result.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -28,6 +28,11 @@ pub(crate) fn ioctl<T>(
     // number encodes that structure's size, checked against it in each module's tests);
     // `arg` is borrowed mutably for the call and the kernel touches nothing else.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(arg)) };
+    zero_or_errno(rc.into())
+}
+
+/// A syscall's answer `rc`: 0 is success, anything else a failure told by errno.
+pub(crate) fn zero_or_errno(rc: libc::c_long) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {

@@ -80,14 +80,17 @@ fn remove_overlay_markers(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn walk_entry(entry: walkdir::Result<walkdir::DirEntry>, root: &Path) -> Result<walkdir::DirEntry> {
+pub(crate) fn walk_entry(
+    entry: walkdir::Result<walkdir::DirEntry>,
+    root: &Path,
+) -> Result<walkdir::DirEntry> {
     entry.map_err(|e| {
         let path = e.path().unwrap_or(root).to_path_buf();
         Error::io("walk", path, e.into())
     })
 }
 
-fn entry_metadata(path: &Path) -> Result<fs::Metadata> {
+pub(crate) fn entry_metadata(path: &Path) -> Result<fs::Metadata> {
     fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))
 }
 

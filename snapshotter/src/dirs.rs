@@ -216,38 +216,31 @@ impl<D: Driver> DirSnapshotter<D> {
             .collect()
     }
 
-    /// The mounts of snapshot `dir` of `kind` on parent chain `parent_ids`.
-    fn mounts_of(
-        &self,
-        dir: &SnapshotDir,
-        kind: Kind,
-        parent_ids: &[u64],
-        mapping: Option<&IdMapping>,
-    ) -> Vec<Mount> {
+    /// The mounts of snapshot `dir` of `kind` on `parents` (its [`layer_dirs`](Self::layer_dirs)).
+    fn mounts_of(&self, dir: &SnapshotDir, kind: Kind, parents: &[PathBuf]) -> Vec<Mount> {
         if kind == Kind::View && dir.path().join(REMAPPED_COPY).exists() {
             return vec![Mount::bind(&dir.fs(), true)];
         }
-        let parents = self.layer_dirs(parent_ids, mapping);
-        self.driver.mounts(dir, kind, &parents)
+        self.driver.mounts(dir, kind, parents)
     }
 
-    /// Fills new snapshot `dir` through the driver; for a user-namespaced snapshot, with its
-    /// parents seen through the idmapped tree, or else as a copy with owners shifted.
+    /// Fills new snapshot `dir` through the driver, on `parents` (its
+    /// [`layer_dirs`](Self::layer_dirs)); for a user-namespaced snapshot, with its parents seen
+    /// through the idmapped tree, or where they are not, as a copy with owners shifted.
     fn populate(
         &self,
         key: &str,
         dir: &SnapshotDir,
         kind: Kind,
-        parent_ids: &[u64],
+        parents: &[PathBuf],
         mapping: Option<&IdMapping>,
     ) -> Result<()> {
-        let parents = self.layer_dirs(parent_ids, mapping);
-        self.driver.populate(dir, kind, &parents)?;
+        self.driver.populate(dir, kind, parents)?;
         let Some(mapping) = mapping else {
             return Ok(());
         };
         let fs = dir.fs();
-        let idmapped = parent_ids.is_empty() || !parents[0].starts_with(self.snapshots_dir());
+        let idmapped = parents.is_empty() || !parents[0].starts_with(self.snapshots_dir());
         if idmapped {
             tracing::info!(key, %mapping, "user-namespaced snapshot: idmapped layers");
             let (uid, gid) = mapping.to_host(0, 0);
@@ -264,7 +257,7 @@ impl<D: Driver> DirSnapshotter<D> {
             .next()
             .is_some();
         if !copied {
-            let view = self.driver.mounts(dir, Kind::View, &parents);
+            let view = self.driver.mounts(dir, Kind::View, parents);
             mountutil::mount::with_temp_mount(&view, dir.path(), |merged| copy_tree(merged, &fs))??;
         }
         userns::shift_owners(&fs, mapping)?;
@@ -337,7 +330,8 @@ impl<D: Driver> DirSnapshotter<D> {
             }
             None => None,
         };
-        let populated = self.populate(key, &temp.dir, kind, &parent_ids, mapping.as_ref());
+        let parents = self.layer_dirs(&parent_ids, mapping.as_ref());
+        let populated = self.populate(key, &temp.dir, kind, &parents, mapping.as_ref());
         if let Err(e) = populated {
             // A parent removed while it was being copied is the Remove winning the race, as
             // if it had come first: NotFound, not the copy's I/O error.
@@ -381,7 +375,7 @@ impl<D: Driver> DirSnapshotter<D> {
             }
         });
         match result {
-            Ok(dir) => Ok(self.mounts_of(&dir, kind, &parent_ids, mapping.as_ref())),
+            Ok(dir) => Ok(self.mounts_of(&dir, kind, &parents)),
             Err(e) => {
                 // Placed but not indexed (the batch failed): take the directory back. If the
                 // index has it (only the flush failed), it stays, for Remove to reclaim.
@@ -635,7 +629,8 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             )));
         }
         let mapping = userns::mapping_of(&rec.labels)?;
-        Ok(self.mounts_of(&self.dir(rec.id), rec.kind, &parent_ids, mapping.as_ref()))
+        let parents = self.layer_dirs(&parent_ids, mapping.as_ref());
+        Ok(self.mounts_of(&self.dir(rec.id), rec.kind, &parents))
     }
 
     fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {

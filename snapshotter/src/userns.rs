@@ -18,6 +18,7 @@ use mountutil::idmap::{self, IdMapping, IdRange};
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 
+use crate::copy::{entry_metadata, walk_entry};
 use crate::{Error, Labels, Result};
 
 /// containerd's label carrying a snapshot's uid mapping (`ctr:host:size[,...]`).
@@ -217,12 +218,9 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// the mapping is refused: the container could not own the file either.
 pub(crate) fn shift_owners(root: &Path, mapping: &IdMapping) -> Result<()> {
     for entry in WalkDir::new(root) {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::io("walk", path, e.into())
-        })?;
+        let entry = walk_entry(entry, root)?;
         let path = entry.path();
-        let md = fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        let md = entry_metadata(path)?;
         let (Some(uid), Some(gid)) = mapping.to_host(md.uid(), md.gid()) else {
             return Err(Error::InvalidArgument(format!(
                 "{} is owned by {}:{}, outside the mapping ({mapping})",

@@ -17,7 +17,7 @@ fn mapped(uids: &str, gids: &str) -> Labels {
 }
 
 /// Every entry under `root` (itself included): owner, mode, inode and change time.
-fn fingerprint(root: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
+fn fingerprint(root: &Path) -> Prints {
     walkdir::WalkDir::new(root)
         .into_iter()
         .map(|e| {
@@ -37,11 +37,24 @@ fn fingerprint(root: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> 
         .collect()
 }
 
+/// Owner, mode, inode and change time of each entry, by path.
+pub(crate) type Prints = BTreeMap<String, (u32, u32, u32, u64, i64, i64)>;
+
 /// [`fingerprint`] of the snapshot directories under `snapshots` (which itself changes).
-pub(crate) fn layer_prints(snapshots: &Path) -> BTreeMap<String, (u32, u32, u32, u64, i64, i64)> {
+pub(crate) fn layer_prints(snapshots: &Path) -> Prints {
     let mut prints = fingerprint(snapshots);
     prints.remove("");
     prints
+}
+
+/// Asserts that every entry of `before` (a [`layer_prints`] of `snapshots`) is still there
+/// unchanged: same inode, owner, mode and change time. The entries added since.
+pub(crate) fn assert_layers_untouched(snapshots: &Path, before: &Prints) -> Vec<String> {
+    let (kept, added): (Prints, Prints) = layer_prints(snapshots)
+        .into_iter()
+        .partition(|(path, _)| before.contains_key(path));
+    assert_eq!(&kept, before);
+    added.into_keys().collect()
 }
 
 /// Owner of every entry under `root`, as `uid:gid`, by path relative to it.
@@ -120,7 +133,7 @@ struct Layered {
     s: Snap,
     scratch: PathBuf,
     /// [`layer_prints`] before `u` was prepared.
-    layers_before: BTreeMap<String, (u32, u32, u32, u64, i64, i64)>,
+    layers_before: Prints,
     /// `u`'s own directory: its overlay upper directory, or what its bind mount shows.
     upper: PathBuf,
     /// `u`'s mounts.
@@ -222,9 +235,7 @@ async fn idmapped_layers_are_not_copied() {
     });
 
     // The layers were never touched: same inodes, owners, modes, change times.
-    let mut layers_after = layer_prints(&snapshots);
-    layers_after.retain(|path, _| layers_before.contains_key(path));
-    assert_eq!(layers_after, layers_before);
+    assert_layers_untouched(&snapshots, &layers_before);
 
     // Malformed mappings are refused, and create nothing.
     for bad in [
@@ -279,9 +290,7 @@ async fn shifted_copies_without_idmapping() {
     with_mounted(&v, &scratch, |root| {
         assert_eq!(owners(root), expected_mapped());
     });
-    let mut layers_after = layer_prints(&snapshots);
-    layers_after.retain(|path, _| layers_before.contains_key(path));
-    assert_eq!(layers_after, layers_before);
+    assert_layers_untouched(&snapshots, &layers_before);
     assert!(d.log_text().contains("shifted copy"), "{}", d.log_text());
     assert_eq!(mounts_under(&d.root), Vec::<std::path::PathBuf>::new());
 }
@@ -311,8 +320,6 @@ async fn native_copies_through_idmapped_layers() {
     with_mounted(&v, &scratch, |root| {
         assert_eq!(owners(&root.join("etc"))["f"], "101000:101000");
     });
-    let mut layers_after = layer_prints(&d.root.join("snapshots"));
-    layers_after.retain(|path, _| layers_before.contains_key(path));
-    assert_eq!(layers_after, layers_before);
+    assert_layers_untouched(&d.root.join("snapshots"), &layers_before);
     assert!(d.log_text().contains("idmapped layers"));
 }

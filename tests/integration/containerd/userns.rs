@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::env::{Containerd, Env, SNAPSHOTTER, build_image};
-use crate::userns::layer_prints;
+use crate::userns::{assert_layers_untouched, layer_prints};
 use crate::util::{self, Snap, labels};
 
 /// The mapping of the container: ids 0..65536 inside are 100000.. outside.
@@ -130,14 +130,8 @@ pub fn idmapped_container(test: &str) {
     );
     // Nothing of the layers was rewritten. The container's own directory (removed, not yet
     // reclaimed) held only what the runtime made, nothing copied up.
-    let mut layers_after = layer_prints(&env.strata.root.join("snapshots"));
-    let container: Vec<&String> = layers_after
-        .keys()
-        .filter(|p| !layers_before.contains_key(*p))
-        .collect();
+    let container = assert_layers_untouched(&env.strata.root.join("snapshots"), &layers_before);
     assert!(container.len() < 16, "{container:#?}");
-    layers_after.retain(|path, _| layers_before.contains_key(path));
-    assert_eq!(layers_after, layers_before);
     assert!(env.strata.log_text().contains("idmapped layers"));
 
     // A Prepare for an image with a 256 MiB file costs what one for the small image does:
