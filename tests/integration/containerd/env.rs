@@ -511,6 +511,28 @@ impl Env {
         run(self.ctr_command().args(args), self.tmp.path())
     }
 
+    /// `ctr run <flags> <image> <id> <command>`, which must succeed; its stdout. The container
+    /// is named `<id>-<this environment's tag>` and runc keeps its state in the environment's
+    /// directory: every containerd on the host shares runc's default root
+    /// (`/run/containerd/runc/<namespace>`) and cgroup path (`/<namespace>/<id>`), so two
+    /// tests running containers of the same name at once would otherwise store, and delete,
+    /// each other's runc state ("unable to store init state").
+    pub fn ctr_run(&self, flags: &[&str], image: &str, id: &str, command: &[&str]) -> String {
+        let tag = self.tmp.path().to_string_lossy();
+        let tag = tag.rsplit('-').next().expect("rsplit yields one item");
+        let id = format!("{id}-{tag}");
+        let runc_root = self.tmp.path().join("runc");
+        let runc_root = runc_root.to_str().expect("UTF-8 path");
+        let args = [
+            &["run", "--runc-root", runc_root][..],
+            flags,
+            &[image, &id],
+            command,
+        ]
+        .concat();
+        self.ctr_ok(&args)
+    }
+
     /// A `ctr` call that must succeed; its stdout.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         self.ctr(args).check(&args).stdout
@@ -660,17 +682,12 @@ impl Env {
              test ! -e /etc/c && echo removed",
             extras.join(" ")
         );
-        let out = self.ctr_ok(&[
-            "run",
-            "--rm",
-            "--snapshotter",
-            SNAPSHOTTER,
+        let out = self.ctr_run(
+            &["--rm", "--snapshotter", SNAPSHOTTER],
             image,
             id,
-            "/bin/sh",
-            "-c",
-            &script,
-        ]);
+            &["/bin/sh", "-c", &script],
+        );
         let sections: Vec<&str> = out.split("---\n").collect();
         assert_eq!(sections.len(), 3, "container output:\n{out}");
 

@@ -14,12 +14,8 @@ const LIMIT: u64 = 16 << 20;
 /// `extra` arguments for `ctr run`; what dd and its exit status said.
 fn write_32_mib(env: &Env, id: &str, extra: &[&str]) -> String {
     let script = "dd if=/dev/zero of=/fill bs=1M count=32 2>&1; echo rc=$?";
-    let args = [
-        &["run", "--rm", "--snapshotter", SNAPSHOTTER][..],
-        extra,
-        &[IMAGE, id, "/bin/sh", "-c", script],
-    ];
-    env.ctr_ok(&args.concat())
+    let flags = [&["--rm", "--snapshotter", SNAPSHOTTER][..], extra].concat();
+    env.ctr_run(&flags, IMAGE, id, &["/bin/sh", "-c", script])
 }
 
 pub fn size_limited_containers(test: &str) {

@@ -82,25 +82,23 @@ pub fn idmapped_container(test: &str) {
          -exec {TOOLS}/busybox stat -c '%u:%g %n' {{}} +"
     );
     let mount = format!("type=bind,src=/bin/busybox,dst={TOOLS}/busybox,options=rbind:ro");
-    let out = env.ctr_ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        SNAPSHOTTER,
-        "--remap-labels",
-        "--uidmap",
-        MAP,
-        "--gidmap",
-        MAP,
-        "--mount",
-        &mount,
+    let out = env.ctr_run(
+        &[
+            "--rm",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "--remap-labels",
+            "--uidmap",
+            MAP,
+            "--gidmap",
+            MAP,
+            "--mount",
+            &mount,
+        ],
         &image,
         "e2e-userns",
-        "/.e2e-tools/busybox",
-        "sh",
-        "-c",
-        &script,
-    ]);
+        &["/.e2e-tools/busybox", "sh", "-c", &script],
+    );
     let (maps, listing) = out.split_once("---\n").expect("two sections");
     let maps: Vec<Vec<&str>> = maps
         .lines()
