@@ -9,15 +9,19 @@
 //! - every committed snapshot has the recorded kind, parent and labels, its directories
 //!   exist, its chain has the recorded depth, and a view of it shows the tree that was
 //!   hashed when its Commit returned;
+//! - user-namespaced active snapshots (uid/gid mapping labels, kept across kills) are still
+//!   there, and their mounts show their parent's tree with owners shifted, plus what was
+//!   written through them; for overlayfs their lowers are idmapped, never copied;
 //! - after Cleanup every directory under `snapshots/` belongs to an entry, and nothing is
-//!   left mounted (`/proc/self/mountinfo`) under the daemon's root or the test's.
+//!   left mounted (`/proc/self/mountinfo`) under the daemon's root or the test's but the
+//!   idmapped trees of mappings a snapshot still uses.
 //!
 //! Violations are counted, not fatal, so one run reports them all in its summary line.
 //! `scripts/crash-loop [N] [--seed S]` runs N kills (half per snapshotter kind); `.ci/run`
 //! runs 20. Environment: `STRATA_CRASH_LOOP_KILLS` (default 20), `STRATA_CRASH_LOOP_SEED`
 //! (default from the clock; printed, and a run with the same seed makes the same choices).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +40,7 @@ use tonic::transport::Channel;
 use crate::crash::mount_paths;
 use crate::suite::without_root;
 use crate::tree::{Op, apply, capture};
+use crate::userns::mapped;
 use crate::util::{
     Daemon, Labels, Rng, Snap, TempDir, assert_root, mounts_under, snapshot_dirs, store_layer,
     try_with_mounted, with_mounted,
@@ -47,6 +52,12 @@ const WORKERS: usize = 4;
 const KEEP: usize = 6;
 /// Deepest parent chain a client builds on.
 const MAX_DEPTH: usize = 6;
+/// User-namespaced snapshots a client keeps before it removes one.
+const KEEP_MAPPED: usize = 2;
+/// Host ids that id 0 of the mappings maps to: two mappings, so two idmapped trees.
+const MAPPING_BASES: [u32; 2] = [100_000, 200_000];
+/// Ids each mapping maps.
+const MAPPING_SIZE: u32 = 65_536;
 /// Label every committed snapshot carries (its sequence number), and the one Update sets.
 const SEQ_LABEL: &str = "crash-loop/seq";
 const UPDATE_LABEL: &str = "crash-loop/updated";
@@ -103,6 +114,17 @@ struct Committed {
     owner: usize,
 }
 
+/// A user-namespaced active snapshot as its client recorded it.
+#[derive(Debug, Clone)]
+struct Mapped {
+    parent: String,
+    /// The host id that id 0 maps to.
+    base: u32,
+    /// [`mapped_tree`] of its mounts: the parent's tree, then what was written.
+    tree: u64,
+    owner: usize,
+}
+
 /// The call a client had in flight when the daemon died.
 #[derive(Debug)]
 enum InFlight {
@@ -114,9 +136,10 @@ enum InFlight {
         key: String,
         expect: Committed,
     },
-    Remove {
-        name: String,
-    },
+    /// Prepare of a user-namespaced snapshot: kept if it took effect.
+    PrepareMapped { key: String, expect: Mapped },
+    /// Remove of a committed or a user-namespaced snapshot.
+    Remove { name: String },
     Update {
         name: String,
         before: Labels,
@@ -132,6 +155,7 @@ struct Counts {
     took_effect: u64,
     did_not: u64,
     trees_verified: u64,
+    mapped_verified: u64,
 }
 
 impl Counts {
@@ -143,6 +167,7 @@ impl Counts {
         self.took_effect += other.took_effect;
         self.did_not += other.did_not;
         self.trees_verified += other.trees_verified;
+        self.mapped_verified += other.mapped_verified;
     }
 
     fn summary(&self, kills: usize, violations: usize) -> String {
@@ -154,12 +179,14 @@ impl Counts {
             .collect();
         format!(
             "{kills} kills, {acked} calls acknowledged ({}), {} in flight at a kill \
-             ({} took effect, {} did not), {} committed trees verified, {violations} violations",
+             ({} took effect, {} did not), {} committed trees and {} user-namespaced snapshots \
+             verified, {violations} violations",
             detail.join(", "),
             self.in_flight,
             self.took_effect,
             self.did_not,
-            self.trees_verified
+            self.trees_verified,
+            self.mapped_verified
         )
     }
 }
@@ -168,6 +195,8 @@ impl Counts {
 #[derive(Default)]
 struct Model {
     committed: BTreeMap<String, Committed>,
+    /// User-namespaced active snapshots, by key.
+    mapped: BTreeMap<String, Mapped>,
     /// Per client: the call in flight when the daemon died.
     in_flight: Vec<Option<InFlight>>,
     /// Per client: active snapshots and views it made and has not committed or removed.
@@ -275,7 +304,7 @@ impl Worker {
             let step = if self.own_count() > KEEP {
                 6
             } else {
-                self.rng.below(10)
+                self.rng.below(11)
             };
             let r = match step {
                 0..=3 => self.build().await,
@@ -283,6 +312,7 @@ impl Worker {
                 5 => self.update().await,
                 6 | 7 => self.remove().await,
                 8 => self.cleanup().await,
+                9 => self.mapped().await,
                 _ => self.stat().await,
             };
             if r.is_err() {
@@ -388,6 +418,75 @@ impl Worker {
         Ok(())
     }
 
+    /// A user-namespaced active snapshot of a committed parent, written to and kept across
+    /// kills; once the client has [`KEEP_MAPPED`], removes one of them instead.
+    async fn mapped(&mut self) -> Result<(), Stop> {
+        let own: Vec<String> = model(&self.model)
+            .mapped
+            .iter()
+            .filter(|(_, m)| m.owner == self.id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if own.len() >= KEEP_MAPPED {
+            let key = own[self.rng.below(own.len() as u64) as usize].clone();
+            let r = self.s.remove(&key).await;
+            let in_flight = InFlight::Remove { name: key.clone() };
+            if self.outcome("remove", in_flight, r)?.is_some() {
+                model(&self.model).mapped.remove(&key);
+            }
+            return Ok(());
+        }
+        let Some((parent, c)) = self.pick(false) else {
+            return Ok(());
+        };
+        let base = MAPPING_BASES[self.rng.below(MAPPING_BASES.len() as u64) as usize];
+        let mapping = format!("0:{base}:{MAPPING_SIZE}");
+        let seq = self.next_seq();
+        let key = format!("w{}-u{seq}", self.id);
+        let mut expect = Mapped {
+            parent: parent.clone(),
+            base,
+            tree: c.tree,
+            owner: self.id,
+        };
+        let r = self
+            .s
+            .prepare_labels(&key, &parent, mapped(&mapping, &mapping))
+            .await;
+        let in_flight = InFlight::PrepareMapped {
+            key: key.clone(),
+            expect: expect.clone(),
+        };
+        let Some(mounts) = self.outcome("prepare mapped", in_flight, r)? else {
+            return Ok(());
+        };
+        // The parent's tree was hashed through its view: for an overlayfs snapshot without a
+        // parent that is a bind of its directory, showing a layer's whiteouts as the devices
+        // they are, which an overlay of it (this snapshot's mounts) hides.
+        let comparable = c.depth > 1 || mounts.iter().all(|m| m.r#type != "overlay");
+        match mapped_tree(&mounts, &self.mnt, base).await {
+            Ok(_) if !comparable => {}
+            Ok(tree) if tree == c.tree => {}
+            Ok(_) => model(&self.model).violations.push(format!(
+                "{key}: its mounts show another tree than {parent}'s, owners shifted"
+            )),
+            Err(e) => model(&self.model).violations.push(format!("{key}: {e}")),
+        }
+        let (written, mnt, id, pick) = (mounts.clone(), self.mnt.clone(), self.id, self.rng.next());
+        let wrote = tokio::task::spawn_blocking(move || {
+            try_with_mounted(&written, &mnt, |root| write_files(root, id, seq, pick))
+                .map_err(|e| format!("{written:?}: {e}"))
+        })
+        .await
+        .unwrap();
+        match wrote.and(mapped_tree(&mounts, &self.mnt, base).await) {
+            Ok(tree) => expect.tree = tree,
+            Err(e) => model(&self.model).violations.push(format!("{key}: {e}")),
+        }
+        model(&self.model).mapped.insert(key, expect);
+        Ok(())
+    }
+
     /// Sets a label on one of this client's committed snapshots.
     async fn update(&mut self) -> Result<(), Stop> {
         let Some((name, c)) = self.pick(true) else {
@@ -489,10 +588,37 @@ async fn mounted_tree(mounts: &[Mount], mnt: &Path) -> Result<u64, String> {
     .unwrap()
 }
 
+/// [`tree_hash`] of a user-namespaced snapshot's `mounts`, owners mapped back from the
+/// mapping starting at host id `base` (a tree shown through its mapping hashes as the tree).
+async fn mapped_tree(mounts: &[Mount], mnt: &Path, base: u32) -> Result<u64, String> {
+    let (mounts, mnt) = (mounts.to_vec(), mnt.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        try_with_mounted(&mounts, &mnt, |root| {
+            let unshift = |id: u32| match id.checked_sub(base) {
+                Some(inside) if inside < MAPPING_SIZE => inside,
+                _ => id,
+            };
+            let mut tree = capture(root);
+            for entry in tree.values_mut() {
+                (entry.uid, entry.gid) = (unshift(entry.uid), unshift(entry.gid));
+            }
+            hash_of(tree)
+        })
+        .map_err(|e| format!("{mounts:?}: {e}"))
+    })
+    .await
+    .unwrap()
+}
+
 /// A hash of everything a process sees under `root` (types, modes, owners, contents).
 fn tree_hash(root: &Path) -> u64 {
+    hash_of(capture(root))
+}
+
+/// A hash of a captured tree, its root's own entry left out.
+fn hash_of(tree: BTreeMap<String, crate::tree::Entry>) -> u64 {
     let mut h = DefaultHasher::new();
-    without_root(capture(root)).hash(&mut h);
+    without_root(tree).hash(&mut h);
     h.finish()
 }
 
@@ -577,7 +703,7 @@ async fn run_kind(kind: &str, kills: usize, seed: u64) -> (Counts, Vec<String>) 
         }
         daemon.respawn();
         let mut s = Snap::new(&daemon).await;
-        let check = check(&mut s, &shared, &daemon.root, &mnt, kind);
+        let check = check(&mut s, &shared, &daemon.root, &mnt, kind, round);
         if tokio::time::timeout(CHECK_BOUND, check).await.is_err() {
             model(&shared).violations.push(format!(
                 "round {round}: checks did not finish in {CHECK_BOUND:?}"
@@ -598,7 +724,7 @@ async fn run_kind(kind: &str, kills: usize, seed: u64) -> (Counts, Vec<String>) 
 
 /// After a restart: settles the calls that were in flight, then checks the index, the
 /// trees, the directories and the mounts against the model.
-async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &str) {
+async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &str, round: usize) {
     let mut listed: BTreeMap<String, pb::Info> = s
         .list(&[])
         .await
@@ -628,10 +754,18 @@ async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &st
                         }
                     }
                 }
+                InFlight::PrepareMapped { key, expect } => {
+                    let made = listed.contains_key(&key);
+                    if made {
+                        m.mapped.insert(key, expect);
+                    }
+                    made
+                }
                 InFlight::Remove { name } => {
                     let gone = !listed.contains_key(&name);
                     if gone {
                         m.committed.remove(&name);
+                        m.mapped.remove(&name);
                     }
                     gone
                 }
@@ -672,6 +806,8 @@ async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &st
             s.remove(&key).await.unwrap();
         }
     }
+    let dropped = MAPPING_BASES[round % MAPPING_BASES.len()];
+    let in_use = check_mapped(s, shared, &mut listed, mnt, kind, dropped, &mut violations).await;
     let committed = model(shared).committed.clone();
     for name in listed.keys().filter(|n| !committed.contains_key(*n)) {
         violations.push(format!("{name} is in the index but was never acknowledged"));
@@ -712,22 +848,115 @@ async fn check(s: &mut Snap, shared: &Shared, root: &Path, mnt: &Path, kind: &st
     }
     s.cleanup().await.unwrap();
     let dirs = snapshot_dirs(root);
-    if dirs.iter().any(|d| d.parse::<u64>().is_err()) || dirs.len() != committed.len() {
+    let snapshots = committed.len() + model(shared).mapped.len();
+    if dirs.iter().any(|d| d.parse::<u64>().is_err()) || dirs.len() != snapshots {
         violations.push(format!(
-            "after Cleanup {} directories for {} snapshots: {dirs:?}",
+            "after Cleanup {} directories for {snapshots} snapshots: {dirs:?}",
             dirs.len(),
-            committed.len()
         ));
     }
-    for dir in [root, mnt] {
-        let leaked = mounts_under(dir);
-        if !leaked.is_empty() {
-            violations.push(format!("mounts left: {leaked:?}"));
-        }
+    let (idmapped, leaked): (Vec<PathBuf>, Vec<PathBuf>) = mounts_under(root)
+        .into_iter()
+        .chain(mounts_under(mnt))
+        .partition(|p| p.parent() == Some(&root.join("idmapped")));
+    if !leaked.is_empty() {
+        violations.push(format!("mounts left: {leaked:?}"));
+    }
+    // Cleanup detaches the tree of every mapping no snapshot uses. A native snapshot is a
+    // shifted copy made through its mapping's tree, which stays attached while the snapshot
+    // exists but is not re-attached after a restart; overlay mounts name theirs.
+    let expected = match &in_use.trees {
+        Some(trees) => idmapped.iter().cloned().collect::<BTreeSet<_>>() == *trees,
+        None => idmapped.len() <= in_use.bases.len(),
+    };
+    if !expected {
+        violations.push(format!(
+            "after Cleanup idmapped trees {idmapped:?} for mappings {:?} in use",
+            in_use.bases
+        ));
     }
     let mut m = model(shared);
     m.counts.trees_verified += verified;
     m.violations.extend(violations);
+}
+
+/// The mappings user-namespaced snapshots use after [`check_mapped`].
+struct MappingsInUse {
+    bases: BTreeSet<u32>,
+    /// For overlayfs, the idmapped trees their lowers are in.
+    trees: Option<BTreeSet<PathBuf>>,
+}
+
+/// Checks each user-namespaced snapshot the clients recorded (taking it out of `listed`): it
+/// is active on its parent, its lowers are idmapped (overlayfs) and its mounts show its
+/// recorded tree. Then removes those of mapping `dropped` (alternating by round), so that the
+/// Cleanup after must detach that mapping's tree and keep the other's.
+async fn check_mapped(
+    s: &mut Snap,
+    shared: &Shared,
+    listed: &mut BTreeMap<String, pb::Info>,
+    mnt: &Path,
+    kind: &str,
+    dropped: u32,
+    violations: &mut Vec<String>,
+) -> MappingsInUse {
+    let mapped = model(shared).mapped.clone();
+    let mut in_use = MappingsInUse {
+        bases: BTreeSet::new(),
+        trees: (kind == "overlayfs").then(BTreeSet::new),
+    };
+    for (key, m) in &mapped {
+        let Some(info) = listed.remove(key) else {
+            violations.push(format!("{key} was acknowledged and is lost"));
+            model(shared).mapped.remove(key);
+            continue;
+        };
+        if info.kind != pb::Kind::Active as i32 || info.parent != m.parent {
+            violations.push(format!("{key}: index has {info:?}, recorded {m:?}"));
+        }
+        let mounts = match s.mounts(key).await {
+            Ok(mounts) => mounts,
+            Err(e) => {
+                violations.push(format!("{key}: Mounts: {e:?}"));
+                continue;
+            }
+        };
+        match mapped_tree(&mounts, mnt, m.base).await {
+            Ok(tree) if tree == m.tree => {}
+            Ok(_) => violations.push(format!("{key}: its mounts show another tree than recorded")),
+            Err(e) => violations.push(format!("{key}: {e}")),
+        }
+        model(shared).counts.mapped_verified += 1;
+        if m.base == dropped {
+            s.remove(key).await.unwrap();
+            model(shared).mapped.remove(key);
+            continue;
+        }
+        in_use.bases.insert(m.base);
+        let Some(trees) = in_use.trees.as_mut() else {
+            continue;
+        };
+        let lowers: Vec<String> = mounts
+            .iter()
+            .map(|pm| strata::convert::mount_from_pb(pm.clone()))
+            .flat_map(|m| {
+                m.lowerdirs()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for lower in lowers {
+            // `<root>/idmapped/<tree>/<id>/fs`
+            match Path::new(&lower).ancestors().nth(2) {
+                Some(tree) if tree.parent().is_some_and(|d| d.ends_with("idmapped")) => {
+                    trees.insert(tree.to_path_buf());
+                }
+                _ => violations.push(format!("{key}: lower {lower} is not idmapped")),
+            }
+        }
+    }
+    in_use
 }
 
 /// How many layers an overlayfs view's mounts stack: its lowers, or one for a bind.

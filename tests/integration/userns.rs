@@ -12,7 +12,8 @@ use crate::util::{Daemon, Labels, Snap, TempDir, assert_root, labels, mounts_und
 const UIDS: &str = "containerd.io/snapshot/uidmapping";
 const GIDS: &str = "containerd.io/snapshot/gidmapping";
 
-fn mapped(uids: &str, gids: &str) -> Labels {
+/// The labels containerd sets on a user-namespaced container's snapshot.
+pub fn mapped(uids: &str, gids: &str) -> Labels {
     labels(&[(UIDS, uids), (GIDS, gids)])
 }
 
