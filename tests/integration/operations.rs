@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::util::{Daemon, Snap, TempDir, assert_root, strata_command};
+use crate::util::{Daemon, Snap, TempDir, assert_root, free_port, strata_command};
 
 #[test]
 fn config_default_prints_a_config_that_starts_the_default_daemon() {
@@ -99,11 +99,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 async fn metrics_are_scraped_over_http_and_move() {
     assert_root("metrics_are_scraped_over_http_and_move");
     let tmp = TempDir::new("metrics");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let address = format!("127.0.0.1:{port}");
+    let address = format!("127.0.0.1:{}", free_port());
     let content = tmp.path().join("content");
     let daemon = Daemon::start_with(
         tmp.path(),

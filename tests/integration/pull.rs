@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use crate::containerd::registry::{Registry, aid, free_port, wait_listening};
+use crate::containerd::registry::{Registry, aid, wait_listening};
 use crate::imagestore::{strata_ok, strata_run};
-use crate::util::{Daemon, TempDir, assert_root};
+use crate::util::{Daemon, TempDir, assert_root, free_port};
 
 fn rich_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e/rich-image.py")

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use differ::content::{BlobSink, LocalStore};
@@ -49,6 +50,31 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port nothing listens on, for a server a test starts. It is below the kernel's
+/// ephemeral range (no outgoing connection takes it before the server binds it) and never
+/// handed out twice in this process (two tests starting servers at once cannot both get it),
+/// where a port the kernel picked for a probe could be either.
+pub fn free_port() -> u16 {
+    /// Ports handed out so far; the range starts at a place of this process's own, so two
+    /// test processes at once seldom meet.
+    static HANDED_OUT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 10_000;
+    let start = (std::process::id() % 40) as u16 * 250;
+    loop {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < COUNT,
+            "no free loopback port left in {FIRST}..{}",
+            FIRST + COUNT
+        );
+        let port = FIRST + (start + n) % COUNT;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
