@@ -431,51 +431,38 @@ impl Client {
     }
 
     /// One Write stream for blob `desc` under ref `import-<digest>` (a retry resumes it
-    /// from the start): a WRITE per chunk from `chunks`, then COMMIT with the expected size
-    /// and digest, which the store checks. AlreadyExists counts as written.
+    /// from the start): a STAT, then a WRITE per chunk from `chunks`, then COMMIT with the
+    /// expected size and digest, which the store checks. AlreadyExists counts as written.
+    /// The chunks follow the STAT only once the store has given this stream the ref: while
+    /// another client writes the same blob (Unavailable, "locked"), this waits, with the
+    /// chunks untouched, until that write is committed (done) or gone (write it here), as
+    /// containerd's clients wait.
     async fn write_chunks(
         &self,
         desc: &JsonDescriptor,
-        mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
     ) -> Result<()> {
-        let reference = format!("import-{}", desc.digest);
-        let (digest, size) = (desc.digest.clone(), desc.size);
-        let requests = async_stream(move |tx| async move {
-            let mut offset = 0i64;
-            while let Some(data) = chunks.recv().await {
-                let n = data.len() as i64;
-                let req = content::WriteContentRequest {
-                    action: content::WriteAction::Write as i32,
-                    r#ref: reference.clone(),
-                    total: size,
-                    expected: digest.clone(),
-                    offset,
-                    data,
-                    labels: HashMap::new(),
-                };
-                offset += n;
-                if tx.send(req).await.is_err() {
-                    return;
-                }
-            }
-            let _ = tx
-                .send(content::WriteContentRequest {
-                    action: content::WriteAction::Commit as i32,
-                    r#ref: reference,
-                    total: size,
-                    expected: digest,
-                    offset,
-                    data: Vec::new(),
-                    labels: HashMap::new(),
-                })
-                .await;
-        });
         let what = format!("write {}", desc.digest);
-        let r = self.request(requests);
-        let mut answers = match self.content().write(r).await {
-            Ok(a) => a.into_inner(),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
-            Err(s) => return Err(call(what)(s)),
+        let mut attempt = 0;
+        let mut answers = loop {
+            let (go, chunks_given) = tokio::sync::oneshot::channel();
+            let requests = write_requests(desc, chunks_given);
+            match self.content().write(self.request(requests)).await {
+                Ok(a) => {
+                    let _ = go.send(chunks);
+                    break a.into_inner();
+                }
+                Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    tracing::debug!(blob = desc.digest, "waiting for another write of the blob");
+                    tokio::time::sleep(lock_wait(attempt)).await;
+                    attempt += 1;
+                    if self.has_blob(&desc.digest).await? {
+                        return Ok(());
+                    }
+                }
+                Err(s) => return Err(call(what)(s)),
+            }
         };
         loop {
             match answers.message().await {
@@ -924,6 +911,60 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(produce(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The requests of [`Client::write_chunks`]'s stream for blob `desc`: a STAT, then, once
+/// `chunks_given` brings them, a WRITE per chunk and the COMMIT.
+fn write_requests(
+    desc: &JsonDescriptor,
+    chunks_given: tokio::sync::oneshot::Receiver<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+) -> tokio_stream::wrappers::ReceiverStream<content::WriteContentRequest> {
+    let reference = format!("import-{}", desc.digest);
+    let (digest, size) = (desc.digest.clone(), desc.size);
+    let request = move |action: content::WriteAction, offset: i64, data: Vec<u8>| {
+        content::WriteContentRequest {
+            action: action as i32,
+            r#ref: reference.clone(),
+            total: size,
+            expected: digest.clone(),
+            offset,
+            data,
+            labels: HashMap::new(),
+        }
+    };
+    async_stream(move |tx| async move {
+        if tx
+            .send(request(content::WriteAction::Stat, 0, Vec::new()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(mut chunks) = chunks_given.await else {
+            return;
+        };
+        let mut offset = 0i64;
+        while let Some(data) = chunks.recv().await {
+            let n = data.len() as i64;
+            if tx
+                .send(request(content::WriteAction::Write, offset, data))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            offset += n;
+        }
+        let _ = tx
+            .send(request(content::WriteAction::Commit, offset, Vec::new()))
+            .await;
+    })
+}
+
+/// How long to wait before trying again for a blob's ref another write holds: 10 ms,
+/// doubling up to a second.
+pub(crate) fn lock_wait(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((10u64 << attempt.min(7)).min(1000))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {

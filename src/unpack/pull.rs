@@ -232,24 +232,36 @@ impl Download {
         } = self;
         let size = desc.size as u64;
         let reference = format!("pull-{}", desc.digest);
-        let writer = blocking({
-            let (to, reference, digest) = (to.clone(), reference.clone(), desc.digest.clone());
-            move || {
-                to.store.content_writer(
-                    &to.namespace,
-                    &reference,
-                    size,
-                    Some(&digest),
-                    Some(&to.lease),
-                )
+        let mut attempt = 0;
+        let writer = loop {
+            let writer = blocking({
+                let (to, reference, digest) = (to.clone(), reference.clone(), desc.digest.clone());
+                move || {
+                    to.store.content_writer(
+                        &to.namespace,
+                        &reference,
+                        size,
+                        Some(&digest),
+                        Some(&to.lease),
+                    )
+                }
+            })
+            .await;
+            match writer {
+                Ok(w) => break w,
+                // Stored meanwhile (another pull of the namespace).
+                Err(UnpackError::Store(StoreError::AlreadyExists(_))) => return Ok(0),
+                // Another pull is downloading it: wait until that one has committed it (the
+                // next try says AlreadyExists) or is gone (the next try resumes its write).
+                Err(UnpackError::Store(StoreError::Unavailable(_))) => {
+                    if attempt == 0 {
+                        progress(&desc.digest, "waiting", 0, size);
+                    }
+                    tokio::time::sleep(super::lock_wait(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
-        })
-        .await;
-        let writer = match writer {
-            Ok(w) => w,
-            // Stored meanwhile (another pull of the namespace).
-            Err(UnpackError::Store(StoreError::AlreadyExists(_))) => return Ok(0),
-            Err(e) => return Err(e),
         };
         // A write an earlier pull left (its lease still held) goes on from where it is.
         let start = writer.status().offset;

@@ -11,8 +11,10 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+use crate::containerd::env::build_image;
 use crate::containerd::registry::{Registry, aid, wait_listening};
 use crate::imagestore::{strata_ok, strata_run};
+use crate::tree::capture as tree_capture;
 use crate::util::{Daemon, TempDir, assert_root, free_port};
 
 fn rich_script() -> PathBuf {
@@ -85,25 +87,28 @@ pub(crate) fn expected_tree(dir: &Path) -> Value {
 
 /// Prepares a root filesystem of `image` under `key`, mounted at `dir/key`; its capture.
 fn rootfs_capture(daemon: &Daemon, image: &str, key: &str, dir: &Path) -> Value {
+    rootfs_with(&daemon.socket, image, key, dir, capture)
+}
+
+/// Prepares a root filesystem of `image` under `key` through the daemon at `socket`, mounts
+/// it at `dir/key`, runs `f` on it, then unmounts and removes it; what `f` returned.
+pub(crate) fn rootfs_with<T>(
+    socket: &Path,
+    image: &str,
+    key: &str,
+    dir: &Path,
+    f: impl FnOnce(&Path) -> T,
+) -> T {
     let root = dir.join(key);
+    let root_arg = root.to_str().expect("UTF-8 path");
     strata_ok(
-        &daemon.socket,
-        &[
-            "rootfs",
-            "prepare",
-            image,
-            key,
-            "--mount",
-            root.to_str().unwrap(),
-        ],
+        socket,
+        &["rootfs", "prepare", image, key, "--mount", root_arg],
     );
-    let tree = capture(&root);
-    strata_ok(
-        &daemon.socket,
-        &["rootfs", "unmount", root.to_str().unwrap()],
-    );
-    strata_ok(&daemon.socket, &["snapshot", "rm", key]);
-    tree
+    let seen = f(&root);
+    strata_ok(socket, &["rootfs", "unmount", root_arg]);
+    strata_ok(socket, &["snapshot", "rm", key]);
+    seen
 }
 
 /// The rich image, pulled: the first pull downloads its 5 blobs and applies its 3 layers,
@@ -144,6 +149,74 @@ fn pull_rich_image() {
         crate::util::snapshot_dirs(&daemon.root),
         Vec::<String>::new()
     );
+}
+
+/// Two pulls at once of images with the same layers (one image pushed under two names, a
+/// 64 MiB layer among them), then two imports at once of one archive: each waits for the
+/// other's write of a blob they share, as containerd's clients do, instead of failing on
+/// its lock ("ref ... locked"), and the images are whole.
+#[test]
+#[ignore = "needs root"]
+fn concurrent_pulls_and_imports_of_shared_layers() {
+    assert_root("pull::concurrent_pulls_and_imports_of_shared_layers");
+    let tmp = TempDir::new("pull-shared");
+    let daemon = Daemon::start(tmp.path(), "overlayfs");
+    let registry = Registry::start(&tmp.path().join("registry"));
+    let archive = tmp.path().join("shared.tar");
+    build_image(&archive, "strata.test/shared:1", 1, &[("BIG_MB", "64")]);
+    let pulled = [
+        registry.push(&archive, "e2e/one:1"),
+        registry.push(&archive, "e2e/two:1"),
+    ];
+    let at_once = |calls: &[Vec<&str>]| {
+        let clients: Vec<Child> = calls
+            .iter()
+            .map(|a| {
+                crate::util::strata_command()
+                    .arg("--address")
+                    .arg(&daemon.socket)
+                    .args(a)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in clients {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{calls:?}: {out:?}");
+        }
+    };
+    let pulls: Vec<Vec<&str>> = pulled.iter().map(|i| vec!["image", "pull", i]).collect();
+    at_once(&pulls);
+    let trees: Vec<_> = pulled
+        .iter()
+        .map(|image| {
+            rootfs_with(
+                &daemon.socket,
+                image,
+                "shared-root",
+                tmp.path(),
+                tree_capture,
+            )
+        })
+        .collect();
+    assert_eq!(trees[0], trees[1]);
+    assert_eq!(trees[0]["/big"].data.len(), 64 << 20);
+
+    let mut rm = vec!["image", "rm", "--sync"];
+    rm.extend(pulled.iter().map(String::as_str));
+    strata_ok(&daemon.socket, &rm);
+    let import = vec!["image", "import", archive.to_str().unwrap()];
+    at_once(&[import.clone(), import]);
+    let tree = rootfs_with(
+        &daemon.socket,
+        "strata.test/shared:1",
+        "shared-root",
+        tmp.path(),
+        tree_capture,
+    );
+    assert_eq!(tree, trees[0]);
 }
 
 /// `registry-aid.py flaky-proxy` in front of `upstream`, killed on drop.
