@@ -34,10 +34,13 @@ pub enum Kind {
     /// may therefore remove: `<snapshotter>\0<key>` (not namespaced: a snapshotter's keys
     /// are one space) → its namespace.
     Snapshot,
+    /// A snapshot a client of this store is making, recorded before the snapshotter makes
+    /// it: `<snapshotter>\0<key>` → what it is made from and under which lease.
+    SnapshotIntent,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Image,
         Kind::Container,
@@ -45,6 +48,7 @@ impl Kind {
         Kind::Content,
         Kind::Ingest,
         Kind::Snapshot,
+        Kind::SnapshotIntent,
     ];
 
     fn db_name(self) -> &'static str {
@@ -56,6 +60,7 @@ impl Kind {
             Kind::Content => "content",
             Kind::Ingest => "ingests",
             Kind::Snapshot => "snapshots",
+            Kind::SnapshotIntent => "snapshot_intents",
         }
     }
 }
@@ -177,7 +182,7 @@ pub trait Read {
     fn namespaces(&self) -> Result<Vec<String>> {
         let mut names = std::collections::BTreeSet::new();
         for kind in Kind::ALL {
-            if kind != Kind::Snapshot {
+            if !matches!(kind, Kind::Snapshot | Kind::SnapshotIntent) {
                 names.extend(self.namespaces_of(kind)?);
             }
         }

@@ -5,38 +5,145 @@
 //! import, a pull or a mount against Strata's socket): it is recorded with the lease's
 //! namespace and added to the lease, as containerd's metadata layer does, and its committed
 //! successor inherits that. Records are keyed `<snapshotter>\0<key>` and hold the namespace
-//! (a `Resource` whose id is the namespace).
+//! (a `Resource` whose id is the namespace). The record is made in this store's index after
+//! the snapshotter made the snapshot in its own, so an intent is recorded first and settled
+//! at the next start if a crash came between ([`SnapshotIntent`]).
 
 use std::collections::HashMap;
 
+use super::gc::SnapshotAccess;
 use super::leases::RESOURCE_SNAPSHOTS;
-use super::meta::{Kind, Read, key};
+use super::meta::{Kind, Read, Writer, key};
 use super::{ImageStore, Result};
-use crate::api::services::leases::v1::Resource;
+use crate::api::services::leases::v1::{Lease, Resource};
+
+/// A snapshot a client of this store is about to make under one of its leases, or to
+/// commit from one of its snapshots, recorded before the snapshotter acts. The snapshotter's
+/// index and this store's are two databases: a crash after the snapshotter's change and
+/// before this store's record of it would leave a snapshot that nobody collects. The next
+/// start settles each intent from what the snapshotter has
+/// ([`ImageStore::settle_snapshot_intents`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotIntent {
+    /// The lease's namespace.
+    #[prost(string, tag = "1")]
+    pub namespace: String,
+    /// The lease the snapshot is made under; empty if none of this store's.
+    #[prost(string, tag = "2")]
+    pub lease: String,
+    /// For a commit, the active snapshot committed; empty for a Prepare or View.
+    #[prost(string, tag = "3")]
+    pub from: String,
+}
 
 impl ImageStore {
-    /// Records snapshot `snapshot` of `snapshotter` as made in `namespace` under `lease`, if
-    /// that lease is one of this store's; whether it was.
-    pub fn snapshot_made(
+    /// Before `snapshotter` makes `snapshot` (a Prepare or View, or with `from` a Commit):
+    /// records the intent if this store will own the result, that is if `lease` (namespace,
+    /// id) is one of its leases or `from` one of its snapshots, and `is_new` says `snapshot`
+    /// does not exist yet (one that does is someone else's, and the call will fail); whether
+    /// it did. A read only for everyone else's calls.
+    pub fn intend_snapshot(
         &self,
-        namespace: &str,
-        lease: &str,
         snapshotter: &str,
         snapshot: &str,
+        (lease, from): (Option<(&str, &str)>, Option<&str>),
+        is_new: impl FnOnce() -> Result<bool>,
     ) -> Result<bool> {
-        if !self.lease_exists(namespace, lease)? {
+        let lease = match lease {
+            Some((ns, id)) if self.lease_exists(ns, id)? => Some((ns, id)),
+            _ => None,
+        };
+        let from = match from {
+            Some(f) if self.owns_snapshot(snapshotter, f)? => f,
+            _ => "",
+        };
+        if (lease.is_none() && from.is_empty()) || !is_new()? {
             return Ok(false);
         }
+        let (namespace, lease) = lease.unwrap_or_default();
+        let intent = SnapshotIntent {
+            namespace: namespace.to_string(),
+            lease: lease.to_string(),
+            from: from.to_string(),
+        };
         self.meta.write(|w| {
-            let resource = format!("{RESOURCE_SNAPSHOTS}{snapshotter}");
-            w.add_resource(namespace, lease, &resource, snapshot)?;
-            let record = Resource {
-                id: namespace.to_string(),
-                r#type: resource,
-            };
-            w.put(Kind::Snapshot, &key(snapshotter, &[snapshot]), &record)?;
+            w.put(
+                Kind::SnapshotIntent,
+                &key(snapshotter, &[snapshot]),
+                &intent,
+            )?;
             Ok(true)
         })
+    }
+
+    /// The snapshotter made `snapshot` as intended ([`intend_snapshot`](Self::intend_snapshot)):
+    /// records it as this store's (moving a committed `from`'s record to it, adding it to
+    /// the lease) and drops the intent, in one transaction.
+    pub fn snapshot_intent_done(&self, snapshotter: &str, snapshot: &str) -> Result<()> {
+        self.meta.write(|w| {
+            let k = key(snapshotter, &[snapshot]);
+            let Some(intent) = w.get::<SnapshotIntent>(Kind::SnapshotIntent, &k)? else {
+                return Ok(());
+            };
+            w.delete(Kind::SnapshotIntent, &k)?;
+            if !intent.from.is_empty() {
+                let from = key(snapshotter, &[&intent.from]);
+                if let Some(record) = w.get::<Resource>(Kind::Snapshot, &from)? {
+                    w.delete(Kind::Snapshot, &from)?;
+                    w.put(Kind::Snapshot, &k, &record)?;
+                }
+            }
+            let lease_key = key(&intent.namespace, &[&intent.lease]);
+            if !intent.lease.is_empty() && w.get::<Lease>(Kind::Lease, &lease_key)?.is_some() {
+                record_made(w, &intent.namespace, &intent.lease, snapshotter, snapshot)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The snapshotter did not make `snapshot`: its intent goes.
+    pub fn snapshot_intent_dropped(&self, snapshotter: &str, snapshot: &str) -> Result<()> {
+        self.meta.write(|w| {
+            w.delete(Kind::SnapshotIntent, &key(snapshotter, &[snapshot]))?;
+            Ok(())
+        })
+    }
+
+    /// Settles the intents a crash left, from what the snapshotters have (before the daemon
+    /// serves): a snapshot that exists (and, for a commit, whose active snapshot is gone: a
+    /// commit replaces one with the other at once) was made, and is recorded; otherwise the
+    /// intent just goes. A snapshotter that cannot be listed keeps its intents for the next
+    /// start. How many were made.
+    pub fn settle_snapshot_intents(&self, snapshots: &dyn SnapshotAccess) -> Result<usize> {
+        let mut made = 0;
+        for snapshotter in self.meta.read(|r| r.namespaces_of(Kind::SnapshotIntent))? {
+            let intents = self
+                .meta
+                .read(|r| r.list::<SnapshotIntent>(Kind::SnapshotIntent, &snapshotter))?;
+            let existing = match snapshots.snapshots(&snapshotter) {
+                Ok(all) => all,
+                Err(e) => {
+                    tracing::warn!(snapshotter, error = %e, "snapshot intents kept");
+                    continue;
+                }
+            };
+            for (snapshot, intent) in intents {
+                let done = existing.contains_key(&snapshot)
+                    && (intent.from.is_empty() || !existing.contains_key(&intent.from));
+                if done {
+                    tracing::info!(
+                        snapshotter,
+                        snapshot,
+                        "snapshot made before a crash recorded"
+                    );
+                    self.snapshot_intent_done(&snapshotter, &snapshot)?;
+                    made += 1;
+                } else {
+                    self.snapshot_intent_dropped(&snapshotter, &snapshot)?;
+                }
+            }
+        }
+        Ok(made)
     }
 
     /// Whether snapshot `snapshot` of `snapshotter` is this store's. A read only, cheap
@@ -45,18 +152,6 @@ impl ImageStore {
         let k = key(snapshotter, &[snapshot]);
         self.meta
             .read(|r| Ok(r.get::<Resource>(Kind::Snapshot, &k)?.is_some()))
-    }
-
-    /// Active snapshot `from` was committed as `to`: if it was this store's, so is `to`.
-    pub fn snapshot_committed(&self, snapshotter: &str, from: &str, to: &str) -> Result<()> {
-        let k = key(snapshotter, &[from]);
-        self.meta.write(|w| {
-            if let Some(record) = w.get::<Resource>(Kind::Snapshot, &k)? {
-                w.delete(Kind::Snapshot, &k)?;
-                w.put(Kind::Snapshot, &key(snapshotter, &[to]), &record)?;
-            }
-            Ok(())
-        })
     }
 
     /// Snapshot `snapshot` is gone, or shared with someone else (containerd adopted it):
@@ -82,5 +177,118 @@ impl ImageStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Records `snapshot` as made in `namespace` under `lease` (known to exist): a resource of
+/// the lease, and this store's. Always true.
+fn record_made(
+    w: &mut Writer,
+    namespace: &str,
+    lease: &str,
+    snapshotter: &str,
+    snapshot: &str,
+) -> Result<bool> {
+    let resource = format!("{RESOURCE_SNAPSHOTS}{snapshotter}");
+    w.add_resource(namespace, lease, &resource, snapshot)?;
+    let record = Resource {
+        id: namespace.to_string(),
+        r#type: resource,
+    };
+    w.put(Kind::Snapshot, &key(snapshotter, &[snapshot]), &record)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::imagestore::SnapshotTree;
+
+    /// A snapshotter's keys as the collector lists them (parents and labels do not matter
+    /// here).
+    struct Listed(Vec<&'static str>);
+
+    impl SnapshotAccess for Listed {
+        fn snapshots(&self, _: &str) -> Result<SnapshotTree> {
+            Ok(self
+                .0
+                .iter()
+                .map(|k| (k.to_string(), (String::new(), HashMap::new())))
+                .collect())
+        }
+        fn remove(&self, _: &str, _: &str) -> Result<()> {
+            unreachable!("settling removes nothing")
+        }
+        fn cleanup(&self, _: &str) -> Result<()> {
+            unreachable!("settling removes nothing")
+        }
+    }
+
+    #[test]
+    fn intents_left_by_a_crash_are_settled_from_the_snapshotter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        store.lease_create("ns", "pull", HashMap::new()).unwrap();
+        let new = || Ok(true);
+        let leased = (Some(("ns", "pull")), None);
+        // Nobody's lease, no owned parent: nothing recorded (containerd's calls).
+        assert!(
+            !store
+                .intend_snapshot("s", "theirs", (None, Some("x")), new)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .intend_snapshot("s", "other", (Some(("ns", "gone")), None), new)
+                .unwrap()
+        );
+        // An existing key is someone else's: not claimed.
+        assert!(
+            !store
+                .intend_snapshot("s", "taken", leased, || Ok(false))
+                .unwrap()
+        );
+
+        // Prepared, then the crash: "a" was made, "b" was not.
+        assert!(store.intend_snapshot("s", "a", leased, new).unwrap());
+        assert!(store.intend_snapshot("s", "b", leased, new).unwrap());
+        // "c" was made and recorded, then committed as "d" (made) and "e" (not made: "c2"
+        // still exists, the commit did not happen).
+        assert!(store.intend_snapshot("s", "c", leased, new).unwrap());
+        store.snapshot_intent_done("s", "c").unwrap();
+        assert!(store.intend_snapshot("s", "c2", leased, new).unwrap());
+        store.snapshot_intent_done("s", "c2").unwrap();
+        assert!(
+            store
+                .intend_snapshot("s", "d", (None, Some("c")), new)
+                .unwrap()
+        );
+        assert!(
+            store
+                .intend_snapshot("s", "e", (None, Some("c2")), new)
+                .unwrap()
+        );
+
+        let listed = Listed(vec!["a", "c2", "d", "e"]);
+        assert_eq!(store.settle_snapshot_intents(&listed).unwrap(), 2);
+        let owned = |k: &str| store.owns_snapshot("s", k).unwrap();
+        assert!(owned("a") && owned("d") && owned("c2"));
+        assert!(!owned("b") && !owned("c") && !owned("e"));
+        let resources: Vec<String> = store
+            .lease_resources("ns", "pull")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(resources, ["a", "c", "c2"]);
+        // Every intent is settled: nothing more on the next start.
+        assert_eq!(store.settle_snapshot_intents(&listed).unwrap(), 0);
+        let left = store
+            .meta
+            .read(|r| r.namespaces_of(Kind::SnapshotIntent))
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -276,6 +276,17 @@ pub async fn run(
                 source,
             }
         })?;
+    let settled = tokio::task::block_in_place(|| store.settle_snapshot_intents(&instances))
+        .map_err(|source| DaemonError::ImageStore {
+            root: config.root.clone(),
+            source,
+        })?;
+    if settled > 0 {
+        tracing::info!(
+            settled,
+            "snapshots made before a crash recorded as the image store's"
+        );
+    }
     let store = Arc::new(store);
     let (listener, owns_socket) = match activated {
         Some(l) => (

@@ -15,7 +15,7 @@ use super::blocking;
 use crate::api::services::snapshots::v1 as pb;
 use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
-use crate::imagestore::ImageStore;
+use crate::imagestore::{ImageStore, StoreError};
 use crate::instances::Instances;
 use crate::metrics::METRICS;
 use crate::status::{invalid, join_error, to_status};
@@ -51,14 +51,9 @@ impl SnapshotsService {
         }
     }
 
-    /// Tells the image store that `snapshot` left, or went to `committed` when given, if it
-    /// was the store's (a lookup only for everyone else's).
-    async fn moved(
-        &self,
-        snapshotter: &str,
-        snapshot: String,
-        committed: Option<String>,
-    ) -> Result<(), Status> {
+    /// Tells the image store that `snapshot` left, if it was the store's (a lookup only for
+    /// everyone else's).
+    async fn released(&self, snapshotter: &str, snapshot: String) -> Result<(), Status> {
         let inst = self.instance_name(snapshotter)?;
         if !self
             .store
@@ -67,11 +62,7 @@ impl SnapshotsService {
         {
             return Ok(());
         }
-        blocking(&self.store, move |s| match &committed {
-            Some(to) => s.snapshot_committed(&inst, &snapshot, to),
-            None => s.snapshot_released(&inst, &snapshot),
-        })
-        .await
+        blocking(&self.store, move |s| s.snapshot_released(&inst, &snapshot)).await
     }
 
     /// The name of the instance `snapshotter` selects.
@@ -84,22 +75,66 @@ impl SnapshotsService {
             .clone())
     }
 
-    /// Records `key` as made under the request's lease if that is one of the image store's
-    /// (a request without a lease, as containerd's, costs nothing here).
-    async fn made(
+    /// Before the snapshotter makes `snapshot` (Prepare, View, or Commit of `from`): has the
+    /// image store record the intent if the result will be the store's (the request's lease
+    /// is one of its leases, or `from` one of its snapshots), so that a crash between the
+    /// snapshotter's change and the store's record cannot leave it uncollectable; whether an
+    /// intent was recorded. A request without a lease, as containerd's, costs a lookup.
+    async fn intend(
         &self,
-        request_lease: Option<(String, String)>,
+        lease: Option<(String, String)>,
         snapshotter: &str,
-        key: &str,
-    ) -> Result<(), Status> {
-        let Some((ns, lease)) = request_lease else {
-            return Ok(());
+        snapshot: &str,
+        from: Option<String>,
+    ) -> Result<bool, Status> {
+        let instance = self.instances.get(snapshotter).map_err(to_status)?;
+        let from_owned = match &from {
+            Some(f) => self
+                .store
+                .owns_snapshot(&instance.name, f)
+                .map_err(to_status)?,
+            None => false,
         };
-        let (name, key) = (self.instance_name(snapshotter)?, key.to_string());
-        blocking(&self.store, move |s| {
-            s.snapshot_made(&ns, &lease, &name, &key).map(|_| ())
+        if lease.is_none() && !from_owned {
+            return Ok(false);
+        }
+        let (name, s) = (instance.name.clone(), Arc::clone(&instance.snapshotter));
+        let snapshot = snapshot.to_string();
+        blocking(&self.store, move |store| {
+            let lease = lease.as_ref().map(|(ns, id)| (ns.as_str(), id.as_str()));
+            let is_new = || match s.stat(&snapshot) {
+                Ok(_) => Ok(false),
+                Err(snapshotter::Error::NotFound(_)) => Ok(true),
+                Err(e) => Err(StoreError::Open(e)),
+            };
+            store.intend_snapshot(&name, &snapshot, (lease, from.as_deref()), is_new)
         })
         .await
+    }
+
+    /// After the snapshotter call an intent was recorded for: the store records `snapshot`
+    /// as its own if the call made it, and drops the intent either way. The call's result.
+    async fn settle<T>(
+        &self,
+        intended: bool,
+        snapshotter: &str,
+        snapshot: &str,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        if !intended {
+            return result;
+        }
+        let (name, snapshot) = (self.instance_name(snapshotter)?, snapshot.to_string());
+        let made = result.is_ok();
+        blocking(&self.store, move |s| {
+            if made {
+                s.snapshot_intent_done(&name, &snapshot)
+            } else {
+                s.snapshot_intent_dropped(&name, &snapshot)
+            }
+        })
+        .await?;
+        result
     }
 
     /// The namespace and lease of a request that has both.
@@ -175,6 +210,7 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
         let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
+        let intended = self.intend(lease, &snapshotter, &key, None).await?;
         let reused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let result = self
             .call(&r.snapshotter, {
@@ -192,10 +228,9 @@ impl Snapshots for SnapshotsService {
         if let Some(name) = reused {
             METRICS.layer_reused();
             // Shared with whoever adopts it now: no longer the image store's to collect.
-            self.moved(&snapshotter, name, None).await?;
+            self.released(&snapshotter, name).await?;
         }
-        let mounts = result?;
-        self.made(lease, &snapshotter, &key).await?;
+        let mounts = self.settle(intended, &snapshotter, &key, result).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -209,10 +244,11 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
         let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
-        let mounts = self
+        let intended = self.intend(lease, &snapshotter, &key, None).await?;
+        let result = self
             .call(&r.snapshotter, move |s| s.view(&r.key, &r.parent, labels))
-            .await?;
-        self.made(lease, &snapshotter, &key).await?;
+            .await;
+        let mounts = self.settle(intended, &snapshotter, &key, result).await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -237,12 +273,13 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
         let (snapshotter, key, name) = (r.snapshotter.clone(), r.key.clone(), r.name.clone());
-        self.call(&r.snapshotter, move |s| {
-            s.commit(&r.name, &r.key, labels, &r.parent)
-        })
-        .await?;
-        self.moved(&snapshotter, key, Some(name.clone())).await?;
-        self.made(lease, &snapshotter, &name).await?;
+        let intended = self.intend(lease, &snapshotter, &name, Some(key)).await?;
+        let result = self
+            .call(&r.snapshotter, move |s| {
+                s.commit(&r.name, &r.key, labels, &r.parent)
+            })
+            .await;
+        self.settle(intended, &snapshotter, &name, result).await?;
         Ok(Response::new(()))
     }
 
@@ -253,7 +290,7 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
         self.call(&r.snapshotter, move |s| s.remove(&r.key)).await?;
-        self.moved(&snapshotter, key, None).await?;
+        self.released(&snapshotter, key).await?;
         Ok(Response::new(()))
     }
 

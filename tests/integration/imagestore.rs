@@ -1361,7 +1361,7 @@ fn pull_from_registry() {
 }
 
 /// Bytes written so far into the content store's writes in progress under `root`.
-fn ingest_bytes(root: &std::path::Path) -> u64 {
+pub(crate) fn ingest_bytes(root: &std::path::Path) -> u64 {
     let Ok(dirs) = std::fs::read_dir(root.join("content/ingest")) else {
         return 0;
     };

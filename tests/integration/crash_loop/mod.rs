@@ -17,8 +17,8 @@
 //!   idmapped trees of mappings a snapshot still uses.
 //!
 //! Violations are counted, not fatal, so one run reports them all in its summary line.
-//! `scripts/crash-loop [N] [--seed S]` runs N kills (half per snapshotter kind); `.ci/run`
-//! runs 20. Environment: `STRATA_CRASH_LOOP_KILLS` (default 20), `STRATA_CRASH_LOOP_SEED`
+//! `scripts/crash-loop [N] [--seed S]` runs N kills (half per snapshotter kind), and the
+//! pull crash loop ([`pulls`]) half as many; `.ci/run` runs 20 and 10. Environment: `STRATA_CRASH_LOOP_KILLS` (default 20), `STRATA_CRASH_LOOP_SEED`
 //! (default from the clock; printed, and a run with the same seed makes the same choices).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -36,6 +36,8 @@ use strata::api::services::snapshots::v1 as pb;
 use strata::api::types::{Descriptor, Mount};
 use tonic::Code;
 use tonic::transport::Channel;
+
+mod pulls;
 
 use crate::crash::mount_paths;
 use crate::suite::without_root;
@@ -68,18 +70,7 @@ const CHECK_BOUND: Duration = Duration::from_secs(300);
 #[ignore = "needs root"]
 async fn crash_loop() {
     assert_root("crash_loop");
-    let kills: usize = std::env::var("STRATA_CRASH_LOOP_KILLS")
-        .map(|v| v.parse().expect("STRATA_CRASH_LOOP_KILLS"))
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("STRATA_CRASH_LOOP_SEED")
-        .map(|v| v.parse().expect("STRATA_CRASH_LOOP_SEED"))
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000
-        });
+    let (kills, seed) = kills_and_seed();
     eprintln!("crash-loop: seed {seed}, {kills} kills");
     let started = Instant::now();
     let mut total = Counts::default();
@@ -101,6 +92,24 @@ async fn crash_loop() {
         violations.len(),
         &violations[..violations.len().min(30)]
     );
+}
+
+/// `STRATA_CRASH_LOOP_KILLS` (default 20) and `STRATA_CRASH_LOOP_SEED` (default from the
+/// clock).
+fn kills_and_seed() -> (usize, u64) {
+    let kills: usize = std::env::var("STRATA_CRASH_LOOP_KILLS")
+        .map(|v| v.parse().expect("STRATA_CRASH_LOOP_KILLS"))
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("STRATA_CRASH_LOOP_SEED")
+        .map(|v| v.parse().expect("STRATA_CRASH_LOOP_SEED"))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        });
+    (kills, seed)
 }
 
 /// A committed snapshot as its client recorded it when Commit returned.
