@@ -129,8 +129,9 @@ struct Mapped {
     parent: String,
     /// The host id that id 0 maps to.
     base: u32,
-    /// [`mapped_tree`] of its mounts: the parent's tree, then what was written.
-    tree: u64,
+    /// [`mapped_tree`] of its mounts: the parent's tree, then what was written; `None` until
+    /// seen where the parent's recorded tree does not tell (see [`Worker::mapped`]).
+    tree: Option<u64>,
     owner: usize,
 }
 
@@ -452,10 +453,13 @@ impl Worker {
         let mapping = format!("0:{base}:{MAPPING_SIZE}");
         let seq = self.next_seq();
         let key = format!("w{}-u{seq}", self.id);
+        // The parent's tree was hashed through its view: for an overlayfs snapshot without a
+        // parent that is a bind of its directory, showing a layer's whiteouts as the devices
+        // they are, which an overlay of it (this snapshot's mounts) hides.
         let mut expect = Mapped {
             parent: parent.clone(),
             base,
-            tree: c.tree,
+            tree: (c.depth > 1).then_some(c.tree),
             owner: self.id,
         };
         let r = self
@@ -469,9 +473,6 @@ impl Worker {
         let Some(mounts) = self.outcome("prepare mapped", in_flight, r)? else {
             return Ok(());
         };
-        // The parent's tree was hashed through its view: for an overlayfs snapshot without a
-        // parent that is a bind of its directory, showing a layer's whiteouts as the devices
-        // they are, which an overlay of it (this snapshot's mounts) hides.
         let comparable = c.depth > 1 || mounts.iter().all(|m| m.r#type != "overlay");
         match mapped_tree(&mounts, &self.mnt, base).await {
             Ok(_) if !comparable => {}
@@ -489,7 +490,7 @@ impl Worker {
         .await
         .unwrap();
         match wrote.and(mapped_tree(&mounts, &self.mnt, base).await) {
-            Ok(tree) => expect.tree = tree,
+            Ok(tree) => expect.tree = Some(tree),
             Err(e) => model(&self.model).violations.push(format!("{key}: {e}")),
         }
         model(&self.model).mapped.insert(key, expect);
@@ -930,10 +931,17 @@ async fn check_mapped(
                 continue;
             }
         };
-        match mapped_tree(&mounts, mnt, m.base).await {
-            Ok(tree) if tree == m.tree => {}
-            Ok(_) => violations.push(format!("{key}: its mounts show another tree than recorded")),
-            Err(e) => violations.push(format!("{key}: {e}")),
+        match (mapped_tree(&mounts, mnt, m.base).await, m.tree) {
+            (Ok(tree), Some(recorded)) if tree == recorded => {}
+            (Ok(tree), None) => {
+                if let Some(m) = model(shared).mapped.get_mut(key) {
+                    m.tree = Some(tree);
+                }
+            }
+            (Ok(_), Some(_)) => {
+                violations.push(format!("{key}: its mounts show another tree than recorded"))
+            }
+            (Err(e), _) => violations.push(format!("{key}: {e}")),
         }
         model(shared).counts.mapped_verified += 1;
         if m.base == dropped {
