@@ -12,7 +12,8 @@
 //!
 //! At the end every image is pulled again (each completes), then all are removed and
 //! collected: no lease, write in progress, blob, snapshot or mount is left. Half the crash
-//! loop's kills (`STRATA_CRASH_LOOP_KILLS`), with its seed.
+//! loop's kills (`STRATA_CRASH_LOOP_KILLS`), with its seed, half of them on overlayfs and
+//! half on native.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -74,93 +75,151 @@ fn pulls_under_kills() {
     let images = push_images(tmp.path(), &registry);
     let trees = reference_trees(tmp.path(), &images);
 
-    let mut daemon = Daemon::start(&new_dir(tmp.path(), "loop"), "overlayfs");
     let mut rng = Rng::new(seed ^ 0x70_75_6c_6c);
-    let mut present = BTreeSet::new();
+    let mut total = Tally::default();
     let mut violations = Vec::new();
-    let (mut acknowledged, mut cut, mut verified) = (0, 0, 0);
-    for round in 0..kills {
-        let ops = pick_ops(&mut rng, images.len(), &present);
-        let mut clients: Vec<Child> = ops
-            .iter()
-            .map(|op| client(&daemon.socket, &op.args(&images)))
-            .collect();
-        std::thread::sleep(Duration::from_millis(50 + rng.below(2200)));
-        for (op, c) in ops.iter().zip(&mut clients) {
-            if let Some(status) = c.try_wait().unwrap()
-                && !status.success()
-            {
-                violations.push(format!(
-                    "round {round}: {op:?} failed before the kill: {}",
-                    stderr_of(c)
-                ));
-            }
-        }
-        daemon.kill();
-        let done: Vec<bool> = clients.iter_mut().map(exited_cleanly).collect();
-        daemon.respawn();
-
-        let listed = listed_images(&daemon.socket, &images);
-        for (op, ok) in ops.iter().zip(&done) {
-            if *ok {
-                acknowledged += 1;
-            } else {
-                cut += 1;
-            }
-            match (op, ok) {
-                (Op::Pull(i), true) if !listed.contains(i) => violations.push(format!(
-                    "round {round}: the acknowledged pull of {} is lost",
-                    images[*i]
-                )),
-                (Op::Remove(i), true) if listed.contains(i) => violations.push(format!(
-                    "round {round}: {} is listed after its removal was acknowledged",
-                    images[*i]
-                )),
-                _ => {}
-            }
-        }
-        let touched: BTreeSet<usize> = ops.iter().filter_map(Op::image).collect();
-        for i in present.symmetric_difference(&listed) {
-            if !touched.contains(i) {
-                violations.push(format!(
-                    "round {round}: {} changed with no call on it",
-                    images[*i]
-                ));
-            }
-        }
-        for &i in &listed {
-            verified += 1;
-            if let Err(e) = check_whole(&daemon, &images[i], &trees[i], tmp.path()) {
-                violations.push(format!("round {round}: {}: {e}", images[i]));
-            }
-        }
-        violations.extend(
-            blobs_not_matching_their_names(&daemon.root)
-                .into_iter()
-                .map(|b| format!("round {round}: blob {b} does not hash to its name")),
+    for (kind, kills) in [("overlayfs", kills.div_ceil(2)), ("native", kills / 2)] {
+        let world = World {
+            kind,
+            images: &images,
+            trees: &trees,
+            tmp: tmp.path(),
+        };
+        let (tally, found) = world.run(kills, &mut rng);
+        eprintln!(
+            "crash-loop pulls: {kind}: {}",
+            tally.summary(kills, found.len())
         );
-        present = listed;
+        total.add(&tally);
+        violations.extend(found.into_iter().map(|v| format!("{kind}: {v}")));
     }
-    violations.extend(pull_all_then_remove_all(
-        &daemon,
-        &images,
-        &trees,
-        tmp.path(),
-    ));
-    daemon.stop();
-    // Snapshots a kill caught between the snapshotter's change and the image store's record.
-    let settled = daemon
-        .log_text()
-        .matches("snapshot made before a crash recorded")
-        .count();
     eprintln!(
-        "crash-loop pulls: seed {seed}, {kills} kills in {:.0} s: {acknowledged} calls \
-         acknowledged, {cut} cut by a kill, {verified} listed images verified whole, \
-         {settled} snapshots settled at a restart, {} violations",
+        "crash-loop pulls: seed {seed}, {kills} kills in {:.0} s: {}",
         started.elapsed().as_secs_f64(),
-        violations.len()
+        total.summary(kills, violations.len())
     );
     assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// What a run counted.
+#[derive(Default)]
+struct Tally {
+    acknowledged: usize,
+    cut: usize,
+    verified: usize,
+    /// Snapshots a kill caught between the snapshotter's change and the image store's
+    /// record, settled at the next start (the daemon logs each).
+    settled: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.acknowledged += other.acknowledged;
+        self.cut += other.cut;
+        self.verified += other.verified;
+        self.settled += other.settled;
+    }
+
+    fn summary(&self, kills: usize, violations: usize) -> String {
+        format!(
+            "{kills} kills, {} calls acknowledged, {} cut by a kill, {} listed images \
+             verified whole, {} snapshots settled at a restart, {violations} violations",
+            self.acknowledged, self.cut, self.verified, self.settled
+        )
+    }
+}
+
+/// One snapshotter kind's run over the pushed images.
+struct World<'a> {
+    kind: &'a str,
+    images: &'a [String],
+    /// Each image's tree from a clean pull.
+    trees: &'a [Tree],
+    tmp: &'a Path,
+}
+
+impl World<'_> {
+    /// `kills` rounds of calls, kill, restart and checks, then the final pull and removal
+    /// of everything; what was counted and the violations found.
+    fn run(&self, kills: usize, rng: &mut Rng) -> (Tally, Vec<String>) {
+        let images = self.images;
+        let dir = new_dir(self.tmp, &format!("loop-{}", self.kind));
+        let mut daemon = Daemon::start(&dir, self.kind);
+        let mut present = BTreeSet::new();
+        let mut violations = Vec::new();
+        let mut tally = Tally::default();
+        for round in 0..kills {
+            let ops = pick_ops(rng, images.len(), &present);
+            let mut clients: Vec<Child> = ops
+                .iter()
+                .map(|op| client(&daemon.socket, &op.args(images)))
+                .collect();
+            std::thread::sleep(Duration::from_millis(50 + rng.below(2200)));
+            for (op, c) in ops.iter().zip(&mut clients) {
+                if let Some(status) = c.try_wait().unwrap()
+                    && !status.success()
+                {
+                    violations.push(format!(
+                        "round {round}: {op:?} failed before the kill: {}",
+                        stderr_of(c)
+                    ));
+                }
+            }
+            daemon.kill();
+            let done: Vec<bool> = clients.iter_mut().map(exited_cleanly).collect();
+            daemon.respawn();
+
+            let listed = listed_images(&daemon.socket, images);
+            for (op, ok) in ops.iter().zip(&done) {
+                if *ok {
+                    tally.acknowledged += 1;
+                } else {
+                    tally.cut += 1;
+                }
+                match (op, ok) {
+                    (Op::Pull(i), true) if !listed.contains(i) => violations.push(format!(
+                        "round {round}: the acknowledged pull of {} is lost",
+                        images[*i]
+                    )),
+                    (Op::Remove(i), true) if listed.contains(i) => violations.push(format!(
+                        "round {round}: {} is listed after its removal was acknowledged",
+                        images[*i]
+                    )),
+                    _ => {}
+                }
+            }
+            let touched: BTreeSet<usize> = ops.iter().filter_map(Op::image).collect();
+            for i in present.symmetric_difference(&listed) {
+                if !touched.contains(i) {
+                    violations.push(format!(
+                        "round {round}: {} changed with no call on it",
+                        images[*i]
+                    ));
+                }
+            }
+            for &i in &listed {
+                tally.verified += 1;
+                if let Err(e) = check_whole(&daemon, &images[i], &self.trees[i], self.tmp) {
+                    violations.push(format!("round {round}: {}: {e}", images[i]));
+                }
+            }
+            violations.extend(
+                blobs_not_matching_their_names(&daemon.root)
+                    .into_iter()
+                    .map(|b| format!("round {round}: blob {b} does not hash to its name")),
+            );
+            present = listed;
+        }
+        violations.extend(pull_all_then_remove_all(
+            &daemon, images, self.trees, self.tmp,
+        ));
+        daemon.stop();
+        tally.settled = daemon
+            .log_text()
+            .matches("snapshot made before a crash recorded")
+            .count();
+        (tally, violations)
+    }
 }
 
 /// Builds and pushes the images; their references. Two small images sharing their first
