@@ -46,7 +46,8 @@ impl ImageStore {
         &self,
         snapshotter: &str,
         snapshot: &str,
-        (lease, from): (Option<(&str, &str)>, Option<&str>),
+        lease: Option<(&str, &str)>,
+        from: Option<&str>,
         is_new: impl FnOnce() -> Result<bool>,
     ) -> Result<bool> {
         let lease = match lease {
@@ -181,22 +182,21 @@ impl ImageStore {
 }
 
 /// Records `snapshot` as made in `namespace` under `lease` (known to exist): a resource of
-/// the lease, and this store's. Always true.
+/// the lease, and this store's.
 fn record_made(
     w: &mut Writer,
     namespace: &str,
     lease: &str,
     snapshotter: &str,
     snapshot: &str,
-) -> Result<bool> {
+) -> Result<()> {
     let resource = format!("{RESOURCE_SNAPSHOTS}{snapshotter}");
     w.add_resource(namespace, lease, &resource, snapshot)?;
     let record = Resource {
         id: namespace.to_string(),
         r#type: resource,
     };
-    w.put(Kind::Snapshot, &key(snapshotter, &[snapshot]), &record)?;
-    Ok(true)
+    w.put(Kind::Snapshot, &key(snapshotter, &[snapshot]), &record)
 }
 
 #[cfg(test)]
@@ -232,42 +232,42 @@ mod tests {
         let store = ImageStore::open(dir.path()).unwrap();
         store.lease_create("ns", "pull", HashMap::new()).unwrap();
         let new = || Ok(true);
-        let leased = (Some(("ns", "pull")), None);
+        let leased = Some(("ns", "pull"));
         // Nobody's lease, no owned parent: nothing recorded (containerd's calls).
         assert!(
             !store
-                .intend_snapshot("s", "theirs", (None, Some("x")), new)
+                .intend_snapshot("s", "theirs", None, Some("x"), new)
                 .unwrap()
         );
         assert!(
             !store
-                .intend_snapshot("s", "other", (Some(("ns", "gone")), None), new)
+                .intend_snapshot("s", "other", Some(("ns", "gone")), None, new)
                 .unwrap()
         );
         // An existing key is someone else's: not claimed.
         assert!(
             !store
-                .intend_snapshot("s", "taken", leased, || Ok(false))
+                .intend_snapshot("s", "taken", leased, None, || Ok(false))
                 .unwrap()
         );
 
         // Prepared, then the crash: "a" was made, "b" was not.
-        assert!(store.intend_snapshot("s", "a", leased, new).unwrap());
-        assert!(store.intend_snapshot("s", "b", leased, new).unwrap());
+        assert!(store.intend_snapshot("s", "a", leased, None, new).unwrap());
+        assert!(store.intend_snapshot("s", "b", leased, None, new).unwrap());
         // "c" was made and recorded, then committed as "d" (made) and "e" (not made: "c2"
         // still exists, the commit did not happen).
-        assert!(store.intend_snapshot("s", "c", leased, new).unwrap());
+        assert!(store.intend_snapshot("s", "c", leased, None, new).unwrap());
         store.snapshot_intent_done("s", "c").unwrap();
-        assert!(store.intend_snapshot("s", "c2", leased, new).unwrap());
+        assert!(store.intend_snapshot("s", "c2", leased, None, new).unwrap());
         store.snapshot_intent_done("s", "c2").unwrap();
         assert!(
             store
-                .intend_snapshot("s", "d", (None, Some("c")), new)
+                .intend_snapshot("s", "d", None, Some("c"), new)
                 .unwrap()
         );
         assert!(
             store
-                .intend_snapshot("s", "e", (None, Some("c2")), new)
+                .intend_snapshot("s", "e", None, Some("c2"), new)
                 .unwrap()
         );
 

@@ -78,15 +78,16 @@ impl SnapshotsService {
     /// Before the snapshotter makes `snapshot` (Prepare, View, or Commit of `from`): has the
     /// image store record the intent if the result will be the store's (the request's lease
     /// is one of its leases, or `from` one of its snapshots), so that a crash between the
-    /// snapshotter's change and the store's record cannot leave it uncollectable; whether an
-    /// intent was recorded. A request without a lease, as containerd's, costs a lookup.
+    /// snapshotter's change and the store's record cannot leave it uncollectable; the name
+    /// of the instance the intent was recorded under, if one was. A request without a lease,
+    /// as containerd's, costs a lookup.
     async fn intend(
         &self,
         lease: Option<(String, String)>,
         snapshotter: &str,
         snapshot: &str,
         from: Option<String>,
-    ) -> Result<bool, Status> {
+    ) -> Result<Option<String>, Status> {
         let instance = self.instances.get(snapshotter).map_err(to_status)?;
         let from_owned = match &from {
             Some(f) => self
@@ -96,7 +97,7 @@ impl SnapshotsService {
             None => false,
         };
         if lease.is_none() && !from_owned {
-            return Ok(false);
+            return Ok(None);
         }
         let (name, s) = (instance.name.clone(), Arc::clone(&instance.snapshotter));
         let snapshot = snapshot.to_string();
@@ -107,25 +108,26 @@ impl SnapshotsService {
                 Err(snapshotter::Error::NotFound(_)) => Ok(true),
                 Err(e) => Err(StoreError::Open(e)),
             };
-            store.intend_snapshot(&name, &snapshot, (lease, from.as_deref()), is_new)
+            let intended =
+                store.intend_snapshot(&name, &snapshot, lease, from.as_deref(), is_new)?;
+            Ok(intended.then_some(name))
         })
         .await
     }
 
-    /// After the snapshotter call an intent was recorded for: the store records `snapshot`
-    /// as its own if the call made it, and drops the intent either way. The call's result.
+    /// After a snapshotter call [`intend`](Self::intend) recorded an intent for under
+    /// instance `intended`: the store records `snapshot` as its own if the call made it, and
+    /// drops the intent either way. The call's result.
     async fn settle<T>(
         &self,
-        intended: bool,
-        snapshotter: &str,
+        intended: Option<String>,
         snapshot: &str,
         result: Result<T, Status>,
     ) -> Result<T, Status> {
-        if !intended {
+        let Some(name) = intended else {
             return result;
-        }
-        let (name, snapshot) = (self.instance_name(snapshotter)?, snapshot.to_string());
-        let made = result.is_ok();
+        };
+        let (snapshot, made) = (snapshot.to_string(), result.is_ok());
         blocking(&self.store, move |s| {
             if made {
                 s.snapshot_intent_done(&name, &snapshot)
@@ -230,7 +232,7 @@ impl Snapshots for SnapshotsService {
             // Shared with whoever adopts it now: no longer the image store's to collect.
             self.released(&snapshotter, name).await?;
         }
-        let mounts = self.settle(intended, &snapshotter, &key, result).await?;
+        let mounts = self.settle(intended, &key, result).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -248,7 +250,7 @@ impl Snapshots for SnapshotsService {
         let result = self
             .call(&r.snapshotter, move |s| s.view(&r.key, &r.parent, labels))
             .await;
-        let mounts = self.settle(intended, &snapshotter, &key, result).await?;
+        let mounts = self.settle(intended, &key, result).await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts_to_pb(mounts),
         }))
@@ -279,7 +281,7 @@ impl Snapshots for SnapshotsService {
                 s.commit(&r.name, &r.key, labels, &r.parent)
             })
             .await;
-        self.settle(intended, &snapshotter, &name, result).await?;
+        self.settle(intended, &name, result).await?;
         Ok(Response::new(()))
     }
 

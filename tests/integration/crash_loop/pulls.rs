@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use differ::digest::HashingWriter;
 
 use super::kills_and_seed;
 use crate::containerd::env::build_image;
@@ -371,19 +371,11 @@ fn blobs_not_matching_their_names(root: &Path) -> Vec<String> {
         .map(|e| e.unwrap().path())
         .filter(|path| {
             let mut file = std::fs::File::open(path).unwrap();
-            let (mut hasher, mut buf) = (Sha256::new(), vec![0; 1 << 20]);
-            loop {
-                match file.read(&mut buf).unwrap() {
-                    0 => break,
-                    n => hasher.update(&buf[..n]),
-                }
-            }
-            let hex: String = hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            path.file_name().is_none_or(|n| n.to_string_lossy() != hex)
+            let mut hashed = HashingWriter::new(std::io::sink());
+            std::io::copy(&mut file, &mut hashed).unwrap();
+            let (_, digest, _) = hashed.finish();
+            path.file_name()
+                .is_none_or(|n| n.to_string_lossy() != digest.hex())
         })
         .map(|path| path.display().to_string())
         .collect()
