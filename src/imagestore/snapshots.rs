@@ -155,6 +155,37 @@ impl ImageStore {
             .read(|r| Ok(r.get::<Resource>(Kind::Snapshot, &k)?.is_some()))
     }
 
+    /// Committed snapshot `snapshot`, this store's, is taken as it is by a Prepare for the
+    /// same layer (the snapshotter's layer reuse). Under one of this store's leases in the
+    /// snapshot's own namespace (another unpack of the store's, say a second pull sharing the
+    /// layer) it stays the store's and that lease holds it too; otherwise whoever adopts it
+    /// (containerd, another namespace) shares it, and it is no longer the store's to collect.
+    pub fn snapshot_reused(
+        &self,
+        snapshotter: &str,
+        snapshot: &str,
+        lease: Option<(&str, &str)>,
+    ) -> Result<()> {
+        self.meta.write(|w| {
+            let k = key(snapshotter, &[snapshot]);
+            let Some(record) = w.get::<Resource>(Kind::Snapshot, &k)? else {
+                return Ok(());
+            };
+            match lease {
+                Some((ns, id))
+                    if ns == record.id
+                        && w.get::<Lease>(Kind::Lease, &key(ns, &[id]))?.is_some() =>
+                {
+                    record_made(w, ns, id, snapshotter, snapshot)
+                }
+                _ => {
+                    w.delete(Kind::Snapshot, &k)?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
     /// Snapshot `snapshot` is gone, or shared with someone else (containerd adopted it):
     /// it is no longer this store's to collect.
     pub fn snapshot_released(&self, snapshotter: &str, snapshot: &str) -> Result<()> {

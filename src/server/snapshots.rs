@@ -212,7 +212,7 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let labels = labels_from_pb(r.labels);
         let (snapshotter, key) = (r.snapshotter.clone(), r.key.clone());
-        let intended = self.intend(lease, &snapshotter, &key, None).await?;
+        let intended = self.intend(lease.clone(), &snapshotter, &key, None).await?;
         let reused: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let result = self
             .call(&r.snapshotter, {
@@ -229,8 +229,15 @@ impl Snapshots for SnapshotsService {
         let reused = reused.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(name) = reused {
             METRICS.layer_reused();
-            // Shared with whoever adopts it now: no longer the image store's to collect.
-            self.released(&snapshotter, name).await?;
+            // A lookup only for everyone else's layers.
+            let inst = self.instance_name(&snapshotter)?;
+            if self.store.owns_snapshot(&inst, &name).map_err(to_status)? {
+                blocking(&self.store, move |s| {
+                    let lease = lease.as_ref().map(|(ns, id)| (ns.as_str(), id.as_str()));
+                    s.snapshot_reused(&inst, &name, lease)
+                })
+                .await?;
+            }
         }
         let mounts = self.settle(intended, &key, result).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
