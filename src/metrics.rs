@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,10 @@ pub struct Metrics {
     snapshots: Family<Labels, Gauge>,
     filesystem_size: Family<Labels, Gauge>,
     filesystem_avail: Family<Labels, Gauge>,
+    /// Held from a scrape's refresh to its encoding: the gauges of state are cleared and
+    /// set again at each scrape, so another scrape in between (two Prometheus servers)
+    /// would print them half gone.
+    scraping: Mutex<()>,
 }
 
 /// The process's metrics.
@@ -79,6 +83,7 @@ impl Metrics {
             filesystem_size: Family::default(),
             filesystem_avail: Family::default(),
             registry: Registry::default(),
+            scraping: Mutex::new(()),
         };
         registry.register(
             "grpc_requests",
@@ -200,7 +205,11 @@ impl Metrics {
         }
     }
 
-    fn encode(&self) -> String {
+    /// The text of a scrape: the gauges of state refreshed from `instances`, then every
+    /// metric encoded, one scrape at a time.
+    fn scrape(&self, instances: &Instances) -> String {
+        let _one_at_a_time = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh(instances);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String");
         out
@@ -246,12 +255,9 @@ async fn respond(
         *not_found.status_mut() = hyper::StatusCode::NOT_FOUND;
         return not_found;
     }
-    let body = tokio::task::spawn_blocking(move || {
-        METRICS.refresh(&instances);
-        METRICS.encode()
-    })
-    .await
-    .unwrap_or_default();
+    let body = tokio::task::spawn_blocking(move || METRICS.scrape(&instances))
+        .await
+        .unwrap_or_default();
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

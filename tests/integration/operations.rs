@@ -182,15 +182,41 @@ async fn metrics_are_scraped_over_http_and_move() {
         ),
         Some(0.0)
     );
+    let filesystem = |body: &str| {
+        ["size", "available"].map(|what| {
+            sample(
+                body,
+                &format!("strata_filesystem_{what}_bytes{{instance=\"strata\"}}"),
+            )
+        })
+    };
     assert!(
-        sample(
-            &after,
-            "strata_filesystem_available_bytes{instance=\"strata\"}"
-        )
-        .unwrap()
-            > 0.0
+        filesystem(&after)
+            .iter()
+            .all(|v| v.is_some_and(|v| v > 0.0)),
+        "{after}"
     );
-    assert!(sample(&after, "strata_filesystem_size_bytes{instance=\"strata\"}").unwrap() > 0.0);
+
+    // Scrapes at once (two Prometheus servers) each see every gauge of state: one scrape
+    // clearing them while another prints them once left series out.
+    std::thread::scope(|threads| {
+        for _ in 0..4 {
+            threads.spawn(|| {
+                for _ in 0..25 {
+                    let (_, body) = http_get(&address, "/metrics");
+                    assert!(filesystem(&body).iter().all(Option::is_some), "{body}");
+                    assert_eq!(
+                        sample(
+                            &body,
+                            "strata_snapshots{instance=\"strata\",kind=\"active\"}"
+                        ),
+                        Some(2.0),
+                        "{body}"
+                    );
+                }
+            });
+        }
+    });
 }
 
 /// A 200 KB layer in the OCI-layout directory `content`.
