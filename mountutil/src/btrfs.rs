@@ -1,7 +1,8 @@
 //! btrfs subvolumes with a qgroup limit: the other way a writable layer gets a size limit,
 //! on a btrfs with quotas enabled (`btrfs quota enable`). A limited snapshot's directory is
 //! a subvolume whose qgroup (`0/<subvolume id>`) caps what it references; deleting the
-//! directory (rmdir of an empty subvolume deletes it) lets the kernel drop the qgroup too.
+//! directory (rmdir of an empty subvolume deletes it) lets the kernel drop the qgroup too,
+//! mostly: [`remove_qgroup`] is for the ones it leaves.
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
@@ -41,10 +42,28 @@ struct FsInfoArgs {
     rest: [u8; 992],
 }
 
-/// `_IOW(0x94, 14, vol_args)`, `_IOR(0x94, 43, qgroup_limit_args)`, `_IOR(0x94, 31, fs_info)`.
+/// `struct btrfs_ioctl_ino_lookup_args`.
+#[repr(C)]
+struct InoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+/// `struct btrfs_ioctl_qgroup_create_args`.
+#[repr(C)]
+struct QgroupCreateArgs {
+    create: u64,
+    qgroupid: u64,
+}
+
+/// `_IOW(0x94, 14, vol_args)`, `_IOR(0x94, 43, qgroup_limit_args)`, `_IOR(0x94, 31, fs_info)`,
+/// `_IOWR(0x94, 18, ino_lookup_args)`, `_IOW(0x94, 42, qgroup_create_args)`.
 const BTRFS_IOC_SUBVOL_CREATE: libc::c_ulong = 0x5000_940e;
 const BTRFS_IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
 const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
+const BTRFS_IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
+const BTRFS_IOC_QGROUP_CREATE: libc::c_ulong = 0x4010_942a;
 /// The limit is on referenced bytes; this value for it lifts the limit.
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
 const CLEAR_LIMIT: u64 = u64::MAX;
@@ -132,6 +151,49 @@ pub fn set_subvolume_limit(path: &Path, bytes: Option<u64>) -> Result<()> {
         .map_err(|e| Error::io("set the qgroup limit of", path, e))
 }
 
+/// The id of the subvolume whose root directory is `path` (its level-0 qgroup is
+/// `0/<id>`).
+pub fn subvolume_id(path: &Path) -> Result<u64> {
+    let dir = open_dir(path)?;
+    // treeid 0: the tree `dir` is in; the answer's treeid is that tree's (subvolume's) id.
+    let mut args = InoLookupArgs {
+        treeid: 0,
+        objectid: SUBVOLUME_ROOT_INO,
+        name: [0; 4080],
+    };
+    ioctl(dir.as_fd(), BTRFS_IOC_INO_LOOKUP, &mut args)
+        .map_err(|e| Error::io("look up the subvolume of", path, e))?;
+    Ok(args.treeid)
+}
+
+/// What became of the qgroup of a deleted subvolume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QgroupRemoval {
+    /// Removed now.
+    Removed,
+    /// There was none (the kernel removed it when it dropped the subvolume).
+    Gone,
+    /// The kernel refuses for now: the subvolume is not dropped yet, or its qgroup still
+    /// counts bytes its accounting has not caught up with.
+    NotYet,
+}
+
+/// Removes qgroup `0/<subvolume>` of the btrfs holding `on`, if the kernel lets it: never
+/// while the subvolume exists.
+pub fn remove_qgroup(on: &Path, subvolume: u64) -> Result<QgroupRemoval> {
+    let dir = open_dir(on)?;
+    let mut args = QgroupCreateArgs {
+        create: 0,
+        qgroupid: subvolume,
+    };
+    match ioctl(dir.as_fd(), BTRFS_IOC_QGROUP_CREATE, &mut args) {
+        Ok(()) => Ok(QgroupRemoval::Removed),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(QgroupRemoval::Gone),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(QgroupRemoval::NotYet),
+        Err(e) => Err(Error::io("remove a deleted subvolume's qgroup on", on, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +203,7 @@ mod tests {
         assert_eq!(size_of::<VolArgs>(), 4096);
         assert_eq!(size_of::<QgroupLimitArgs>(), 48);
         assert_eq!(size_of::<FsInfoArgs>(), 1024);
+        assert_eq!(size_of::<InoLookupArgs>(), 4096);
+        assert_eq!(size_of::<QgroupCreateArgs>(), 16);
     }
 }

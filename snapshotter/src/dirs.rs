@@ -21,7 +21,7 @@ use mountutil::lock::RootLock;
 
 use crate::copy::copy_tree;
 use crate::metastore::{MetaStore, Record, from_time};
-use crate::quota::Quotas;
+use crate::quota::{self, Quotas};
 use crate::reuse::{self, LayerClaim};
 use crate::userns::{self, IdmappedTrees, REMAPPED_COPY};
 use crate::{
@@ -558,12 +558,19 @@ impl StripFs for Path {
     }
 }
 
+/// Deletes snapshot directory `path` and all in it (gone already is fine); a limited
+/// snapshot's btrfs subvolume is deleted with it, and its qgroup seen to go.
 fn remove_tree(path: &Path) -> Result<()> {
+    let subvolume = quota::subvolume_of(path);
     match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", path, e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("remove", path, e)),
     }
+    if let Some((on, id)) = subvolume {
+        quota::reap_qgroup(on, id);
+    }
+    Ok(())
 }
 
 /// Whether `e` is a full filesystem or quota.

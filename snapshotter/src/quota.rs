@@ -5,12 +5,15 @@
 //! the directory is made a subvolume with a qgroup limit. Either way a write past the
 //! limit fails with EDQUOT. The limit comes from containerd's [`MAX_SIZE`] label, or the
 //! instance's default for snapshots that are not layer extractions (those carry
-//! containerd's `containerd.io/snapshot.ref` label).
+//! containerd's `containerd.io/snapshot.ref` label). A deleted subvolume's qgroup is seen
+//! to go too ([`reap_qgroup`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use mountutil::{btrfs, quota};
+use mountutil::btrfs::{self, QgroupRemoval};
+use mountutil::quota;
 
 use crate::{Error, Kind, Labels, Result, SNAPSHOT_REF};
 
@@ -111,7 +114,7 @@ impl Quotas {
     }
 
     /// Lifts the limit of removed snapshot `id` whose directory is `dir`, if it had one. (A
-    /// btrfs qgroup goes with its subvolume when the directory is deleted.)
+    /// btrfs qgroup goes with its subvolume when the directory is deleted: [`reap_qgroup`].)
     pub(crate) fn release(&self, dir: &Path, id: u64) -> Result<()> {
         if self.btrfs {
             if btrfs::is_subvolume(dir).unwrap_or(false) {
@@ -137,4 +140,82 @@ fn project_id(id: u64) -> Result<u32> {
             "snapshot id {id} is beyond the 32-bit project ids a size limit needs"
         ))
     })
+}
+
+/// The subvolume `dir` is the root of, as (a directory on its filesystem, subvolume id):
+/// on btrfs, a limited snapshot's directory. `None` for any other directory.
+pub(crate) fn subvolume_of(dir: &Path) -> Option<(PathBuf, u64)> {
+    if !btrfs::is_subvolume(dir).unwrap_or(false) {
+        return None;
+    }
+    let id = btrfs::subvolume_id(dir).ok()?;
+    Some((dir.parent()?.to_path_buf(), id))
+}
+
+/// How long a deleted subvolume's qgroup is waited for before it is left (with a warning).
+const REAP_FOR: Duration = Duration::from_secs(600);
+/// How often the qgroups still waited for are tried.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Qgroups of deleted subvolumes not yet seen gone, and whether a thread is trying them.
+struct Reaping {
+    pending: Vec<(PathBuf, u64, Instant)>,
+    running: bool,
+}
+
+static REAPING: Mutex<Reaping> = Mutex::new(Reaping {
+    pending: Vec::new(),
+    running: false,
+});
+
+/// Sees to it that qgroup `0/<subvolume>` of a subvolume just deleted (on the btrfs holding
+/// `on`) goes. The kernel removes it itself once it has dropped the subvolume, but only if
+/// its accounting has caught up by then (and kernels before 6.8 never do): each left would
+/// be one stale qgroup per deleted container. A thread tries the removal every second until
+/// the qgroup is removed or found gone; the kernel refuses while the subvolume is still
+/// being dropped. (A daemon stopped meanwhile leaves the qgroup: `btrfs qgroup
+/// clear-stale` removes such.)
+pub(crate) fn reap_qgroup(on: PathBuf, subvolume: u64) {
+    let mut reaping = REAPING.lock().unwrap_or_else(PoisonError::into_inner);
+    reaping.pending.push((on, subvolume, Instant::now()));
+    if reaping.running {
+        return;
+    }
+    let started = std::thread::Builder::new()
+        .name("qgroup-reaper".into())
+        .spawn(reap_pending);
+    match started {
+        Ok(_) => reaping.running = true,
+        Err(e) => tracing::warn!(error = %e, "could not start the qgroup reaper"),
+    }
+}
+
+/// The reaper thread: tries every pending qgroup each [`REAP_EVERY`] until none is left.
+fn reap_pending() {
+    loop {
+        std::thread::sleep(REAP_EVERY);
+        let mut reaping = REAPING.lock().unwrap_or_else(PoisonError::into_inner);
+        reaping.pending.retain(|(on, subvolume, since)| {
+            match btrfs::remove_qgroup(on, *subvolume) {
+                Ok(QgroupRemoval::Removed) => {
+                    tracing::info!(subvolume, "removed the qgroup the kernel left of a deleted subvolume");
+                    false
+                }
+                Ok(QgroupRemoval::Gone) => false,
+                Ok(QgroupRemoval::NotYet) if since.elapsed() < REAP_FOR => true,
+                Ok(QgroupRemoval::NotYet) => {
+                    tracing::warn!(subvolume, "the qgroup of a deleted subvolume is still busy; left");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(subvolume, error = %e, "could not remove the qgroup of a deleted subvolume");
+                    false
+                }
+            }
+        });
+        if reaping.pending.is_empty() {
+            reaping.running = false;
+            return;
+        }
+    }
 }

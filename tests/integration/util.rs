@@ -500,3 +500,27 @@ pub fn btrfs(args: &[&str], mnt: &Path) -> String {
     assert!(out.status.success(), "btrfs {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts that no subvolume qgroup (`0/<id>`, the top level's `0/5` aside) is left on the
+/// btrfs at `mnt` once its deleted subvolumes are dropped: at once, or within 15 s (the
+/// kernel removes a dropped subvolume's qgroup only if its accounting has caught up; Strata
+/// retries the others each second).
+pub fn assert_no_subvolume_qgroups(mnt: &Path) {
+    // A transaction commit wakes the cleaner, which drops deleted subvolumes (otherwise
+    // within the 30 s commit interval).
+    btrfs(&["filesystem", "sync"], mnt);
+    btrfs(&["subvolume", "sync"], mnt);
+    assert_eq!(btrfs(&["subvolume", "list"], mnt), "");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let qgroups = btrfs(&["qgroup", "show", "-r"], mnt);
+        let left = qgroups
+            .lines()
+            .any(|l| l.starts_with("0/") && !l.starts_with("0/5 "));
+        if !left {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{qgroups}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

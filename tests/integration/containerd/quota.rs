@@ -38,15 +38,6 @@ pub fn size_limited_containers(test: &str) {
     );
 
     env.remove_image(IMAGE);
-    util::btrfs(&["filesystem", "sync"], &mnt);
-    util::btrfs(&["subvolume", "sync"], &mnt);
-    assert_eq!(util::btrfs(&["subvolume", "list"], &mnt), "");
-    let qgroups = util::btrfs(&["qgroup", "show", "-r"], &mnt);
-    assert!(
-        !qgroups
-            .lines()
-            .any(|l| l.starts_with("0/") && !l.starts_with("0/5 ")),
-        "{qgroups}"
-    );
+    util::assert_no_subvolume_qgroups(&mnt);
     drop(env);
 }
