@@ -49,6 +49,14 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Mounts a test left (a loop-mounted btrfs, a daemon's idmapped layers) would
+        // outlive the run, with their loop devices, and hold what remove_dir_all cannot
+        // remove.
+        for point in mountutil::mount::mount_points_under(&self.0).unwrap_or_default() {
+            if let Err(e) = mountutil::mount::unmount(&point) {
+                eprintln!("leaving {}: {e}", point.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
