@@ -170,7 +170,7 @@ static REAPING: Mutex<Reaping> = Mutex::new(Reaping {
 
 /// Sees to it that qgroup `0/<subvolume>` of a subvolume just deleted (on the btrfs holding
 /// `on`) goes. The kernel removes it itself once it has dropped the subvolume, but only if
-/// its accounting has caught up by then (and kernels before 6.8 never do): each left would
+/// its accounting has caught up by then (kernels before mid-2024 never do): each left would
 /// be one stale qgroup per deleted container. A thread tries the removal every second until
 /// the qgroup is removed or found gone; the kernel refuses while the subvolume is still
 /// being dropped. (A daemon stopped meanwhile leaves the qgroup: `btrfs qgroup

@@ -185,7 +185,7 @@ async fn size_limits_need_quotas() {
 
 /// The btrfs calls behind a deleted subvolume's qgroup removal, on a real btrfs: a
 /// subvolume's id is the one btrfs reports; its qgroup cannot be removed while it exists;
-/// once it is deleted and dropped its qgroup goes (removed by the kernel, 6.8 and later, or
+/// once it is deleted and dropped its qgroup goes (removed by the kernel, since mid-2024, or
 /// by the call) and a qgroup that is not there is told apart.
 #[test]
 #[ignore = "needs root"]
