@@ -169,9 +169,9 @@ static REAPING: Mutex<Reaping> = Mutex::new(Reaping {
 });
 
 /// Sees to it that qgroup `0/<subvolume>` of a subvolume just deleted (on the btrfs holding
-/// `on`) goes. The kernel removes it itself once it has dropped the subvolume, but only if
-/// its accounting has caught up by then (kernels before mid-2024 never do): each left would
-/// be one stale qgroup per deleted container. A thread tries the removal every second until
+/// `on`) goes. Kernels since mid-2024 remove it themselves once they have dropped the
+/// subvolume, but skip it when they cannot at that moment; older ones never do. Each left
+/// would be one stale qgroup per deleted size-limited container. A thread tries the removal every second until
 /// the qgroup is removed or found gone; the kernel refuses while the subvolume is still
 /// being dropped. (A daemon stopped meanwhile leaves the qgroup: `btrfs qgroup
 /// clear-stale` removes such.)
