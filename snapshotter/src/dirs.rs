@@ -407,6 +407,17 @@ impl<D: Driver> DirSnapshotter<D> {
         Ok(temp)
     }
 
+    /// `result` of work on active snapshot `key`'s directory (record `id`) done outside the
+    /// index. If it failed because a Remove (and a Cleanup) took the directory from under it,
+    /// the error is the Remove's winning the race, NotFound, as if it had come first.
+    fn unless_removed<T>(&self, key: &str, id: u64, result: Result<T>) -> Result<T> {
+        let Err(e) = result else { return result };
+        match self.store.read(|txn| self.store.get(txn, key))? {
+            Some(rec) if rec.id == id => Err(e),
+            _ => Err(Error::NotFound(format!("snapshot {key}"))),
+        }
+    }
+
     /// Deletes a directory that has left the index: renamed out of the way first, so a crash
     /// mid-delete leaves an `rm-` orphan rather than a half-deleted snapshot id.
     fn discard_dir(&self, name: &str) -> Result<()> {
@@ -618,7 +629,7 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
     fn usage(&self, key: &str) -> Result<Usage> {
         let rec = self.store.read(|txn| self.store.require(txn, key))?;
         match rec.kind {
-            Kind::Active => disk_usage(&self.dir(rec.id).fs()),
+            Kind::Active => self.unless_removed(key, rec.id, disk_usage(&self.dir(rec.id).fs())),
             Kind::Committed => Ok(rec.usage.unwrap_or_default()),
             Kind::View => Ok(Usage::default()),
         }
@@ -658,11 +669,15 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             .store
             .read(|txn| check_commit(&self.store, txn, key, name, parent))?;
         let dir = self.dir(rec.id);
-        if let Some(ids) = &rebase {
-            let parents: Vec<PathBuf> = ids.iter().map(|id| self.dir(*id).fs()).collect();
-            self.driver.rebase(&dir, &parents)?;
+        let measured = match &rebase {
+            Some(ids) => {
+                let parents: Vec<PathBuf> = ids.iter().map(|id| self.dir(*id).fs()).collect();
+                self.driver.rebase(&dir, &parents)
+            }
+            None => Ok(()),
         }
-        let usage = disk_usage(&dir.fs())?;
+        .and_then(|()| disk_usage(&dir.fs()));
+        let usage = self.unless_removed(key, rec.id, measured)?;
         let labels = clean_labels(labels);
         let (key, name, parent) = (key.to_string(), name.to_string(), parent.to_string());
         self.store.write(move |store, txn| {
@@ -768,7 +783,13 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             );
             move |store, txn| {
                 let _layout = lock(&layout);
+                // An id this batch removed is still in the committed index, which readers
+                // see until the batch commits (and keeps if the batch fails): its directory
+                // waits for the next Cleanup. (Renaming it away here made a Usage, Commit or
+                // View that had read the committed record find no directory, or a batch
+                // that then failed keep a record without one; found by the load test.)
                 let ids = store.ids(txn)?;
+                let committed = store.committed_ids()?;
                 // Held through the scan, not copied: a creation registers its directory here
                 // before making it, so one that starts during the scan is never taken for
                 // an orphan (a copy taken first missed it; found by the crash loop).
@@ -777,7 +798,9 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 for entry in fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
                     let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    let indexed = name.parse::<u64>().is_ok_and(|id| ids.contains(&id));
+                    let indexed = name
+                        .parse::<u64>()
+                        .is_ok_and(|id| ids.contains(&id) || committed.contains(&id));
                     if indexed || building.contains(&name) {
                         continue;
                     }

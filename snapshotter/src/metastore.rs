@@ -429,6 +429,14 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// Every directory id in the index as last committed, for a mutation that must not act
+    /// on what its own batch has not committed yet. Only for use inside a [`Self::write`]
+    /// job: the batch holds the `gate`, which this therefore does not take again.
+    pub fn committed_ids(&self) -> Result<std::collections::HashSet<u64>> {
+        let txn = self.env.read_txn()?;
+        self.ids(&txn)
+    }
+
     /// The key or name of the snapshot with directory id `id`.
     pub fn key_of(&self, txn: &RoTxn, id: u64) -> Result<Option<String>> {
         Ok(self.ids.get(txn, &id)?.map(str::to_string))

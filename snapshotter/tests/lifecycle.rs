@@ -127,14 +127,19 @@ fn concurrent_calls_on_overlapping_keys(kind: &str) {
                     // Keys shared by every worker: only one may win each step.
                     let key = format!("k{i}");
                     let name = format!("n{i}");
+                    // Usage and Commit walk the active snapshot's directory, which another
+                    // worker's Remove and Cleanup may take away meanwhile.
                     let steps = [
                         s.prepare(&key, "base-c", Labels::new()).map(|_| ()),
+                        s.usage(&key).map(|_| ()),
                         s.commit(&name, &key, Labels::new(), ""),
                         s.remove(&name),
+                        s.remove(&key),
+                        s.cleanup(),
                     ];
                     for (step, result) in steps.into_iter().enumerate() {
                         match result {
-                            Ok(()) if step == 1 => committed += 1,
+                            Ok(()) if step == 2 => committed += 1,
                             Ok(())
                             | Err(Error::AlreadyExists(_))
                             | Err(Error::NotFound(_))
@@ -142,7 +147,6 @@ fn concurrent_calls_on_overlapping_keys(kind: &str) {
                             Err(e) => panic!("worker {w}, {key} step {step}: {e}"),
                         }
                     }
-                    let _ = s.remove(&key);
                 }
                 committed
             })
