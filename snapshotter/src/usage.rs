@@ -73,6 +73,9 @@ mod tests {
             let usage = result.unwrap();
             assert!(usage.inodes >= 1, "{usage:?}");
         }
-        assert!(disk_usage(&root.join("gone")).is_err(), "a missing root is an error");
+        assert!(
+            disk_usage(&root.join("gone")).is_err(),
+            "a missing root is an error"
+        );
     }
 }
