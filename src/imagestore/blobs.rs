@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use differ::Digest;
@@ -28,6 +28,11 @@ pub struct Blobs {
     locked: Arc<Mutex<HashSet<String>>>,
     /// Writes with an expected digest, readable while they run.
     live: LiveWrites,
+    /// Held shared by whoever records a blob it found present, from finding it to the
+    /// record; exclusively by whoever deletes blobs, from deciding nothing records them to
+    /// the deletion. Without it a blob found present could be deleted by a collection that
+    /// had just seen no record of it, leaving the new record without its blob.
+    retention: Arc<RwLock<()>>,
 }
 
 /// What is known about a write in progress.
@@ -70,7 +75,24 @@ impl Blobs {
             root: root.to_path_buf(),
             locked: Arc::default(),
             live: LiveWrites::default(),
+            retention: Arc::default(),
         })
+    }
+
+    /// Keeps every present blob present while held (see `retention`): taken by a commit
+    /// or record of a blob, before it looks for the blob, until its record is written.
+    pub fn keep(&self) -> RwLockReadGuard<'_, ()> {
+        self.retention
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets the holder delete blobs no record names (see `retention`): taken before
+    /// deciding which, until they are deleted.
+    pub fn collect(&self) -> RwLockWriteGuard<'_, ()> {
+        self.retention
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The store's root (an OCI layout's blob tree lives under it).

@@ -164,6 +164,7 @@ impl ImageStore {
     /// Removes `digest` from `namespace`; the blob goes once no namespace has it.
     pub fn content_delete(&self, namespace: &str, digest: &str) -> Result<()> {
         let digest = parse_digest(digest)?;
+        let _collecting = self.blobs.collect();
         let orphan = self.meta.write(|w| {
             if !w.delete(Kind::Content, &key(namespace, &[digest.as_str()]))? {
                 return Err(StoreError::NotFound(format!("content digest {digest}")));
@@ -288,8 +289,14 @@ impl ImageStore {
             body,
             ..
         } = writer;
+        let _kept = self.blobs.keep();
         let (digest, size) = match body {
             Body::Shared { digest, size: have } => {
+                if self.blobs.size(&digest)?.is_none() {
+                    return Err(StoreError::Unavailable(format!(
+                        "{reference:?}: blob {digest} was collected before the commit; write it again"
+                    )));
+                }
                 if size != 0 && size != have {
                     return Err(StoreError::FailedPrecondition(format!(
                         "{reference:?} failed size validation: {have} != {size}"
@@ -344,6 +351,7 @@ impl ImageStore {
         lease: Option<&str>,
     ) -> Result<()> {
         labels::validate(&labels_in)?;
+        let _kept = self.blobs.keep();
         let size = self
             .blobs
             .size(digest)?
@@ -416,6 +424,55 @@ impl ImageStore {
         match self.blobs.abort(&tree_ref(namespace, reference)) {
             Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use std::sync::Arc;
+
+    /// Writes `data` into `namespace` as one blob; its digest.
+    fn ingest(store: &ImageStore, namespace: &str, reference: &str, data: &[u8]) -> Digest {
+        let mut writer = store
+            .content_writer(namespace, reference, data.len() as u64, None, None)
+            .unwrap();
+        writer.write_at(0, data).unwrap();
+        store
+            .content_commit(writer, reference, data.len() as u64, None, HashMap::new())
+            .unwrap()
+    }
+
+    /// Two namespaces take in and delete the same blob over and over: a namespace whose
+    /// commit went through reads the blob whole until it deletes it itself, even when the
+    /// other's delete found no other record a moment before.
+    #[test]
+    fn a_blob_committed_while_another_namespace_deletes_it_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ImageStore::open(dir.path()).unwrap());
+        let data: Arc<Vec<u8>> = Arc::new((0..64 * 1024).map(|i| i as u8).collect());
+        let workers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|namespace| {
+                let (store, data) = (Arc::clone(&store), Arc::clone(&data));
+                std::thread::spawn(move || {
+                    for round in 0..300 {
+                        let digest = ingest(&store, namespace, &format!("w{round}"), &data);
+                        let (mut file, size) = store
+                            .content_open(namespace, digest.as_str())
+                            .unwrap_or_else(|e| panic!("{namespace} round {round}: {e}"));
+                        let mut read = Vec::new();
+                        file.read_to_end(&mut read).unwrap();
+                        assert_eq!((size, &read), (data.len() as u64, &*data));
+                        store.content_delete(namespace, digest.as_str()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
         }
     }
 }

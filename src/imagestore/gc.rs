@@ -247,6 +247,7 @@ impl ImageStore {
                 .read(|r| self.orphan_blobs(r, &report.content, now))?;
             return Ok(report);
         }
+        let collecting = self.blobs.collect();
         let mut report = self.meta.write(|w| {
             let mut report = plan(w, &listed, now)?;
             report.blobs = self.orphan_blobs(w, &report.content, now)?;
@@ -273,6 +274,7 @@ impl ImageStore {
                 self.blobs.delete(&d)?;
             }
         }
+        drop(collecting);
         self.remove_snapshots(&mut report, snapshots, &listed)?;
         Ok(report)
     }
