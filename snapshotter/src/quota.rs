@@ -171,10 +171,10 @@ static REAPING: Mutex<Reaping> = Mutex::new(Reaping {
 /// Sees to it that qgroup `0/<subvolume>` of a subvolume just deleted (on the btrfs holding
 /// `on`) goes. Kernels since mid-2024 remove it themselves once they have dropped the
 /// subvolume, but skip it when they cannot at that moment; older ones never do. Each left
-/// would be one stale qgroup per deleted size-limited container. A thread tries the removal every second until
-/// the qgroup is removed or found gone; the kernel refuses while the subvolume is still
-/// being dropped. (A daemon stopped meanwhile leaves the qgroup: `btrfs qgroup
-/// clear-stale` removes such.)
+/// would be one stale qgroup per deleted size-limited container. A thread tries the removal
+/// every second until the qgroup is removed or found gone; the kernel refuses while the
+/// subvolume is still being dropped. (A daemon stopped meanwhile leaves the qgroup: `btrfs
+/// qgroup clear-stale` removes such.)
 pub(crate) fn reap_qgroup(on: PathBuf, subvolume: u64) {
     let mut reaping = REAPING.lock().unwrap_or_else(PoisonError::into_inner);
     reaping.pending.push((on, subvolume, Instant::now()));
@@ -195,27 +195,38 @@ fn reap_pending() {
     loop {
         std::thread::sleep(REAP_EVERY);
         let mut reaping = REAPING.lock().unwrap_or_else(PoisonError::into_inner);
-        reaping.pending.retain(|(on, subvolume, since)| {
-            match btrfs::remove_qgroup(on, *subvolume) {
-                Ok(QgroupRemoval::Removed) => {
-                    tracing::info!(subvolume, "removed the qgroup the kernel left of a deleted subvolume");
-                    false
-                }
-                Ok(QgroupRemoval::Gone) => false,
-                Ok(QgroupRemoval::NotYet) if since.elapsed() < REAP_FOR => true,
-                Ok(QgroupRemoval::NotYet) => {
-                    tracing::warn!(subvolume, "the qgroup of a deleted subvolume is still busy; left");
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(subvolume, error = %e, "could not remove the qgroup of a deleted subvolume");
-                    false
-                }
-            }
-        });
+        reaping
+            .pending
+            .retain(|(on, subvolume, since)| try_reap(on, *subvolume, *since));
         if reaping.pending.is_empty() {
             reaping.running = false;
             return;
+        }
+    }
+}
+
+/// Tries to remove the qgroup of `subvolume`, deleted at `since`; whether to try again.
+fn try_reap(on: &Path, subvolume: u64, since: Instant) -> bool {
+    match btrfs::remove_qgroup(on, subvolume) {
+        Ok(QgroupRemoval::Removed) => {
+            tracing::info!(
+                subvolume,
+                "removed the qgroup the kernel left of a deleted subvolume"
+            );
+            false
+        }
+        Ok(QgroupRemoval::Gone) => false,
+        Ok(QgroupRemoval::NotYet) if since.elapsed() < REAP_FOR => true,
+        Ok(QgroupRemoval::NotYet) => {
+            tracing::warn!(
+                subvolume,
+                "the qgroup of a deleted subvolume is still busy; left"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(subvolume, error = %e, "could not remove the qgroup of a deleted subvolume");
+            false
         }
     }
 }
