@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use strata::api::services::leases::v1 as leases;
-use strata::api::services::leases::v1::leases_client::LeasesClient;
-use strata::api::services::snapshots::v1 as pb;
+use api::headers::{LEASE as LEASE_HEADER, NAMESPACE as NAMESPACE_HEADER};
+use api::services::leases::v1 as leases;
+use api::services::leases::v1::leases_client::LeasesClient;
+use api::services::snapshots::v1 as pb;
 use strata::cli::SnapshotsClient;
-use strata::content::{LEASE_HEADER, NAMESPACE_HEADER};
 use tonic::Request;
 
 struct Args {
@@ -76,7 +76,7 @@ struct Client {
 
 impl Client {
     async fn connect(a: &Args) -> Client {
-        let channel = strata::cli::connect(&a.address).await.expect("connect");
+        let channel = api::channel::connect(&a.address).await.expect("connect");
         let mut c = Client {
             rpc: strata::cli::snapshots_client(channel.clone()),
             namespace: a.namespace.clone(),
@@ -115,7 +115,7 @@ impl Client {
         &mut self,
         key: &str,
         parent: &str,
-    ) -> Result<Vec<strata::api::types::Mount>, tonic::Status> {
+    ) -> Result<Vec<api::types::Mount>, tonic::Status> {
         let r = self.request(pb::PrepareSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: key.into(),
@@ -129,7 +129,7 @@ impl Client {
         &mut self,
         key: &str,
         parent: &str,
-    ) -> Result<Vec<strata::api::types::Mount>, tonic::Status> {
+    ) -> Result<Vec<api::types::Mount>, tonic::Status> {
         let r = self.request(pb::ViewSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: key.into(),

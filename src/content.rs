@@ -6,7 +6,6 @@
 //! the daemon's runtime from the blocking thread doing the work.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,26 +13,19 @@ use differ::content::{BlobSink, BlobSource, BlobWriter, LocalStore};
 use differ::{Digest, Error};
 use std::sync::Arc;
 
-use crate::imagestore::ImageStore;
+use imagestore::ImageStore;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
-use crate::api::services::content::v1 as pb;
-use crate::api::services::content::v1::content_client::ContentClient;
-use crate::api::services::leases::v1 as leases;
-use crate::api::services::leases::v1::leases_client::LeasesClient;
-use crate::api::services::namespaces::v1 as namespaces;
-use crate::api::services::namespaces::v1::namespaces_client::NamespacesClient;
 use crate::status::remote_error;
-
-/// gRPC metadata key of the containerd namespace.
-pub const NAMESPACE_HEADER: &str = "containerd-namespace";
-/// gRPC metadata key of the containerd lease.
-pub const LEASE_HEADER: &str = "containerd-lease";
-/// Lease label with the time (RFC 3339) after which containerd's collector drops the lease.
-pub const GC_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+use api::services::content::v1 as pb;
+use api::services::content::v1::content_client::ContentClient;
+use api::services::leases::v1 as leases;
+use api::services::leases::v1::leases_client::LeasesClient;
+use api::services::namespaces::v1 as namespaces;
+use api::services::namespaces::v1::namespaces_client::NamespacesClient;
 
 /// A content store resolved for one call.
 pub enum BlobStore {
@@ -171,19 +163,6 @@ pub struct ContainerdContent {
     runtime: Handle,
 }
 
-/// A lazily connected channel to containerd's socket.
-pub fn containerd_channel(socket: PathBuf) -> Channel {
-    tonic::transport::Endpoint::from_static("http://containerd.sock").connect_with_connector_lazy(
-        tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }),
-    )
-}
-
 impl ContainerdContent {
     /// A client on `channel` for `namespace`; call from a thread outside the runtime.
     pub fn new(
@@ -194,7 +173,7 @@ impl ContainerdContent {
     ) -> Self {
         ContainerdContent {
             client: ContentClient::new(channel.clone())
-                .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(api::headers::MAX_MESSAGE_SIZE),
             channel,
             namespace,
             namespace_guessed: false,
@@ -222,10 +201,10 @@ impl ContainerdContent {
     /// is kept at least that long.
     pub fn lease_for(&mut self, expiry: Duration) -> differ::Result<String> {
         let id = format!("strata-diff-{}", unique_suffix());
-        let expires = rfc3339_utc(SystemTime::now() + expiry);
+        let expires = api::time::rfc3339_utc(SystemTime::now() + expiry);
         let request = self.request(leases::CreateRequest {
             id: id.clone(),
-            labels: [(GC_EXPIRE_LABEL.to_string(), expires)].into(),
+            labels: [(api::labels::GC_EXPIRE.to_string(), expires)].into(),
         });
         let mut client = LeasesClient::new(self.channel.clone());
         self.runtime
@@ -270,10 +249,10 @@ impl ContainerdContent {
     fn request_in<T>(&self, namespace: &str, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         if let Ok(v) = namespace.parse() {
-            r.metadata_mut().insert(NAMESPACE_HEADER, v);
+            r.metadata_mut().insert(api::headers::NAMESPACE, v);
         }
         if let Some(Ok(v)) = self.lease.as_ref().map(|l| l.parse()) {
-            r.metadata_mut().insert(LEASE_HEADER, v);
+            r.metadata_mut().insert(api::headers::LEASE, v);
         }
         r
     }
@@ -390,29 +369,6 @@ pub fn unique_suffix() -> String {
     format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// `t` as RFC 3339 in UTC with whole seconds (`2026-12-01T03:04:05Z`), the form Go's
-/// `time.Parse(time.RFC3339, ...)` reads.
-pub fn rfc3339_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 impl BlobSink for ContainerdContent {
     fn create(&self) -> differ::Result<Box<dyn BlobWriter>> {
         let (tx, rx) = mpsc::channel::<pb::WriteContentRequest>(4);
@@ -512,19 +468,5 @@ impl BlobWriter for ContentWriter {
             Ok(Err(s)) => Err(remote_error(digest.as_str(), &s)),
             Err(e) => Err(io_err(io::Error::other(e.to_string()))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        let at = |secs| rfc3339_utc(UNIX_EPOCH + Duration::from_secs(secs));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59Z");
-        assert_eq!(at(4_107_542_400), "2100-03-01T00:00:00Z");
     }
 }

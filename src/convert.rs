@@ -5,8 +5,8 @@ use std::time::SystemTime;
 use snapshotter::{Info, Kind, Labels, Mount};
 use tonic::Status;
 
-use crate::api::services::snapshots::v1 as pb;
-use crate::api::types as pbt;
+use api::services::snapshots::v1 as pb;
+use api::types as pbt;
 
 /// Domain mount → wire mount.
 pub fn mount_to_pb(m: Mount) -> pbt::Mount {

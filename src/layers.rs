@@ -20,10 +20,10 @@ use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
 use crate::config::DifferConfig;
-use crate::content::{BlobStore, ContainerdContent, OwnContent, containerd_channel};
-use crate::imagestore::ImageStore;
+use crate::content::{BlobStore, ContainerdContent, OwnContent};
 use crate::instances::Instances;
 use crate::metrics::METRICS;
+use imagestore::ImageStore;
 
 /// Label (and annotation) naming a compressed layer's uncompressed digest.
 pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
@@ -198,7 +198,7 @@ impl Layers {
         let content = match (&config.content_dir, &config.containerd_address) {
             (Some(dir), _) => Content::Local(LocalStore::new(dir)),
             (None, Some(address)) => Content::Containerd {
-                channel: containerd_channel(address.clone()),
+                channel: api::channel::connect_lazy(address),
                 namespace: config.namespace.clone(),
                 lease_expiry: Duration::from_secs(config.lease_expiry_secs),
             },

@@ -213,7 +213,7 @@ fn report(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 /// A channel to the daemon at `address` (or the default socket); the error is printed.
 async fn connect(address: Option<PathBuf>) -> Option<tonic::transport::Channel> {
     let address = address.unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
-    match strata::cli::connect(&address).await {
+    match api::channel::connect(&address).await {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("strata: connect {}: {}", address.display(), chain(&e));

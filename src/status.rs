@@ -79,9 +79,9 @@ impl Classify for differ::Error {
     }
 }
 
-impl Classify for crate::imagestore::StoreError {
+impl Classify for imagestore::StoreError {
     fn code(&self) -> Code {
-        use crate::imagestore::StoreError as S;
+        use imagestore::StoreError as S;
         match self {
             S::NotFound(_) => Code::NotFound,
             S::AlreadyExists(_) | S::BlobExists(_) => Code::AlreadyExists,

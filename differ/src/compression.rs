@@ -6,12 +6,10 @@ use std::io::{BufRead, Read, Write};
 use crate::parallel_gzip::ParallelGzip;
 use crate::{Error, Result};
 
-/// OCI media type of an uncompressed layer.
-pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// OCI media type of a gzip layer.
-pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// OCI media type of a zstd layer.
-pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use api::media_types::{
+    LAYER_TAR as MEDIA_TYPE_TAR, LAYER_TAR_GZIP as MEDIA_TYPE_TAR_GZIP,
+    LAYER_TAR_ZSTD as MEDIA_TYPE_TAR_ZSTD,
+};
 
 /// How a layer stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,12 +27,12 @@ use crate::metastore::MetaStore;
 use crate::{Kind, Labels, Result};
 use heed::RoTxn;
 
-/// The chain ID an extraction Prepare will be committed as (containerd 1.x and 2.x).
-pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
-/// The uncompressed digest of the layer being unpacked (containerd 2.3 and later).
-pub const DIFF_ID: &str = "containerd.io/snapshot/diff-id";
-/// The chain ID of the layer's parent, on all but the first layer (containerd 2.3 and later).
-pub const PARENT_CHAIN_ID: &str = "containerd.io/snapshot/parent-chain-id";
+/// The chain ID an extraction Prepare will be committed as (containerd 1.x and 2.x); the
+/// uncompressed digest of the layer being unpacked and the chain ID of its parent, on all
+/// but the first layer (containerd 2.3 and later).
+pub use api::labels::{
+    SNAPSHOT_DIFF_ID as DIFF_ID, SNAPSHOT_PARENT_CHAIN_ID as PARENT_CHAIN_ID, SNAPSHOT_REF,
+};
 
 /// What the labels of an extraction Prepare say about its layer.
 #[derive(Debug, PartialEq, Eq)]

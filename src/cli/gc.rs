@@ -4,8 +4,8 @@ use std::io::Write;
 
 use tonic::transport::Channel;
 
-use crate::admin::v1 as pb;
-use crate::admin::v1::admin_client::AdminClient;
+use api::admin::v1 as pb;
+use api::admin::v1::admin_client::AdminClient;
 
 /// Asks the daemon to collect (or, without `force`, to say what it would collect) and
 /// prints one line per item: `<kind> <namespace> <id>`, then a total.

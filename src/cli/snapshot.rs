@@ -10,8 +10,8 @@ use serde_json::json;
 use tonic::Status;
 
 use super::SnapshotsClient;
-use crate::api::services::snapshots::v1 as pb;
-use crate::api::types::Mount;
+use api::services::snapshots::v1 as pb;
+use api::types::Mount;
 
 /// Options shared by the snapshot commands.
 #[derive(Debug, Args)]

@@ -10,28 +10,28 @@ use clap::{Args, Subcommand};
 use tonic::Request;
 use tonic::transport::Channel;
 
-use crate::api::services::containers::v1 as cpb;
-use crate::api::services::containers::v1::containers_client::ContainersClient;
-use crate::api::services::content::v1 as ctpb;
-use crate::api::services::content::v1::content_client::ContentClient;
-use crate::api::services::images::v1 as ipb;
-use crate::api::services::images::v1::images_client::ImagesClient;
-use crate::api::services::leases::v1 as lpb;
-use crate::api::services::leases::v1::leases_client::LeasesClient;
-use crate::api::services::snapshots::v1 as spb;
-use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use crate::content::NAMESPACE_HEADER;
 use crate::unpack::Client;
+use api::headers::NAMESPACE as NAMESPACE_HEADER;
+use api::services::containers::v1 as cpb;
+use api::services::containers::v1::containers_client::ContainersClient;
+use api::services::content::v1 as ctpb;
+use api::services::content::v1::content_client::ContentClient;
+use api::services::images::v1 as ipb;
+use api::services::images::v1::images_client::ImagesClient;
+use api::services::leases::v1 as lpb;
+use api::services::leases::v1::leases_client::LeasesClient;
+use api::services::snapshots::v1 as spb;
+use api::services::snapshots::v1::snapshots_client::SnapshotsClient;
 
 type Error = Box<dyn std::error::Error>;
 
 /// Runs a pull in the daemon, showing its progress on `display`; its summary.
 async fn follow_pull(
     channel: Channel,
-    pull: Request<crate::admin::v1::PullRequest>,
+    pull: Request<api::admin::v1::PullRequest>,
     display: &super::progress::PullDisplay,
-) -> Result<crate::admin::v1::PullSummary, Error> {
-    let mut events = crate::admin::v1::admin_client::AdminClient::new(channel)
+) -> Result<api::admin::v1::PullSummary, Error> {
+    let mut events = api::admin::v1::admin_client::AdminClient::new(channel)
         .pull(pull)
         .await?
         .into_inner();
@@ -185,7 +185,7 @@ pub async fn image(
                 crate::unpack::pull::credentials(&registry, user.as_deref()).unwrap_or_default();
             let pull = request(
                 ns,
-                crate::admin::v1::PullRequest {
+                api::admin::v1::PullRequest {
                     reference: reference.clone(),
                     platform: platform.unwrap_or_default(),
                     plain_http,

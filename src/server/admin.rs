@@ -12,10 +12,10 @@ use tonic::{Request, Response, Status};
 
 use super::collector::Collector;
 use super::namespace_of;
-use crate::admin::v1 as admin;
-use crate::imagestore::{ImageStore, Report};
 use crate::unpack::Client;
 use crate::unpack::pull::{Progress, PullOptions};
+use api::admin::v1 as admin;
+use imagestore::{ImageStore, Report};
 
 /// The Admin service.
 pub struct AdminService {
@@ -115,7 +115,7 @@ impl admin::admin_server::Admin for AdminService {
         if req.snapshotter.is_empty() {
             return Err(Status::invalid_argument("pull needs a snapshotter"));
         }
-        let channel = crate::cli::connect_lazy(&self.address);
+        let channel = api::channel::connect_lazy(&self.address);
         let mut client = if req.holder.is_empty() {
             Client::new(channel, &namespace, &req.snapshotter)
         } else {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use snapshotter::Filters;
 
-use crate::imagestore::{ImageStore, Report, Result, SnapshotAccess, SnapshotTree, StoreError};
 use crate::instances::Instances;
+use imagestore::{ImageStore, Report, Result, SnapshotAccess, SnapshotTree, StoreError};
 
 /// The daemon's collector.
 pub struct Collector {

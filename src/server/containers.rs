@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::collector::Collector;
 use super::{after_delete, blocking, namespace_of};
-use crate::api::services::containers::v1 as pb;
-use crate::api::services::containers::v1::containers_server::Containers;
-use crate::imagestore::ImageStore;
+use api::services::containers::v1 as pb;
+use api::services::containers::v1::containers_server::Containers;
+use imagestore::ImageStore;
 
 /// The Containers service.
 pub struct ContainersService {

@@ -13,10 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::collector::Collector;
 use super::{after_delete, blocking, lease_of, namespace_of};
-use crate::api::services::content::v1 as pb;
-use crate::api::services::content::v1::content_server::Content;
-use crate::imagestore::{ContentWriter, ImageStore, IngestStatus, StoreError, timestamp};
 use crate::status::to_status;
+use api::services::content::v1 as pb;
+use api::services::content::v1::content_server::Content;
+use imagestore::{ContentWriter, ImageStore, IngestStatus, StoreError, timestamp};
 
 /// Size of each Read answer, as containerd's (1 MiB).
 const READ_CHUNK: usize = 1 << 20;

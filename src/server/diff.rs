@@ -9,13 +9,13 @@ use tokio::runtime::Handle;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::api::services::diff::v1 as pb;
-use crate::api::services::diff::v1::diff_server::Diff;
-use crate::api::types::Descriptor;
-use crate::content::{LEASE_HEADER, NAMESPACE_HEADER};
 use crate::convert::mount_from_pb;
 use crate::layers::{ApplyLayer, CallContext, CreateLayer, LayerError, Layers, UNCOMPRESSED_LABEL};
 use crate::status::{invalid, join_error, to_status};
+use api::headers::{LEASE as LEASE_HEADER, NAMESPACE as NAMESPACE_HEADER};
+use api::services::diff::v1 as pb;
+use api::services::diff::v1::diff_server::Diff;
+use api::types::Descriptor;
 
 /// The Diff service.
 pub struct DiffService {

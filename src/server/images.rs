@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::collector::Collector;
 use super::{after_delete, blocking, namespace_of};
-use crate::api::services::images::v1 as pb;
-use crate::api::services::images::v1::images_server::Images;
-use crate::imagestore::ImageStore;
+use api::services::images::v1 as pb;
+use api::services::images::v1::images_server::Images;
+use imagestore::ImageStore;
 
 /// The Images service.
 pub struct ImagesService {

@@ -9,13 +9,13 @@ use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 use tonic::{Request, Response, Status};
 
-use crate::api::services::introspection::v1 as pb;
-use crate::api::services::introspection::v1::introspection_server::Introspection;
-use crate::api::services::version::v1 as version;
-use crate::api::services::version::v1::version_server::Version;
-use crate::api::types::Platform;
 use crate::instances::Instances;
 use crate::status::to_status;
+use api::services::introspection::v1 as pb;
+use api::services::introspection::v1::introspection_server::Introspection;
+use api::services::version::v1 as version;
+use api::services::version::v1::version_server::Version;
+use api::types::Platform;
 
 /// Introspection over the daemon's plugins.
 pub struct IntrospectionService {
@@ -23,11 +23,14 @@ pub struct IntrospectionService {
     uuid: String,
 }
 
-impl Adaptor for pb::Plugin {
+/// A plugin seen through containerd's filter language.
+struct PluginFields<'a>(&'a pb::Plugin);
+
+impl Adaptor for PluginFields<'_> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
         match path {
-            [f] if f == "type" => Some(self.r#type.as_str().into()),
-            [f] if f == "id" => Some(self.id.as_str().into()),
+            [f] if f == "type" => Some(self.0.r#type.as_str().into()),
+            [f] if f == "id" => Some(self.0.id.as_str().into()),
             _ => None,
         }
     }
@@ -120,7 +123,7 @@ impl Introspection for IntrospectionService {
         let plugins = self
             .plugins
             .iter()
-            .filter(|p| filters.matches(*p))
+            .filter(|p| filters.matches(&PluginFields(p)))
             .cloned()
             .collect();
         Ok(Response::new(pb::PluginsResponse { plugins }))

@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::collector::Collector;
 use super::{after_delete, blocking, namespace_of};
-use crate::api::services::leases::v1 as pb;
-use crate::api::services::leases::v1::leases_server::Leases;
-use crate::imagestore::ImageStore;
+use api::services::leases::v1 as pb;
+use api::services::leases::v1::leases_server::Leases;
+use imagestore::ImageStore;
 
 /// The Leases service.
 pub struct LeasesService {

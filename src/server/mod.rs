@@ -21,30 +21,27 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::admin::v1::admin_server::AdminServer;
-use crate::api::services::containers::v1::containers_server::ContainersServer;
-use crate::api::services::content::v1::content_server::ContentServer;
-use crate::api::services::diff::v1::diff_server::DiffServer;
-use crate::api::services::images::v1::images_server::ImagesServer;
-use crate::api::services::introspection::v1::introspection_server::IntrospectionServer;
-use crate::api::services::leases::v1::leases_server::LeasesServer;
-use crate::api::services::namespaces::v1::namespaces_server::NamespacesServer;
-use crate::api::services::snapshots::v1::snapshots_server::SnapshotsServer;
-use crate::api::services::version::v1::version_server::VersionServer;
 use crate::config::{Config, ConfigError};
-use crate::imagestore::ImageStore;
 use crate::instances::Instances;
 use crate::layers::Layers;
 use crate::status::chain;
+use api::admin::v1::admin_server::AdminServer;
+use api::services::containers::v1::containers_server::ContainersServer;
+use api::services::content::v1::content_server::ContentServer;
+use api::services::diff::v1::diff_server::DiffServer;
+use api::services::images::v1::images_server::ImagesServer;
+use api::services::introspection::v1::introspection_server::IntrospectionServer;
+use api::services::leases::v1::leases_server::LeasesServer;
+use api::services::namespaces::v1::namespaces_server::NamespacesServer;
+use api::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use api::services::version::v1::version_server::VersionServer;
+use imagestore::ImageStore;
 
 pub use diff::DiffService;
 pub use snapshots::SnapshotsService;
 
 /// How long a shutdown waits for the calls in flight.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// gRPC message size limit, as containerd's (16 MiB both ways).
-pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +67,7 @@ pub enum DaemonError {
         root: PathBuf,
         /// Why.
         #[source]
-        source: crate::imagestore::StoreError,
+        source: imagestore::StoreError,
     },
     /// The socket could not be set up.
     #[error("socket {0}")]
@@ -88,9 +85,9 @@ pub enum DaemonError {
 pub(crate) fn namespace_of<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
     let ns = request
         .metadata()
-        .get(crate::content::NAMESPACE_HEADER)
+        .get(api::headers::NAMESPACE)
         .and_then(|v| v.to_str().ok());
-    crate::imagestore::require_namespace(ns)
+    imagestore::require_namespace(ns)
         .map(str::to_string)
         .map_err(crate::status::to_status)
 }
@@ -99,7 +96,7 @@ pub(crate) fn namespace_of<T>(request: &tonic::Request<T>) -> Result<String, ton
 pub(crate) fn lease_of<T>(request: &tonic::Request<T>) -> Option<String> {
     request
         .metadata()
-        .get(crate::content::LEASE_HEADER)
+        .get(api::headers::LEASE)
         .and_then(|v| v.to_str().ok())
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -125,12 +122,12 @@ pub(crate) async fn after_delete(
 
 /// Runs an image store call on the blocking pool (it waits for the disk).
 pub(crate) async fn blocking<T, F>(
-    store: &Arc<crate::imagestore::ImageStore>,
+    store: &Arc<imagestore::ImageStore>,
     f: F,
 ) -> Result<T, tonic::Status>
 where
     T: Send + 'static,
-    F: FnOnce(&crate::imagestore::ImageStore) -> crate::imagestore::Result<T> + Send + 'static,
+    F: FnOnce(&imagestore::ImageStore) -> imagestore::Result<T> + Send + 'static,
 {
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || f(&store))
@@ -187,8 +184,8 @@ pub struct Services {
 macro_rules! limited {
     ($server:ident, $service:expr) => {
         $server::new($service)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(api::headers::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(api::headers::MAX_MESSAGE_SIZE)
     };
 }
 
@@ -211,7 +208,7 @@ pub async fn serve(
         introspection::IntrospectionService::new(&instances, &root).map_err(|source| {
             DaemonError::ImageStore {
                 root: root.clone(),
-                source: crate::imagestore::StoreError::Io {
+                source: imagestore::StoreError::Io {
                     op: "make the server's uuid",
                     path: root.join("uuid"),
                     source,

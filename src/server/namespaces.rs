@@ -7,10 +7,10 @@ use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
 use super::blocking;
-use crate::api::services::namespaces::v1 as pb;
-use crate::api::services::namespaces::v1::namespaces_server::Namespaces;
-use crate::imagestore::ImageStore;
 use crate::instances::Instances;
+use api::services::namespaces::v1 as pb;
+use api::services::namespaces::v1::namespaces_server::Namespaces;
+use imagestore::ImageStore;
 
 /// The Namespaces service.
 pub struct NamespacesService {
@@ -96,8 +96,7 @@ impl Namespaces for NamespacesService {
         let name = request.into_inner().name;
         let instances = Arc::clone(&self.instances);
         blocking(&self.store, move |s| {
-            let in_use =
-                snapshots_in(&instances, &name).map_err(crate::imagestore::StoreError::Open)?;
+            let in_use = snapshots_in(&instances, &name).map_err(imagestore::StoreError::Open)?;
             s.namespace_delete(&name, in_use.as_deref())
         })
         .await?;

@@ -12,13 +12,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::blocking;
-use crate::api::services::snapshots::v1 as pb;
-use crate::api::services::snapshots::v1::snapshots_server::Snapshots;
 use crate::convert::{info_from_pb, info_to_pb, labels_from_pb, mounts_to_pb};
-use crate::imagestore::{ImageStore, StoreError};
 use crate::instances::Instances;
 use crate::metrics::METRICS;
 use crate::status::{invalid, join_error, to_status};
+use api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1::snapshots_server::Snapshots;
+use imagestore::{ImageStore, StoreError};
 
 /// List answers are split so each message stays well under containerd's 16 MiB limit.
 const LIST_BATCH_BYTES: usize = 4 << 20;
@@ -381,7 +381,7 @@ mod tests {
         assert!(batches.len() > 1);
         assert_eq!(batches.iter().map(|b| b.info.len()).sum::<usize>(), 5000);
         for b in &batches {
-            assert!(b.encoded_len() < super::super::MAX_MESSAGE_SIZE / 2);
+            assert!(b.encoded_len() < api::headers::MAX_MESSAGE_SIZE / 2);
         }
     }
 }

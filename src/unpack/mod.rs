@@ -20,18 +20,19 @@ use serde::Deserialize;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::api::services::content::v1 as content;
-use crate::api::services::content::v1::content_client::ContentClient;
-use crate::api::services::diff::v1 as diff;
-use crate::api::services::diff::v1::diff_client::DiffClient;
-use crate::api::services::images::v1 as images;
-use crate::api::services::images::v1::images_client::ImagesClient;
-use crate::api::services::leases::v1 as leases;
-use crate::api::services::leases::v1::leases_client::LeasesClient;
-use crate::api::services::snapshots::v1 as snapshots;
-use crate::api::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use crate::api::types::Descriptor;
-use crate::content::{GC_EXPIRE_LABEL, LEASE_HEADER, NAMESPACE_HEADER};
+use api::headers::{LEASE as LEASE_HEADER, NAMESPACE as NAMESPACE_HEADER};
+use api::labels::GC_EXPIRE as GC_EXPIRE_LABEL;
+use api::services::content::v1 as content;
+use api::services::content::v1::content_client::ContentClient;
+use api::services::diff::v1 as diff;
+use api::services::diff::v1::diff_client::DiffClient;
+use api::services::images::v1 as images;
+use api::services::images::v1::images_client::ImagesClient;
+use api::services::leases::v1 as leases;
+use api::services::leases::v1::leases_client::LeasesClient;
+use api::services::snapshots::v1 as snapshots;
+use api::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use api::types::Descriptor;
 
 /// Why an import or unpack failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub enum UnpackError {
     Registry(String),
     /// The content store refused a write (a pull writes into it directly).
     #[error(transparent)]
-    Store(#[from] crate::imagestore::StoreError),
+    Store(#[from] imagestore::StoreError),
     /// Reading the layout failed.
     #[error("read {path}")]
     Io {
@@ -285,7 +286,7 @@ impl Client {
 
     fn content(&self) -> ContentClient<Channel> {
         ContentClient::new(self.channel.clone())
-            .max_decoding_message_size(crate::server::MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(api::headers::MAX_MESSAGE_SIZE)
     }
 
     /// Takes a lease of our own (expiring in a day, as containerd's clients do) for the
@@ -294,7 +295,7 @@ impl Client {
     pub async fn take_lease(&mut self) -> Result<()> {
         self.drop_stale_leases().await?;
         let expires =
-            crate::content::rfc3339_utc(SystemTime::now() + std::time::Duration::from_secs(86_400));
+            api::time::rfc3339_utc(SystemTime::now() + std::time::Duration::from_secs(86_400));
         let id = format!("strata-{}", crate::content::unique_suffix());
         let r = self.request(leases::CreateRequest {
             id: id.clone(),

@@ -29,7 +29,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
-use crate::imagestore::{ContentWriter, ImageStore, StoreError};
+use imagestore::{ContentWriter, ImageStore, StoreError};
 
 use super::{
     Arrivals, Client, JsonDescriptor, JsonManifest, Result, UnpackError, Unpacked, architecture,

@@ -21,7 +21,7 @@ mod userns;
 
 use std::path::Path;
 
-use strata::api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1 as pb;
 
 use self::env::{BASE_LAYERS, Containerd, Env, NAMESPACE, SNAPSHOTTER, Unpack, table};
 use crate::util;

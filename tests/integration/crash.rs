@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use strata::api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1 as pb;
 use strata::convert::mount_from_pb;
 
 use crate::suite::{Fixture, without_root};
@@ -13,7 +13,7 @@ use crate::tree::{Op, apply, capture};
 use crate::util::{Snap, mounts_under, snapshot_dirs, with_mounted};
 
 /// Every path a returned mount refers to.
-pub fn mount_paths(mounts: &[strata::api::types::Mount]) -> Vec<String> {
+pub fn mount_paths(mounts: &[api::types::Mount]) -> Vec<String> {
     let mut out = Vec::new();
     for m in mounts.iter().cloned().map(mount_from_pb) {
         if m.fstype == "bind" {

@@ -5,11 +5,11 @@
 
 use std::io::Write;
 
+use api::services::diff::v1 as dpb;
+use api::services::diff::v1::diff_client::DiffClient;
+use api::types::{Descriptor, Mount};
 use differ::content::{BlobSink, LocalStore};
 use differ::{Compression, Digest};
-use strata::api::services::diff::v1 as dpb;
-use strata::api::services::diff::v1::diff_client::DiffClient;
-use strata::api::types::{Descriptor, Mount};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -48,7 +48,7 @@ async fn fixture_on(
     let daemon = Daemon::start_with_content(&daemon_dir, kind, &content_dir);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let channel = api::channel::connect(&daemon.socket).await.unwrap();
     DiffFixture {
         s: Snap::new(&daemon).await,
         d: DiffClient::new(channel),
@@ -455,10 +455,7 @@ async fn a_full_filesystem_is_resource_exhausted() {
         let err = apply_rpc(&mut f.d, big, mounts).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{kind}: {err:?}");
         let kind_of_a = f.s.stat("a").await.unwrap().kind;
-        assert_eq!(
-            kind_of_a,
-            strata::api::services::snapshots::v1::Kind::Active as i32
-        );
+        assert_eq!(kind_of_a, api::services::snapshots::v1::Kind::Active as i32);
 
         f.s.remove("a").await.unwrap();
         f.s.cleanup().await.unwrap();

@@ -94,7 +94,7 @@ async fn misuse_codes() {
         }
         let r = s
             .client
-            .update(strata::api::services::snapshots::v1::UpdateSnapshotRequest::default())
+            .update(api::services::snapshots::v1::UpdateSnapshotRequest::default())
             .await;
         assert_eq!(code(r), Code::InvalidArgument, "update without info");
 
@@ -115,12 +115,11 @@ async fn instances_are_selected_by_name() {
     .unwrap();
     let d = Daemon::start_with(tmp.path(), &["--config", config.to_str().unwrap()]);
     let mut s = Snap::new(&d).await;
-    let req =
-        |name: &str, key: &str| strata::api::services::snapshots::v1::PrepareSnapshotRequest {
-            snapshotter: name.into(),
-            key: key.into(),
-            ..Default::default()
-        };
+    let req = |name: &str, key: &str| api::services::snapshots::v1::PrepareSnapshotRequest {
+        snapshotter: name.into(),
+        key: key.into(),
+        ..Default::default()
+    };
     let m = s
         .client
         .prepare(req("strata", "a"))
@@ -138,7 +137,7 @@ async fn instances_are_selected_by_name() {
         .mounts;
     assert!(m[0].source.contains("/strata-native/snapshots/"), "{m:?}");
     // The overlay instance reports each snapshot's upper directory, computed, not stored.
-    let stat = |name: &str| strata::api::services::snapshots::v1::StatSnapshotRequest {
+    let stat = |name: &str| api::services::snapshots::v1::StatSnapshotRequest {
         snapshotter: name.into(),
         key: "a".into(),
     };

@@ -5,20 +5,20 @@
 
 use std::collections::HashMap;
 
+use api::services::containers::v1 as cpb;
+use api::services::containers::v1::containers_client::ContainersClient;
+use api::services::content::v1 as ctpb;
+use api::services::content::v1::content_client::ContentClient;
+use api::services::images::v1 as ipb;
+use api::services::images::v1::images_client::ImagesClient;
+use api::services::introspection::v1 as inpb;
+use api::services::introspection::v1::introspection_client::IntrospectionClient;
+use api::services::leases::v1 as lpb;
+use api::services::leases::v1::leases_client::LeasesClient;
+use api::services::namespaces::v1 as npb;
+use api::services::namespaces::v1::namespaces_client::NamespacesClient;
+use api::types::Descriptor;
 use prost_types::FieldMask;
-use strata::api::services::containers::v1 as cpb;
-use strata::api::services::containers::v1::containers_client::ContainersClient;
-use strata::api::services::content::v1 as ctpb;
-use strata::api::services::content::v1::content_client::ContentClient;
-use strata::api::services::images::v1 as ipb;
-use strata::api::services::images::v1::images_client::ImagesClient;
-use strata::api::services::introspection::v1 as inpb;
-use strata::api::services::introspection::v1::introspection_client::IntrospectionClient;
-use strata::api::services::leases::v1 as lpb;
-use strata::api::services::leases::v1::leases_client::LeasesClient;
-use strata::api::services::namespaces::v1 as npb;
-use strata::api::services::namespaces::v1::namespaces_client::NamespacesClient;
-use strata::api::types::Descriptor;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -171,7 +171,7 @@ async fn content_images_containers_leases_namespaces() {
     assert_root("imagestore::content_images_containers_leases_namespaces");
     let tmp = TempDir::new("imagestore");
     let daemon = Daemon::start(tmp.path(), "native");
-    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let channel = api::channel::connect(&daemon.socket).await.unwrap();
     let mut content = ContentClient::new(channel.clone());
     let mut images = ImagesClient::new(channel.clone());
     let mut containers = ContainersClient::new(channel.clone());
@@ -938,7 +938,7 @@ async fn content_images_containers_leases_namespaces() {
     // Everything survives a restart of the daemon.
     drop(daemon);
     let daemon = Daemon::start(tmp.path(), "native");
-    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let channel = api::channel::connect(&daemon.socket).await.unwrap();
     let mut images = ImagesClient::new(channel.clone());
     let mut content = ContentClient::new(channel);
     let kept = images
@@ -994,12 +994,12 @@ async fn put_blob(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn garbage_collection() {
-    use strata::admin::v1 as apb;
-    use strata::admin::v1::admin_client::AdminClient;
+    use api::admin::v1 as apb;
+    use api::admin::v1::admin_client::AdminClient;
     assert_root("imagestore::garbage_collection");
     let tmp = TempDir::new("imagestore-gc");
     let daemon = Daemon::start(tmp.path(), "native");
-    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+    let channel = api::channel::connect(&daemon.socket).await.unwrap();
     let mut content = ContentClient::new(channel.clone());
     let mut images = ImagesClient::new(channel.clone());
     let mut leases = LeasesClient::new(channel.clone());

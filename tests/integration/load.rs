@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use strata::api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1 as pb;
 use tonic::Code;
 
 use crate::crash::assert_consistent;

@@ -136,9 +136,9 @@ async fn metrics_are_scraped_over_http_and_move() {
     assert_eq!(s.stat("missing").await.unwrap_err().code(), Code::NotFound);
     let layer = write_layer(&content, tmp.path());
     let mounts = s.mounts("a").await.unwrap();
-    let channel = strata::cli::connect(&daemon.socket).await.unwrap();
-    let mut d = strata::api::services::diff::v1::diff_client::DiffClient::new(channel);
-    d.apply(strata::api::services::diff::v1::ApplyRequest {
+    let channel = api::channel::connect(&daemon.socket).await.unwrap();
+    let mut d = api::services::diff::v1::diff_client::DiffClient::new(channel);
+    d.apply(api::services::diff::v1::ApplyRequest {
         diff: Some(layer),
         mounts,
         ..Default::default()
@@ -220,7 +220,7 @@ async fn metrics_are_scraped_over_http_and_move() {
 }
 
 /// A 200 KB layer in the OCI-layout directory `content`.
-fn write_layer(content: &Path, scratch: &Path) -> strata::api::types::Descriptor {
+fn write_layer(content: &Path, scratch: &Path) -> api::types::Descriptor {
     let (lower, upper) = (scratch.join("lower"), scratch.join("upper"));
     std::fs::create_dir_all(&lower).unwrap();
     std::fs::create_dir_all(&upper).unwrap();

@@ -64,7 +64,7 @@ async fn socket_activation_serves_on_the_passed_socket() {
         .spawn()
         .expect("start systemd-socket-activate");
     wait_for(&socket, "the activator's socket");
-    let channel = strata::cli::connect(&socket).await.expect("connect");
+    let channel = api::channel::connect(&socket).await.expect("connect");
     let mut s = Snap {
         client: strata::cli::snapshots_client(channel),
     };
@@ -107,7 +107,7 @@ async fn notify_says_ready_once_serving_and_stopping_on_sigterm() {
     let n = listener.recv(&mut buf).expect("READY=1 within 30 s");
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "READY=1\n");
     // Ready means serving: a call goes through at once.
-    let channel = strata::cli::connect(&socket)
+    let channel = api::channel::connect(&socket)
         .await
         .expect("connect right after READY=1");
     let mut s = Snap {

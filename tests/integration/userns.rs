@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use strata::api::types::Mount as PbMount;
+use api::types::Mount as PbMount;
 
 use crate::util::{Daemon, Labels, Snap, TempDir, assert_root, labels, mounts_under, with_mounted};
 

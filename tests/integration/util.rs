@@ -6,11 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use api::services::snapshots::v1 as pb;
+use api::types::{Descriptor, Mount as PbMount};
 use differ::content::{BlobSink, LocalStore};
 use differ::diff::{Changes, DiffOptions, write_layer};
 use differ::{Compression, Digest};
-use strata::api::services::snapshots::v1 as pb;
-use strata::api::types::{Descriptor, Mount as PbMount};
 use strata::cli::SnapshotsClient;
 use strata::convert::mount_from_pb;
 
@@ -173,7 +173,7 @@ impl Daemon {
     }
 
     pub async fn client(&self) -> SnapshotsClient {
-        let channel = strata::cli::connect(&self.socket).await.expect("connect");
+        let channel = api::channel::connect(&self.socket).await.expect("connect");
         strata::cli::snapshots_client(channel)
     }
 

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use strata::api::cri;
-use strata::api::cri::image_service_client::ImageServiceClient;
-use strata::api::cri::runtime_service_client::RuntimeServiceClient;
-use strata::api::services::snapshots::v1 as pb;
+use api::cri;
+use api::cri::image_service_client::ImageServiceClient;
+use api::cri::runtime_service_client::RuntimeServiceClient;
+use api::services::snapshots::v1 as pb;
 use tonic::transport::Channel;
 
 use super::env::{BASE_LAYERS, Containerd, CriSetup, Env, build_image};
@@ -38,7 +38,7 @@ struct Cri {
 
 impl Cri {
     async fn connect(socket: &Path) -> Cri {
-        let channel = strata::cli::connect(socket)
+        let channel = api::channel::connect(socket)
             .await
             .expect("connect to containerd");
         Cri {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use strata::api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1 as pb;
 
 use crate::util::{self, Daemon, Snap, TempDir};
 

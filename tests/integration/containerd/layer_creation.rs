@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata::api::types::Mount as PbMount;
+use api::types::Mount as PbMount;
 
 use super::env::{Containerd, Env, SNAPSHOTTER};
 use crate::tree::capture;

@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api::services::diff::v1 as dpb;
+use api::services::diff::v1::diff_client::DiffClient;
+use api::services::snapshots::v1 as pb;
+use api::types::{Descriptor, Mount};
 use differ::Compression;
 use differ::content::LocalStore;
-use strata::api::services::diff::v1 as dpb;
-use strata::api::services::diff::v1::diff_client::DiffClient;
-use strata::api::services::snapshots::v1 as pb;
-use strata::api::types::{Descriptor, Mount};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -690,7 +690,7 @@ async fn run_kind(kind: &str, kills: usize, seed: u64) -> (Counts, Vec<String>) 
         let killed = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for id in 0..WORKERS {
-            let channel = strata::cli::connect(&daemon.socket).await.unwrap();
+            let channel = api::channel::connect(&daemon.socket).await.unwrap();
             let worker = Worker {
                 id,
                 rng: Rng::new(seed.wrapping_add((round * WORKERS + id) as u64 + 1)),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use strata::api::services::snapshots::v1 as pb;
+use api::services::snapshots::v1 as pb;
 use tonic::Code;
 
 use crate::tree::{Entry, Op, apply, capture};

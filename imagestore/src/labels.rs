@@ -131,3 +131,7 @@ mod tests {
         assert!(!apply_path(&mut cur, &new, "target"));
     }
 }
+
+/// A record seen through containerd's filter language (`snapshotter::Filters`): the
+/// field paths of each kind are defined next to it.
+pub(crate) struct Fields<'a, T>(pub &'a T);

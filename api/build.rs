@@ -1,6 +1,6 @@
-//! Compiles `proto/` into Rust with protox (no system protoc) and tonic-prost-build:
-//! containerd's API (clients and servers) and the CRI subset the end-to-end tests drive
-//! containerd with (clients only).
+//! Compiles `proto/` into Rust with protox (no system protoc) and tonic-prost-build, when the
+//! `grpc` feature is on: containerd's API (clients and servers), Strata's own admin API, and
+//! the CRI subset the end-to-end tests drive containerd with (clients only).
 
 const PROTOS: &[&str] = &[
     "containerd/types/mount.proto",
@@ -19,6 +19,9 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_none() {
+        return Ok(());
+    }
     let fds = protox::compile(PROTOS, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)

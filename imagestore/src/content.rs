@@ -11,9 +11,11 @@ use differ::Digest;
 use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
+use crate::labels::Fields;
+
 use super::meta::{Kind, Read, key};
 use super::{Blobs, ImageStore, Ingest, IngestStatus, Result, StoreError, labels, timestamp};
-use crate::api::services::content::v1 as pb;
+use api::services::content::v1 as pb;
 
 /// Lease resource type of a blob.
 pub const RESOURCE_CONTENT: &str = "content";
@@ -81,19 +83,19 @@ impl ContentWriter {
     }
 }
 
-impl Adaptor for pb::Info {
+impl Adaptor for Fields<'_, pb::Info> {
     fn field(&self, path: &[String]) -> Option<std::borrow::Cow<'_, str>> {
         match path {
-            [f] if f == "digest" => Some(self.digest.as_str().into()),
-            _ => labels::field(&self.labels, path).map(Into::into),
+            [f] if f == "digest" => Some(self.0.digest.as_str().into()),
+            _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
 }
 
-impl Adaptor for IngestStatus {
+impl Adaptor for Fields<'_, IngestStatus> {
     fn field(&self, path: &[String]) -> Option<std::borrow::Cow<'_, str>> {
         match path {
-            [f] if f == "ref" => Some(self.reference.as_str().into()),
+            [f] if f == "ref" => Some(self.0.reference.as_str().into()),
             _ => None,
         }
     }
@@ -127,7 +129,7 @@ impl ImageStore {
         Ok(all
             .into_iter()
             .map(|(_, info)| info)
-            .filter(|info| filters.matches(info))
+            .filter(|info| filters.matches(&Fields(info)))
             .collect())
     }
 
@@ -406,7 +408,7 @@ impl ImageStore {
         let mut out = Vec::new();
         for (reference, _) in refs {
             let status = self.ingest_status(namespace, &reference)?;
-            if filters.matches(&status) {
+            if filters.matches(&Fields(&status)) {
                 out.push(status);
             }
         }

@@ -8,19 +8,21 @@ use std::time::SystemTime;
 use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
+use crate::labels::Fields;
+
 use super::content::{RESOURCE_CONTENT, RESOURCE_INGEST};
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
-use crate::api::services::leases::v1::{Lease, Resource};
+use api::services::leases::v1::{Lease, Resource};
 
 /// Prefix of the lease resource type of a snapshot: `snapshots/<snapshotter>`.
 pub const RESOURCE_SNAPSHOTS: &str = "snapshots/";
 
-impl Adaptor for Lease {
+impl Adaptor for Fields<'_, Lease> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
         match path {
-            [f] if f == "id" => Some(self.id.as_str().into()),
-            _ => labels::field(&self.labels, path).map(Into::into),
+            [f] if f == "id" => Some(self.0.id.as_str().into()),
+            _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
 }
@@ -110,7 +112,7 @@ impl ImageStore {
         Ok(all
             .into_iter()
             .map(|(_, l)| l)
-            .filter(|l| filters.matches(l))
+            .filter(|l| filters.matches(&Fields(l)))
             .collect())
     }
 

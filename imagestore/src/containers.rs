@@ -8,19 +8,21 @@ use std::time::SystemTime;
 use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
+use crate::labels::Fields;
+
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
-use crate::api::services::containers::v1::Container;
+use api::services::containers::v1::Container;
 
-impl Adaptor for Container {
+impl Adaptor for Fields<'_, Container> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
         match path {
-            [f] if f == "id" => Some(self.id.as_str().into()),
-            [f] if f == "image" => Some(self.image.as_str().into()),
+            [f] if f == "id" => Some(self.0.id.as_str().into()),
+            [f] if f == "image" => Some(self.0.image.as_str().into()),
             [f, sub] if f == "runtime" && sub == "name" => {
-                self.runtime.as_ref().map(|r| r.name.as_str().into())
+                self.0.runtime.as_ref().map(|r| r.name.as_str().into())
             }
-            _ => labels::field(&self.labels, path).map(Into::into),
+            _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
 }
@@ -72,7 +74,7 @@ impl ImageStore {
         Ok(all
             .into_iter()
             .map(|(_, c)| c)
-            .filter(|c| filters.matches(c))
+            .filter(|c| filters.matches(&Fields(c)))
             .collect())
     }
 

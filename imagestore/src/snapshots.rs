@@ -15,7 +15,7 @@ use super::gc::SnapshotAccess;
 use super::leases::RESOURCE_SNAPSHOTS;
 use super::meta::{Kind, Read, Writer, key};
 use super::{ImageStore, Result};
-use crate::api::services::leases::v1::{Lease, Resource};
+use api::services::leases::v1::{Lease, Resource};
 
 /// A snapshot a client of this store is about to make under one of its leases, or to
 /// commit from one of its snapshots, recorded before the snapshotter acts. The snapshotter's
@@ -235,7 +235,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::imagestore::SnapshotTree;
+    use crate::SnapshotTree;
 
     /// A snapshotter's keys as the collector lists them (parents and labels do not matter
     /// here).

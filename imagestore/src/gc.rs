@@ -22,10 +22,10 @@ use super::content::{RESOURCE_CONTENT, RESOURCE_INGEST};
 use super::leases::RESOURCE_SNAPSHOTS;
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError};
-use crate::api::services::containers::v1::Container;
-use crate::api::services::content::v1 as content_pb;
-use crate::api::services::images::v1::Image;
-use crate::api::services::leases::v1::Lease;
+use api::services::containers::v1::Container;
+use api::services::content::v1 as content_pb;
+use api::services::images::v1::Image;
+use api::services::leases::v1::Lease;
 
 const GC_ROOT: &str = "containerd.io/gc.root";
 const GC_EXPIRE: &str = "containerd.io/gc.expire";
@@ -101,44 +101,8 @@ fn label_refs(labels: &HashMap<String, String>) -> Vec<Node> {
 fn expired(labels: &HashMap<String, String>, now: SystemTime) -> bool {
     labels
         .get(GC_EXPIRE)
-        .and_then(|t| parse_rfc3339(t))
+        .and_then(|t| api::time::parse_rfc3339(t))
         .is_some_and(|t| t <= now)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` as a time.
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let (date, time) = s.split_once(['T', 't'])?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (clock, offset) = match time.find(['Z', 'z', '+', '-']) {
-        Some(i) => time.split_at(i),
-        None => return None,
-    };
-    let mut c = clock.split(':');
-    let (h, mi) = (
-        c.next()?.parse::<i64>().ok()?,
-        c.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = c.next()?.parse().ok()?;
-    let offset_secs = match offset.chars().next()? {
-        'Z' | 'z' => 0,
-        sign => {
-            let (oh, om) = offset[1..].split_once(':')?;
-            let o = oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60;
-            if sign == '-' { -o } else { o }
-        }
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 - offset_secs;
-    let t = secs as f64 + sec;
-    (t >= 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t))
 }
 
 /// One namespace's records, as the mark phase needs them.
@@ -470,16 +434,6 @@ fn mark(n: &Namespace, listed: &Listed, now: SystemTime) -> HashSet<Node> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_times() {
-        let t = parse_rfc3339("1970-01-02T00:00:01Z").unwrap();
-        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(86_401));
-        let t = parse_rfc3339("2026-12-01T10:00:00+01:00").unwrap();
-        let u = parse_rfc3339("2026-12-01T09:00:00.000000000Z").unwrap();
-        assert_eq!(t, u);
-        assert!(parse_rfc3339("yesterday").is_none());
-    }
 
     #[test]
     fn label_references() {

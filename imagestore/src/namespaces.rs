@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels};
-use crate::api::services::namespaces::v1::Namespace;
+use api::services::namespaces::v1::Namespace;
 
 /// What keeps a namespace from being deleted (leases and writes do not), with containerd's
 /// names for it.

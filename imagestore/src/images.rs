@@ -6,16 +6,18 @@ use std::time::SystemTime;
 use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
+use crate::labels::Fields;
+
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
-use crate::api::services::images::v1::Image;
-use crate::api::types::Descriptor;
+use api::services::images::v1::Image;
+use api::types::Descriptor;
 
-impl Adaptor for Image {
+impl Adaptor for Fields<'_, Image> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
-        let target = self.target.as_ref();
+        let target = self.0.target.as_ref();
         match path {
-            [f] if f == "name" => Some(self.name.as_str().into()),
+            [f] if f == "name" => Some(self.0.name.as_str().into()),
             [f, sub] if f == "target" => match sub.as_str() {
                 "digest" => target.map(|t| t.digest.as_str().into()),
                 "mediatype" => target.map(|t| t.media_type.as_str().into()),
@@ -24,7 +26,7 @@ impl Adaptor for Image {
             [f, ..] if f == "annotations" => target.and_then(|t| {
                 labels::map_field(&t.annotations, "annotations", path).map(Into::into)
             }),
-            _ => labels::field(&self.labels, path).map(Into::into),
+            _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
 }
@@ -78,7 +80,7 @@ impl ImageStore {
         Ok(all
             .into_iter()
             .map(|(_, i)| i)
-            .filter(|i| filters.matches(i))
+            .filter(|i| filters.matches(&Fields(i)))
             .collect())
     }
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs containerd's own content store test suite (content/testsuite: ContentSuite and
+# ContentCrossNSSharedSuite, 14 subtests) through containerd's gRPC content client against a
+# containerd-compatible unix socket, and prints the `go test -v` output. The Go side is
+# tests/contentsuite/contentsuite_test.go (each test in a namespace of its own, under a lease).
+#
+#   scripts/e2e/content-suite.sh SOCKET [go test flags, e.g. -test.run 'Suite/Writer$']
+#
+# Exit status: 0 if every test passed, nonzero otherwise (or if the build failed).
+#
+# What it needs, installed with apt-get only if missing (`apt-get update` only then):
+#   golang-go                                (Go 1.19 on Debian 12 bookworm)
+#   golang-github-containerd-containerd-dev  (containerd 1.6.20 source + its -dev deps)
+# The test binary is built with `go test -c` in GOPATH mode (GO111MODULE=off,
+# GOPATH=<private>:/usr/share/gocode), offline (GOPROXY=off), once: it is cached under
+# $CACHE/content-suite/, keyed by the Go source, `go version` and the installed
+# containerd-dev version, and rebuilt only when one of these changes.
+#
+# Environment:
+#   STRATA_E2E_CACHE            cache dir (default /var/cache/strata-e2e)
+#   STRATA_CONTENT_SUITE_TIMEOUT  go test -test.timeout for the whole run (default 10m)
+#
+# Needs root for the apt-get step (when something is missing) and if $CACHE is not writable.
+set -euo pipefail
+
+socket=${1:-}
+if [[ -z $socket ]]; then
+	echo "usage: $0 SOCKET [go test flags]" >&2
+	exit 2
+fi
+shift
+[[ -S $socket ]] || { echo "content-suite: $socket is not a unix socket" >&2; exit 2; }
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+src=$(cd "$here/../../tests/contentsuite" && pwd)
+cache=${STRATA_E2E_CACHE:-/var/cache/strata-e2e}/content-suite
+log() { echo "content-suite: $*" >&2; }
+
+# 1. Toolchain and containerd source from Debian, only if missing.
+pkgs=(golang-go golang-github-containerd-containerd-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	log "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# 2. Build once (cached by the inputs' hash), GOPATH mode, offline.
+export GO111MODULE=off GOPROXY=off GOFLAGS= GOTOOLCHAIN=local CGO_ENABLED=0
+export GOPATH=$cache/gopath:/usr/share/gocode GOCACHE=$cache/gocache
+key=$({
+	cat "$src"/*.go
+	go version
+	dpkg-query -W -f='${Version}\n' golang-github-containerd-containerd-dev
+} | sha256sum | cut -c1-16)
+bin=$cache/contentsuite-$key.test
+if [[ ! -x $bin ]]; then
+	mkdir -p "$cache/gopath"
+	log "building $bin"
+	start=$SECONDS
+	(cd "$src" && go test -c -o "$bin.tmp.$$" .)
+	rm -f "$cache"/contentsuite-*.test # stale builds
+	mv "$bin.tmp.$$" "$bin"
+	log "built in $((SECONDS - start))s"
+fi
+
+# 3. Run. The suite's temp dirs (unused by this store) go to a private dir, removed after.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+log "running against $socket"
+STRATA_CONTENT_SUITE_ADDRESS=$socket TMPDIR=$tmp \
+	"$bin" -test.v -test.count=1 -test.timeout="${STRATA_CONTENT_SUITE_TIMEOUT:-10m}" "$@"
