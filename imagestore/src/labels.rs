@@ -101,6 +101,10 @@ pub fn field<'a>(labels: &'a HashMap<String, String>, path: &[String]) -> Option
     map_field(labels, "labels", path)
 }
 
+/// A record seen through containerd's filter language (`snapshotter::Filters`): the
+/// field paths of each kind are defined next to it.
+pub(crate) struct Fields<'a, T>(pub &'a T);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +135,3 @@ mod tests {
         assert!(!apply_path(&mut cur, &new, "target"));
     }
 }
-
-/// A record seen through containerd's filter language (`snapshotter::Filters`): the
-/// field paths of each kind are defined next to it.
-pub(crate) struct Fields<'a, T>(pub &'a T);
