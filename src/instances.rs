@@ -67,6 +67,13 @@ impl Instances {
     }
 }
 
+impl imagestore::Snapshotters for Instances {
+    fn resolve(&self, name: &str) -> Option<(String, Arc<dyn Snapshotter>)> {
+        let inst = self.get(name).ok()?;
+        Some((inst.name.clone(), Arc::clone(&inst.snapshotter)))
+    }
+}
+
 fn open_instance(inst: &InstanceConfig, root: &Path) -> snapshotter::Result<Arc<dyn Snapshotter>> {
     let options = Options {
         sync_remove: inst

@@ -91,7 +91,7 @@ impl Classify for imagestore::StoreError {
             S::Unimplemented(_) => Code::Unimplemented,
             S::OutOfRange(_) => Code::OutOfRange,
             S::Io { source, .. } => os_code(source),
-            S::Open(e) => e.code(),
+            S::Snapshot(e) => e.code(),
             S::Lock(e) => e.code(),
             S::Index(_) | S::Corrupt(_) => Code::Internal,
         }

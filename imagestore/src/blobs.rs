@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use differ::Digest;
 use differ::digest::Hasher;
@@ -166,9 +166,8 @@ impl Blobs {
         self.root.join("ingest").join(hex)
     }
 
-    /// Opens the write of `reference`, resuming what an earlier writer left. `total` and
-    /// `expected` (when given) are recorded, and must agree with what was recorded before.
-    pub fn writer(&self, reference: &str, total: u64, expected: Option<Digest>) -> Result<Ingest> {
+    /// Takes the writer lock of `reference`: Unavailable while another writer holds it.
+    pub fn lock(&self, reference: &str) -> Result<RefLock> {
         if reference.is_empty() {
             return Err(StoreError::InvalidArgument("write needs a ref".into()));
         }
@@ -180,10 +179,25 @@ impl Blobs {
         {
             return Err(StoreError::Unavailable(format!("ref {reference} locked")));
         }
-        let lock = RefLock {
+        Ok(RefLock {
             reference: reference.to_string(),
             locked: Arc::clone(&self.locked),
-        };
+        })
+    }
+
+    /// Whether a writer holds `reference`'s lock.
+    fn is_locked(&self, reference: &str) -> bool {
+        self.locked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(reference)
+    }
+
+    /// Opens the write of `lock`'s ref, resuming what an earlier writer left (its data is
+    /// hashed again: call it outside any index transaction). `total` and `expected` (when
+    /// given) are recorded, and must agree with what was recorded before.
+    pub fn writer(&self, lock: RefLock, total: u64, expected: Option<Digest>) -> Result<Ingest> {
+        let reference = lock.reference.as_str();
         let dir = self.ingest_dir(reference);
         let data = dir.join("data");
         let fresh = !data.exists();
@@ -259,6 +273,38 @@ impl Blobs {
             }
         }
         Ok(out)
+    }
+
+    /// When the data of the write of `reference` was last written, if it exists.
+    pub fn written(&self, reference: &str) -> Option<SystemTime> {
+        fs::metadata(self.ingest_dir(reference).join("data"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Removes the write directories whose ref is not in `kept`, unless a writer holds
+    /// them or they changed within `age` (a write being opened has its directory before its
+    /// record): what a crash between a record's removal and its directory's left.
+    pub fn remove_unrecorded_ingests(&self, kept: &HashSet<String>, age: Duration) -> Result<()> {
+        let root = self.root.join("ingest");
+        let now = SystemTime::now();
+        for entry in fs::read_dir(&root).map_err(io_err("read", &root))? {
+            let dir = entry.map_err(io_err("read", &root))?.path();
+            let reference = fs::read_to_string(dir.join("ref")).unwrap_or_default();
+            if kept.contains(&reference) || self.is_locked(&reference) {
+                continue;
+            }
+            let recent = [dir.join("data"), dir.clone()].iter().any(|p| {
+                fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t + age > now)
+            });
+            if !recent {
+                tracing::info!(reference, "write without a record removed");
+                fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            }
+        }
+        Ok(())
     }
 
     /// Drops the write of `reference`.
@@ -360,34 +406,16 @@ impl Ingest {
         Ok(())
     }
 
-    /// Checks the data against `size` (if > 0) and `expected` (if given, else the digest
-    /// recorded at the start), and moves it to its blob name; the digest. The ingest is
-    /// gone afterwards. If the blob already exists the data is dropped and AlreadyExists
-    /// returned with the digest.
-    pub fn commit(mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
-        let result = self.place(size, expected);
-        if let Some((digest, live)) = self.live.take() {
-            // Readers reach the end only of the bytes they were promised: a commit under
-            // another digest (the commit's own `expected`) is no success for them.
-            let how = match &result {
-                Ok(d) | Err(StoreError::BlobExists(d)) if *d == digest => Ok(()),
-                Ok(d) | Err(StoreError::BlobExists(d)) => {
-                    Err(format!("the write was committed as {d}, not {digest}"))
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            self.end_live(&digest, &live, how);
-        }
-        result
+    /// The digest of the bytes written so far.
+    pub fn digest(&self) -> Digest {
+        self.hasher.clone().finish().0
     }
 
-    fn end_live(&self, digest: &Digest, live: &Arc<Live>, how: std::result::Result<(), String>) {
-        live.end(how);
-        self.blobs.live.finish(digest, live);
-    }
-
-    /// Checks and places the data (see [`Ingest::commit`]).
-    fn place(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+    /// Checks the data against `size` (if > 0, else the total given at the start) and
+    /// `expected` (if given, else the digest recorded at the start) and flushes it to disk;
+    /// the digest it will be committed as. Nothing moves: a write that fails stays as it
+    /// is, for its client to finish or abort.
+    pub fn verify(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
         let (digest, written) = self.hasher.clone().finish();
         let reference = &self.status.reference;
         let size = if size > 0 { size } else { self.status.total };
@@ -405,6 +433,41 @@ impl Ingest {
         }
         let data = self.dir.join("data");
         self.file.sync_all().map_err(io_err("sync", &data))?;
+        Ok(digest)
+    }
+
+    /// Moves data [`verify`](Self::verify) checked as `digest` to its blob name, flushing
+    /// the directory; the write is gone afterwards. If the blob already exists the data is
+    /// dropped and BlobExists returned. Readers following the write reach the end only if
+    /// this is the blob they were promised.
+    pub fn place(mut self, digest: Digest) -> Result<Digest> {
+        let result = self.rename_into_place(digest);
+        if let Some((promised, live)) = self.live.take() {
+            let how = match &result {
+                Ok(d) | Err(StoreError::BlobExists(d)) if *d == promised => Ok(()),
+                Ok(d) | Err(StoreError::BlobExists(d)) => {
+                    Err(format!("the write was committed as {d}, not {promised}"))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            self.end_live(&promised, &live, how);
+        }
+        result
+    }
+
+    /// [`verify`](Self::verify), then [`place`](Self::place).
+    pub fn commit(mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
+        let digest = self.verify(size, expected)?;
+        self.place(digest)
+    }
+
+    fn end_live(&self, digest: &Digest, live: &Arc<Live>, how: std::result::Result<(), String>) {
+        live.end(how);
+        self.blobs.live.finish(digest, live);
+    }
+
+    fn rename_into_place(&mut self, digest: Digest) -> Result<Digest> {
+        let data = self.dir.join("data");
         let target = self.blobs.path(&digest);
         if target.exists() {
             fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))?;
@@ -435,7 +498,7 @@ impl Drop for Ingest {
 }
 
 /// Holds a ref's writer lock; releases it on drop.
-struct RefLock {
+pub struct RefLock {
     reference: String,
     locked: Arc<Mutex<HashSet<String>>>,
 }
@@ -496,9 +559,8 @@ mod tests {
         ];
         for (what, data, commit_as, ends) in cases {
             let promised = sha256(good);
-            let mut ingest = blobs
-                .writer(&format!("ref {what}"), 0, Some(promised.clone()))
-                .unwrap();
+            let lock = blobs.lock(&format!("ref {what}")).unwrap();
+            let mut ingest = blobs.writer(lock, 0, Some(promised.clone())).unwrap();
             let reader = read_all(blobs.open_live(&promised).unwrap().unwrap());
             ingest.write_at(0, data).unwrap();
             let committed = ingest.commit(0, commit_as);

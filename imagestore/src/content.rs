@@ -13,7 +13,9 @@ use snapshotter::filter::Adaptor;
 
 use crate::labels::Fields;
 
-use super::meta::{Kind, Read, key};
+use super::blobs::RefLock;
+use super::gc::graph::INGEST_EXPIRY;
+use super::meta::{Kind, Read, Writer, key};
 use super::{Blobs, ImageStore, Ingest, IngestStatus, Result, StoreError, labels, timestamp};
 use api::services::content::v1 as pb;
 
@@ -22,7 +24,50 @@ pub const RESOURCE_CONTENT: &str = "content";
 /// Lease resource type of a write in progress.
 pub const RESOURCE_INGEST: &str = "ingests";
 
-/// A write in a namespace, by ref.
+/// A write's record in the index: containerd's `Status` fields (what a client set at the
+/// start), and how the write is kept: by a lease, or until a time refreshed whenever it is
+/// opened (and, at collection, whenever its data was last written). Records written before
+/// `leased` and `expires_at` existed read as kept for a day after they started.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IngestRecord {
+    #[prost(message, optional, tag = "1")]
+    pub started_at: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "2")]
+    pub updated_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "3")]
+    pub r#ref: String,
+    #[prost(int64, tag = "5")]
+    pub total: i64,
+    #[prost(string, tag = "6")]
+    pub expected: String,
+    /// Opened under a lease: kept only while a lease holds it.
+    #[prost(bool, tag = "16")]
+    pub leased: bool,
+    /// Opened without a lease: kept until then (unless written since).
+    #[prost(message, optional, tag = "17")]
+    pub expires_at: Option<prost_types::Timestamp>,
+}
+
+impl IngestRecord {
+    /// Until when the write is kept without a lease, its data last `written` then; `None`
+    /// if only a lease keeps it.
+    pub fn expires(&self, written: Option<SystemTime>) -> Option<SystemTime> {
+        let from_write = written.map(|t| t + INGEST_EXPIRY);
+        let recorded = match (&self.expires_at, self.leased) {
+            (Some(t), _) => Some(time_of(t)),
+            (None, true) => return None,
+            (None, false) => self.started_at.as_ref().map(|t| time_of(t) + INGEST_EXPIRY),
+        };
+        recorded.max(from_write)
+    }
+}
+
+fn time_of(t: &prost_types::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
+}
+
+/// A write in a namespace, by ref. Holds the ref's lock until dropped.
 pub struct ContentWriter {
     namespace: String,
     lease: Option<String>,
@@ -34,10 +79,13 @@ pub struct ContentWriter {
 }
 
 enum Body {
-    /// The expected blob is in the tree already: nothing to write.
+    /// The expected blob is in the tree already: nothing to write (unless the client
+    /// writes anyway). Holds the ref's lock.
     Shared {
         digest: Digest,
         size: u64,
+        /// `None` only after a failed switch to a real write.
+        lock: Option<RefLock>,
     },
     Data(Box<Ingest>),
 }
@@ -47,7 +95,7 @@ impl ContentWriter {
     pub fn status(&self) -> IngestStatus {
         match &self.body {
             Body::Data(ingest) => ingest.status().clone(),
-            Body::Shared { digest, size } => IngestStatus {
+            Body::Shared { digest, size, .. } => IngestStatus {
                 reference: String::new(),
                 offset: *size,
                 total: *size,
@@ -58,12 +106,20 @@ impl ContentWriter {
         }
     }
 
+    /// The digest of the bytes written so far (for a write that needs no data, the blob's).
+    pub fn digest(&self) -> Digest {
+        match &self.body {
+            Body::Data(ingest) => ingest.digest(),
+            Body::Shared { digest, .. } => digest.clone(),
+        }
+    }
+
     /// Writes `data` at `offset` (see [`Ingest::write_at`]). A client that sends the data
     /// of a blob the tree has anyway (from offset 0) gets a real write, checked at commit
     /// like any other.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        if let Body::Shared { digest, size } = &self.body {
-            if data.is_empty() {
+        if let Body::Shared { size, .. } = &self.body {
+            if data.is_empty() && (offset == 0 || offset == *size) {
                 return Ok(());
             }
             if offset != 0 {
@@ -71,9 +127,12 @@ impl ContentWriter {
                     "write @{offset} must occur at current offset {size}"
                 )));
             }
-            let ingest = self
-                .blobs
-                .writer(&self.tree_ref, *size, Some(digest.clone()))?;
+        }
+        if let Body::Shared { digest, size, lock } = &mut self.body {
+            let lock = lock.take().ok_or_else(|| {
+                StoreError::Unavailable(format!("ref {} lost its lock", self.tree_ref))
+            })?;
+            let ingest = self.blobs.writer(lock, *size, Some(digest.clone()))?;
             self.body = Body::Data(Box::new(ingest));
         }
         match &mut self.body {
@@ -107,8 +166,87 @@ fn parse_digest(digest: &str) -> Result<Digest> {
 
 /// The tree key of `reference` in `namespace`: writes of one ref in two namespaces are two
 /// writes.
-fn tree_ref(namespace: &str, reference: &str) -> String {
+pub(crate) fn tree_ref(namespace: &str, reference: &str) -> String {
     format!("{namespace}/{reference}")
+}
+
+/// What opening a write found.
+#[derive(Debug, PartialEq, Eq)]
+enum Opened {
+    /// The write is recorded.
+    Recorded,
+    /// The namespace has the blob: nothing to write.
+    Exists,
+}
+
+/// The records a write's opening makes.
+struct Open<'a> {
+    namespace: &'a str,
+    reference: &'a str,
+    total: u64,
+    expected: Option<&'a Digest>,
+    lease: Option<&'a str>,
+    now: SystemTime,
+}
+
+impl Open<'_> {
+    /// The refusals: a lease that does not exist (NotFound, as containerd), a blob the
+    /// namespace has (AlreadyExists).
+    fn check(&self, r: &impl Read) -> Result<()> {
+        if let Some(lease) = self.lease
+            && !r.lease_exists(self.namespace, lease)?
+        {
+            return Err(StoreError::NotFound(format!(
+                "lease {lease:?} does not exist"
+            )));
+        }
+        if let Some(digest) = self.expected
+            && r.get::<pb::Info>(Kind::Content, &key(self.namespace, &[digest.as_str()]))?
+                .is_some()
+        {
+            return Err(StoreError::AlreadyExists(format!("content {digest}")));
+        }
+        Ok(())
+    }
+
+    /// Records the write (or refreshes its record) and adds it to the lease; a blob the
+    /// namespace has is added to the lease instead, and the write not recorded.
+    fn record(&self, w: &mut Writer) -> Result<Opened> {
+        match self.check(w) {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists(_)) => {
+                if let (Some(lease), Some(digest)) = (self.lease, self.expected) {
+                    w.add_resource(self.namespace, lease, RESOURCE_CONTENT, digest.as_str())?;
+                }
+                return Ok(Opened::Exists);
+            }
+            Err(e) => return Err(e),
+        }
+        let k = key(self.namespace, &[self.reference]);
+        let mut record = w
+            .get::<IngestRecord>(Kind::Ingest, &k)?
+            .unwrap_or_else(|| IngestRecord {
+                r#ref: self.reference.to_string(),
+                started_at: Some(timestamp(self.now)),
+                ..Default::default()
+            });
+        if self.total > 0 {
+            record.total = self.total as i64;
+        }
+        if let Some(digest) = self.expected {
+            record.expected = digest.to_string();
+        }
+        record.updated_at = Some(timestamp(self.now));
+        match self.lease {
+            Some(lease) => {
+                record.leased = true;
+                w.add_resource(self.namespace, lease, RESOURCE_INGEST, self.reference)?;
+            }
+            None => record.expires_at = Some(timestamp(self.now + INGEST_EXPIRY)),
+        }
+        w.put(Kind::Ingest, &k, &record)?;
+        Ok(Opened::Recorded)
+    }
 }
 
 impl ImageStore {
@@ -179,13 +317,21 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Whether any namespace holds a record of `digest`.
+    /// Whether any namespace holds a record of `digest`, or a write expects it (a write that
+    /// needed no data because the blob was there counts on it staying).
     pub(super) fn blob_referenced(&self, r: &impl Read, digest: &Digest) -> Result<bool> {
         for ns in r.namespaces_of(Kind::Content)? {
             if r.get::<pb::Info>(Kind::Content, &key(&ns, &[digest.as_str()]))?
                 .is_some()
             {
                 return Ok(true);
+            }
+        }
+        for ns in r.namespaces_of(Kind::Ingest)? {
+            for (_, record) in r.list::<IngestRecord>(Kind::Ingest, &ns)? {
+                if record.expected == digest.as_str() {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
@@ -198,9 +344,11 @@ impl ImageStore {
         Ok((self.blobs.open_blob(&digest)?, info.size as u64))
     }
 
-    /// Opens (or resumes) the write of `reference` in `namespace`. With an `expected` digest
-    /// the namespace already has: AlreadyExists. With one the tree has: a write that needs
-    /// no data. `lease` (the caller's) protects the write and, once committed, the blob.
+    /// Opens (or resumes) the write of `reference` in `namespace`, taking its ref's lock
+    /// (Unavailable while another writer holds it). With an `expected` digest the namespace
+    /// already has: AlreadyExists. With one the tree has: a write that needs no data.
+    /// `lease` (the caller's, which must exist) protects the write and, once committed, the
+    /// blob; without one the write is kept for a day after it was last opened or written.
     pub fn content_writer(
         &self,
         namespace: &str,
@@ -217,47 +365,46 @@ impl ImageStore {
             .map(parse_digest)
             .transpose()?;
         let started = SystemTime::now();
-        let body = self.meta.write(|w| {
-            if let Some(digest) = &expected {
-                let k = key(namespace, &[digest.as_str()]);
-                if w.get::<pb::Info>(Kind::Content, &k)?.is_some() {
-                    if let Some(lease) = lease {
-                        w.add_resource(namespace, lease, RESOURCE_CONTENT, digest.as_str())?;
-                    }
-                    return Ok(None);
-                }
-            }
-            let status = pb::Status {
-                r#ref: reference.to_string(),
-                started_at: Some(timestamp(started)),
-                total: total as i64,
-                expected: expected.as_ref().map(|d| d.to_string()).unwrap_or_default(),
-                ..Default::default()
+        let tree = tree_ref(namespace, reference);
+        let lock = self.blobs.lock(&tree)?;
+        let open = Open {
+            namespace,
+            reference,
+            total,
+            expected: expected.as_ref(),
+            lease,
+            now: started,
+        };
+        let body = {
+            // Held from finding the blob present to the record that keeps it.
+            let _kept = expected.as_ref().map(|_| self.blobs.keep());
+            let present = match &expected {
+                Some(digest) => self
+                    .blobs
+                    .size(digest)?
+                    .filter(|s| total == 0 || total == *s),
+                None => None,
             };
-            let k = key(namespace, &[reference]);
-            if w.get::<pb::Status>(Kind::Ingest, &k)?.is_none() {
-                w.put(Kind::Ingest, &k, &status)?;
+            if self.meta.write(|w| open.record(w))? == Opened::Exists {
+                let digest = expected.as_ref().expect("only an expected blob exists");
+                return Err(StoreError::AlreadyExists(format!("content {digest}")));
             }
-            if let Some(lease) = lease {
-                w.add_resource(namespace, lease, RESOURCE_INGEST, reference)?;
-            }
-            if let Some(digest) = &expected
-                && let Some(size) = self.blobs.size(digest)?
-                && (total == 0 || total == size)
-            {
-                return Ok(Some(Body::Shared {
+            match (present, &expected) {
+                (Some(size), Some(digest)) => Body::Shared {
                     digest: digest.clone(),
                     size,
-                }));
+                    lock: Some(lock),
+                },
+                _ => {
+                    drop(_kept);
+                    // Resuming hashes the data again: outside any lock or transaction.
+                    Body::Data(Box::new(self.blobs.writer(
+                        lock,
+                        total,
+                        expected.clone(),
+                    )?))
+                }
             }
-            let ingest =
-                self.blobs
-                    .writer(&tree_ref(namespace, reference), total, expected.clone())?;
-            Ok(Some(Body::Data(Box::new(ingest))))
-        })?;
-        let Some(body) = body else {
-            let digest = expected.expect("only an expected blob exists");
-            return Err(StoreError::AlreadyExists(format!("content {digest}")));
         };
         Ok(ContentWriter {
             namespace: namespace.to_string(),
@@ -265,13 +412,15 @@ impl ImageStore {
             started,
             body,
             blobs: self.blobs.clone(),
-            tree_ref: tree_ref(namespace, reference),
+            tree_ref: tree,
         })
     }
 
-    /// Commits `writer`: checks `size` and `expected`, places the blob, records it in the
-    /// writer's namespace with `labels` (and in its lease). AlreadyExists only if the
-    /// namespace had the blob already; the digest otherwise.
+    /// Commits `writer`: checks `size` and `expected` and flushes the data, then places the
+    /// blob and records it in the writer's namespace with `labels` (and in its lease); the
+    /// digest. A write that fails its checks stays, for its client to finish or abort.
+    /// AlreadyExists if the namespace had the blob already (the write is gone then, and the
+    /// blob in the writer's lease all the same).
     pub fn content_commit(
         &self,
         writer: ContentWriter,
@@ -291,9 +440,25 @@ impl ImageStore {
             body,
             ..
         } = writer;
+        // Checked and flushed before the retention lock: a slow disk delays this commit,
+        // not every other one.
+        let verified = match body {
+            Body::Data(mut ingest) => {
+                let digest = ingest.verify(size, expected.clone())?;
+                let written = ingest.status().offset;
+                Ok((ingest, digest, written))
+            }
+            shared => Err(shared),
+        };
         let _kept = self.blobs.keep();
-        let (digest, size) = match body {
-            Body::Shared { digest, size: have } => {
+        let (digest, size) = match verified {
+            Ok((ingest, digest, written)) => match ingest.place(digest) {
+                Ok(digest) | Err(StoreError::BlobExists(digest)) => (digest, written),
+                Err(e) => return Err(e),
+            },
+            Err(Body::Shared {
+                digest, size: have, ..
+            }) => {
                 if self.blobs.size(&digest)?.is_none() {
                     return Err(StoreError::Unavailable(format!(
                         "{reference:?}: blob {digest} was collected before the commit; write it again"
@@ -311,25 +476,20 @@ impl ImageStore {
                 }
                 (digest, have)
             }
-            Body::Data(ingest) => {
-                let written = ingest.status().offset;
-                match ingest.commit(size, expected) {
-                    Ok(digest) => (digest, written),
-                    Err(StoreError::BlobExists(digest)) => (digest, written),
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(Body::Data(_)) => unreachable!("data bodies are verified"),
         };
         let now = Some(timestamp(SystemTime::now()));
-        self.meta.write(|w| {
+        let existed = self.meta.write(|w| {
             w.delete(Kind::Ingest, &key(&namespace, &[reference]))?;
             if let Some(lease) = &lease {
                 w.delete_resource(&namespace, lease, RESOURCE_INGEST, reference)?;
-                w.add_resource(&namespace, lease, RESOURCE_CONTENT, digest.as_str())?;
+                if w.lease_exists(&namespace, lease)? {
+                    w.add_resource(&namespace, lease, RESOURCE_CONTENT, digest.as_str())?;
+                }
             }
             let k = key(&namespace, &[digest.as_str()]);
             if w.get::<pb::Info>(Kind::Content, &k)?.is_some() {
-                return Err(StoreError::AlreadyExists(format!("content {digest}")));
+                return Ok(true);
             }
             let info = pb::Info {
                 digest: digest.to_string(),
@@ -338,8 +498,12 @@ impl ImageStore {
                 updated_at: now,
                 labels: labels_in,
             };
-            w.put(Kind::Content, &k, &info)
+            w.put(Kind::Content, &k, &info)?;
+            Ok(false)
         })?;
+        if existed {
+            return Err(StoreError::AlreadyExists(format!("content {digest}")));
+        }
         Ok(digest)
     }
 
@@ -381,7 +545,7 @@ impl ImageStore {
     pub fn ingest_status(&self, namespace: &str, reference: &str) -> Result<IngestStatus> {
         let known = self
             .meta
-            .read(|r| r.get::<pb::Status>(Kind::Ingest, &key(namespace, &[reference])))?;
+            .read(|r| r.get::<IngestRecord>(Kind::Ingest, &key(namespace, &[reference])))?;
         let Some(known) = known else {
             return Err(StoreError::NotFound(format!("ingest ref {reference}")));
         };
@@ -404,7 +568,7 @@ impl ImageStore {
     pub fn ingest_list(&self, namespace: &str, filters: &Filters) -> Result<Vec<IngestStatus>> {
         let refs = self
             .meta
-            .read(|r| r.list::<pb::Status>(Kind::Ingest, namespace))?;
+            .read(|r| r.list::<IngestRecord>(Kind::Ingest, namespace))?;
         let mut out = Vec::new();
         for (reference, _) in refs {
             let status = self.ingest_status(namespace, &reference)?;
@@ -415,18 +579,42 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Drops the write of `reference` in `namespace`.
+    /// Drops the write of `reference` in `namespace`: its record, then its data (a crash
+    /// between the two leaves a directory the collector removes). A blob the write expected
+    /// and nothing else names goes with it.
     pub fn ingest_abort(&self, namespace: &str, reference: &str) -> Result<()> {
-        self.meta.write(|w| {
-            if !w.delete(Kind::Ingest, &key(namespace, &[reference]))? {
+        let _collecting = self.blobs.collect();
+        let released = self.meta.write(|w| {
+            let k = key(namespace, &[reference]);
+            let Some(record) = w.get::<IngestRecord>(Kind::Ingest, &k)? else {
                 return Err(StoreError::NotFound(format!("ingest ref {reference}")));
-            }
-            Ok(())
+            };
+            w.delete(Kind::Ingest, &k)?;
+            let expected = match Digest::parse(&record.expected) {
+                Ok(d) if !self.blob_referenced(w, &d)? => Some(d),
+                _ => None,
+            };
+            Ok(expected)
         })?;
         match self.blobs.abort(&tree_ref(namespace, reference)) {
-            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
+        if let Some(digest) = released {
+            self.blobs.delete(&digest)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl ImageStore {
+    /// Drops the record of a write and leaves its directory: what a crash between the two
+    /// steps of an abort leaves.
+    pub(crate) fn ingest_abort_record_only(&self, namespace: &str, reference: &str) {
+        self.meta
+            .write(|w| w.delete(Kind::Ingest, &key(namespace, &[reference])))
+            .unwrap();
     }
 }
 

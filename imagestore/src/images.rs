@@ -8,7 +8,8 @@ use snapshotter::filter::Adaptor;
 
 use crate::labels::Fields;
 
-use super::meta::{Kind, Read, key};
+use super::leases::RESOURCE_IMAGES;
+use super::meta::{Kind, Read, Writer, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
 use api::services::images::v1::Image;
 use api::types::Descriptor;
@@ -29,6 +30,28 @@ impl Adaptor for Fields<'_, Image> {
             _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
+}
+
+/// Adds `image` to `lease` if it expires (`containerd.io/gc.expire`), as containerd 2.x
+/// does: only an expiring image needs a lease, and only then must the lease exist.
+fn lease_expiring(
+    w: &mut Writer,
+    namespace: &str,
+    image: &Image,
+    lease: Option<&str>,
+) -> Result<()> {
+    let Some(lease) = lease else {
+        return Ok(());
+    };
+    if !image.labels.contains_key(api::labels::GC_EXPIRE) {
+        return Ok(());
+    }
+    if !w.lease_exists(namespace, lease)? {
+        return Err(StoreError::NotFound(format!(
+            "lease {lease:?} does not exist"
+        )));
+    }
+    w.add_resource(namespace, lease, RESOURCE_IMAGES, &image.name)
 }
 
 /// containerd's checks of a stored image.
@@ -84,8 +107,14 @@ impl ImageStore {
             .collect())
     }
 
-    /// Creates `image`; AlreadyExists if its name is taken.
-    pub fn image_create(&self, namespace: &str, mut image: Image) -> Result<Image> {
+    /// Creates `image`; AlreadyExists if its name is taken. An image that expires
+    /// (`containerd.io/gc.expire`) joins the caller's `lease`, which must exist.
+    pub fn image_create(
+        &self,
+        namespace: &str,
+        mut image: Image,
+        lease: Option<&str>,
+    ) -> Result<Image> {
         validate(&image)?;
         image.labels.retain(|_, v| !v.is_empty());
         let now = Some(timestamp(SystemTime::now()));
@@ -96,6 +125,7 @@ impl ImageStore {
             if w.get::<Image>(Kind::Image, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists(format!("image {:?}", image.name)));
             }
+            lease_expiring(w, namespace, &image, lease)?;
             w.put(Kind::Image, &k, &image)?;
             Ok(image)
         })
@@ -103,7 +133,13 @@ impl ImageStore {
 
     /// Updates `image.name` by field paths (`labels`, `labels.<k>`, `target`,
     /// `annotations`, `annotations.<k>`; none: everything).
-    pub fn image_update(&self, namespace: &str, image: Image, paths: &[String]) -> Result<Image> {
+    pub fn image_update(
+        &self,
+        namespace: &str,
+        image: Image,
+        paths: &[String],
+        lease: Option<&str>,
+    ) -> Result<Image> {
         if image.name.is_empty() {
             return Err(StoreError::InvalidArgument(
                 "image name is required for update".into(),
@@ -151,6 +187,7 @@ impl ImageStore {
             updated.name = current.name.clone();
             updated.created_at = current.created_at;
             updated.updated_at = Some(timestamp(SystemTime::now()));
+            lease_expiring(w, namespace, &updated, lease)?;
             w.put(Kind::Image, &k, &updated)?;
             Ok(updated)
         })
@@ -162,6 +199,7 @@ impl ImageStore {
         namespace: &str,
         name: &str,
         target: Option<&Descriptor>,
+        lease: Option<&str>,
     ) -> Result<()> {
         self.meta.write(|w| {
             let k = key(namespace, &[name]);
@@ -177,6 +215,11 @@ impl ImageStore {
                 )));
             }
             w.delete(Kind::Image, &k)?;
+            if let Some(lease) = lease
+                && w.lease_exists(namespace, lease)?
+            {
+                w.delete_resource(namespace, lease, RESOURCE_IMAGES, name)?;
+            }
             Ok(())
         })
     }

@@ -17,6 +17,8 @@ use api::services::leases::v1::{Lease, Resource};
 
 /// Prefix of the lease resource type of a snapshot: `snapshots/<snapshotter>`.
 pub const RESOURCE_SNAPSHOTS: &str = "snapshots/";
+/// Lease resource type of an image (containerd 2.x).
+pub const RESOURCE_IMAGES: &str = "images";
 
 impl Adaptor for Fields<'_, Lease> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {
@@ -34,7 +36,7 @@ fn validate_resource(r: &Resource) -> Result<()> {
             differ::Digest::parse(&r.id)
                 .map_err(|e| StoreError::InvalidArgument(format!("content resource: {e}")))?;
         }
-        RESOURCE_INGEST => {}
+        RESOURCE_INGEST | RESOURCE_IMAGES => {}
         t if t.starts_with(RESOURCE_SNAPSHOTS) => {
             let snapshotter = &t[RESOURCE_SNAPSHOTS.len()..];
             if snapshotter.is_empty() || snapshotter.contains('/') {

@@ -17,15 +17,18 @@ mod live;
 mod meta;
 mod namespaces;
 mod snapshots;
+#[cfg(test)]
+mod testing;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use blobs::{Blobs, Ingest, IngestStatus};
 pub use content::ContentWriter;
-pub use gc::{Report, SnapshotAccess, SnapshotTree};
+pub use gc::Report;
 pub use labels::validate_identifier;
 pub use live::LiveReader;
+pub use snapshots::{Caller, Snapshotters, StoreSnapshots};
 
 use meta::Meta;
 
@@ -65,22 +68,13 @@ pub enum StoreError {
     },
     #[error("image store index")]
     Index(#[from] heed::Error),
-    #[error("image store index: {0}")]
-    Open(#[source] snapshotter::Error),
+    /// A snapshotter's error (its class kept), or the index's own on opening it.
+    #[error(transparent)]
+    Snapshot(#[from] snapshotter::Error),
     #[error("image store lock")]
     Lock(#[source] mountutil::Error),
     #[error("corrupt image store record: {0}")]
     Corrupt(String),
-}
-
-impl From<snapshotter::Error> for StoreError {
-    /// Filter parsing errors (the filter language is shared with the snapshotters).
-    fn from(e: snapshotter::Error) -> Self {
-        match e {
-            snapshotter::Error::InvalidArgument(m) => StoreError::InvalidArgument(m),
-            other => StoreError::Open(other),
-        }
-    }
 }
 
 /// The image store of a daemon root.

@@ -125,8 +125,25 @@ impl Read for LiveReader {
                 let ready = (state.written - self.position).min(buf.len() as u64) as usize;
                 drop(state);
                 let n = self.file.read(&mut buf[..ready])?;
-                self.position += n as u64;
-                return Ok(n);
+                if n > 0 {
+                    self.position += n as u64;
+                    return Ok(n);
+                }
+                // The file is shorter than the write said: it restarted (truncated) since.
+                // The end it gives the write (an error) is this reader's answer, not an
+                // early end of file.
+                state = lock(&self.live.state);
+                if state.end.is_none() {
+                    state = self
+                        .live
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if let Some(Err(why)) = &state.end {
+                    return Err(io::Error::other(why.clone()));
+                }
+                continue;
             }
             match &state.end {
                 // Committed: the file (renamed, the same inode) has nothing more.
@@ -193,5 +210,32 @@ mod tests {
             }
             assert!(!writes.is_live(&digest()));
         }
+    }
+
+    /// A write that restarts truncates its file before its readers hear of it: a reader
+    /// that finds fewer bytes than the write had announced gets the restart's error, never
+    /// an early end of file.
+    #[test]
+    fn a_truncated_write_is_no_end_of_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("data");
+        let writes = LiveWrites::default();
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&[7u8; 1000]).unwrap();
+        let live = writes.start(&digest(), path.clone(), 0);
+        live.wrote(1000);
+        let mut reader = writes.reader(&digest()).unwrap().unwrap();
+        let mut half = [0u8; 500];
+        reader.read_exact(&mut half).unwrap();
+        // The restart's truncation, seen before its end.
+        file.set_len(0).unwrap();
+        let read = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).map(|_| rest)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        live.end(Err("the write restarted".into()));
+        let got = read.join().unwrap();
+        assert!(got.is_err(), "a restarted write read as {got:?}");
     }
 }

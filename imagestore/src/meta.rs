@@ -4,19 +4,22 @@
 //! readable as fields are added). Lease resources are keys only:
 //! `<namespace>\0<lease>\0<type>\0<id>`.
 //!
-//! Every write is one transaction, committed and flushed before the call returns.
+//! Every write is one transaction, committed and flushed before the call returns. The map
+//! grows as the snapshotters' does (`snapshotter::lmdb`).
 
 use std::path::Path;
 
 use heed::types::{Bytes, Unit};
-use heed::{Database, Env, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, RoTxn, RwTxn, WithoutTls};
 use mountutil::lock::RootLock;
 use prost::Message;
+use snapshotter::lmdb::GrowingEnv;
 
 use super::{Result, StoreError};
 
-/// The map's size (address space; the file grows as pages are used). Image metadata is
-/// small: a container's spec is the largest record, a few KiB.
+/// The map's initial size (address space; the file grows as pages are used, and the map
+/// doubles when half of it is). Image metadata is small: a container's spec is the largest
+/// record, a few KiB.
 const MAP_SIZE: usize = 1 << 30;
 
 /// Object kinds, each a database.
@@ -66,7 +69,7 @@ impl Kind {
 }
 
 pub struct Meta {
-    env: Env<WithoutTls>,
+    lmdb: GrowingEnv,
     dbs: Vec<Database<Bytes, Bytes>>,
     resources: Database<Bytes, Unit>,
     _lock: RootLock,
@@ -85,13 +88,19 @@ pub fn key(namespace: &str, parts: &[&str]) -> Vec<u8> {
 impl Meta {
     /// Opens (creating) the index in `dir`, taking `dir`'s lock.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_sized(dir, MAP_SIZE)
+    }
+
+    /// Opens with an initial map of `map_size` bytes (a larger existing file wins).
+    pub fn open_sized(dir: &Path, map_size: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             op: "create",
             path: dir.to_path_buf(),
             source,
         })?;
         let lock = RootLock::acquire(dir).map_err(StoreError::Lock)?;
-        let env = snapshotter::open_lmdb(&lock, dir, MAP_SIZE).map_err(StoreError::Open)?;
+        let lmdb = GrowingEnv::open(&lock, dir, map_size)?;
+        let env = lmdb.env();
         let mut txn = env.write_txn()?;
         let mut dbs = Vec::new();
         for kind in Kind::ALL {
@@ -101,7 +110,7 @@ impl Meta {
         txn.commit()?;
         env.force_sync()?;
         Ok(Meta {
-            env,
+            lmdb,
             dbs,
             resources,
             _lock: lock,
@@ -117,7 +126,8 @@ impl Meta {
 
     /// Runs `f` in a read transaction.
     pub fn read<T>(&self, f: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
-        let txn = self.env.read_txn()?;
+        let _gate = self.lmdb.gate();
+        let txn = self.lmdb.env().read_txn()?;
         f(&Reader {
             meta: self,
             txn: &txn,
@@ -126,13 +136,15 @@ impl Meta {
 
     /// Runs `f` in a write transaction, committed and flushed if it returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
-        let mut txn = self.env.write_txn()?;
+        self.lmdb.ensure_headroom()?;
+        let _gate = self.lmdb.gate();
+        let mut txn = self.lmdb.env().write_txn()?;
         let out = f(&mut Writer {
             meta: self,
             txn: &mut txn,
         })?;
         txn.commit()?;
-        self.env.force_sync()?;
+        self.lmdb.env().force_sync()?;
         Ok(out)
     }
 }
@@ -198,6 +210,15 @@ pub trait Read {
             names.insert(String::from_utf8_lossy(ns).into_owned());
         }
         Ok(names)
+    }
+
+    /// Whether lease `id` exists in `namespace`.
+    fn lease_exists(&self, namespace: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .meta()
+            .db(Kind::Lease)
+            .get(self.txn(), &key(namespace, &[id]))?
+            .is_some())
     }
 
     /// The resources of lease `lease` in `namespace`: (type, id).
@@ -288,5 +309,30 @@ impl Writer<'_, '_> {
             self.delete_resource(namespace, lease, &kind, &id)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::services::leases::v1::Lease;
+
+    /// 16 MiB of records into an index opened with a 1 MiB map: it grows instead of
+    /// failing with a full map.
+    #[test]
+    fn the_map_grows_instead_of_filling_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open_sized(dir.path(), 1 << 20).unwrap();
+        for i in 0..1024 {
+            let lease = Lease {
+                id: format!("l{i}"),
+                labels: [("l".to_string(), "x".repeat(16 << 10))].into(),
+                ..Default::default()
+            };
+            meta.write(|w| w.put(Kind::Lease, &key("ns", &[&lease.id]), &lease))
+                .unwrap_or_else(|e| panic!("record {i}: {e}"));
+        }
+        let all = meta.read(|r| r.list::<Lease>(Kind::Lease, "ns")).unwrap();
+        assert_eq!(all.len(), 1024);
     }
 }

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 
+use super::content::{IngestRecord, tree_ref};
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels};
+use api::services::leases::v1::Lease;
 use api::services::namespaces::v1::Namespace;
 
 /// What keeps a namespace from being deleted (leases and writes do not), with containerd's
@@ -80,10 +82,11 @@ impl ImageStore {
         })
     }
 
-    /// Deletes namespace `name`, which must hold nothing (`snapshots_in` names a
-    /// snapshotter still holding snapshots of it).
+    /// Deletes namespace `name`, which must hold no images, blobs, containers or snapshots
+    /// (`snapshots_in` names a snapshotter still holding snapshots of it); its leases and
+    /// writes go with it.
     pub fn namespace_delete(&self, name: &str, snapshots_in: Option<&str>) -> Result<()> {
-        self.meta.write(|w| {
+        let writes = self.meta.write(|w| {
             if !w.namespaces()?.iter().any(|n| n == name) {
                 return Err(StoreError::NotFound(format!("namespace {name:?}")));
             }
@@ -103,7 +106,23 @@ impl ImageStore {
                 )));
             }
             w.delete(Kind::Namespace, &key(name, &[""]))?;
-            Ok(())
-        })
+            // Leases and writes go with it, as with containerd's namespace bucket.
+            for (id, _) in w.list::<Lease>(Kind::Lease, name)? {
+                w.delete(Kind::Lease, &key(name, &[&id]))?;
+                w.clear_resources(name, &id)?;
+            }
+            let writes = w.list::<IngestRecord>(Kind::Ingest, name)?;
+            for (reference, _) in &writes {
+                w.delete(Kind::Ingest, &key(name, &[reference]))?;
+            }
+            Ok(writes)
+        })?;
+        for (reference, _) in writes {
+            match self.blobs().abort(&tree_ref(name, &reference)) {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }

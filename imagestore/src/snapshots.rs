@@ -10,12 +10,181 @@
 //! at the next start if a crash came between ([`SnapshotIntent`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::gc::SnapshotAccess;
+use api::services::leases::v1::{Lease, Resource};
+use snapshotter::{Labels, Mount, Snapshotter};
+
+use super::gc::graph::SnapshotId;
 use super::leases::RESOURCE_SNAPSHOTS;
 use super::meta::{Kind, Read, Writer, key};
-use super::{ImageStore, Result};
-use api::services::leases::v1::{Lease, Resource};
+use super::{ImageStore, Result, StoreError};
+
+/// The snapshotter instances a daemon serves, as the store reaches them.
+pub trait Snapshotters: Send + Sync {
+    /// The instance a request's `snapshotter` name selects, with its own name; `None` if
+    /// none. Every caller (the Snapshots service, the collector following references, an
+    /// unpack) selects through this, so they agree on which snapshot a name means.
+    fn resolve(&self, name: &str) -> Option<(String, Arc<dyn Snapshotter>)>;
+}
+
+/// Who makes a snapshot call: the containerd namespace and lease it names, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub namespace: Option<String>,
+    pub lease: Option<String>,
+}
+
+impl Caller {
+    /// The namespace and lease, when the call names both.
+    fn lease(&self) -> Option<(&str, &str)> {
+        Some((self.namespace.as_deref()?, self.lease.as_deref()?))
+    }
+}
+
+/// The snapshotters seen through the image store, as containerd's metadata snapshotter
+/// wraps its own: a snapshot made under one of the store's leases becomes the store's (so
+/// the collector may remove it once nothing reaches it), and its commit, reuse and removal
+/// keep that record right. Every snapshot call that can create or remove one goes through
+/// here: the Snapshots service, a pull's or an import's unpack.
+#[derive(Clone)]
+pub struct StoreSnapshots {
+    store: Arc<ImageStore>,
+    snapshotters: Arc<dyn Snapshotters>,
+}
+
+impl StoreSnapshots {
+    pub fn new(store: Arc<ImageStore>, snapshotters: Arc<dyn Snapshotters>) -> Self {
+        StoreSnapshots {
+            store,
+            snapshotters,
+        }
+    }
+
+    /// The instance `name` selects, and its own name; NotFound if none.
+    pub fn snapshotter(&self, name: &str) -> Result<(String, Arc<dyn Snapshotter>)> {
+        self.snapshotters.resolve(name).ok_or_else(|| {
+            StoreError::Snapshot(snapshotter::Error::NotFound(format!(
+                "snapshotter {name:?}"
+            )))
+        })
+    }
+
+    /// The instances, for the collector.
+    pub fn snapshotters(&self) -> &dyn Snapshotters {
+        self.snapshotters.as_ref()
+    }
+
+    /// Prepare. A layer already committed on that parent (the snapshotter's reuse, an
+    /// AlreadyExists naming it) stays or becomes the store's when the caller holds one of
+    /// the store's leases, and is handed over otherwise (containerd adopted it).
+    pub fn prepare(
+        &self,
+        caller: &Caller,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let (name, s) = self.snapshotter(snapshotter)?;
+        let intended = self.intend(caller, &name, s.as_ref(), key, None)?;
+        let result = s.prepare(key, parent, labels);
+        if let Err(snapshotter::Error::LayerCommitted { name: layer, .. }) = &result
+            && self.store.owns_snapshot(&name, layer)?
+        {
+            self.store.snapshot_reused(&name, layer, caller.lease())?;
+        }
+        self.settle(intended, &name, key, result)
+    }
+
+    /// View.
+    pub fn view(
+        &self,
+        caller: &Caller,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        let (name, s) = self.snapshotter(snapshotter)?;
+        let intended = self.intend(caller, &name, s.as_ref(), key, None)?;
+        let result = s.view(key, parent, labels);
+        self.settle(intended, &name, key, result)
+    }
+
+    /// Commit: the committed snapshot is the store's if the active one was, or the caller
+    /// holds one of its leases.
+    pub fn commit(
+        &self,
+        caller: &Caller,
+        snapshotter: &str,
+        name: &str,
+        key: &str,
+        labels: Labels,
+        parent: &str,
+    ) -> Result<()> {
+        let (instance, s) = self.snapshotter(snapshotter)?;
+        let intended = self.intend(caller, &instance, s.as_ref(), name, Some(key))?;
+        let result = s.commit(name, key, labels, parent);
+        self.settle(intended, &instance, name, result)
+    }
+
+    /// Remove: a snapshot of the store's is no longer its.
+    pub fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
+        let (name, s) = self.snapshotter(snapshotter)?;
+        s.remove(key)?;
+        if self.store.owns_snapshot(&name, key)? {
+            self.store.snapshot_released(&name, key)?;
+        }
+        Ok(())
+    }
+
+    /// Before the snapshotter makes `snapshot`: records the intent if the result will be
+    /// the store's (see [`ImageStore::intend_snapshot`]); whether it did. A request without
+    /// a lease, as containerd's, costs a lookup.
+    fn intend(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        s: &dyn Snapshotter,
+        snapshot: &str,
+        from: Option<&str>,
+    ) -> Result<bool> {
+        let from_owned = match from {
+            Some(f) => self.store.owns_snapshot(instance, f)?,
+            None => false,
+        };
+        if caller.lease().is_none() && !from_owned {
+            return Ok(false);
+        }
+        let is_new = || match s.stat(snapshot) {
+            Ok(_) => Ok(false),
+            Err(snapshotter::Error::NotFound(_)) => Ok(true),
+            Err(e) => Err(StoreError::Snapshot(e)),
+        };
+        self.store
+            .intend_snapshot(instance, snapshot, caller.lease(), from, is_new)
+    }
+
+    /// After the snapshotter call an intent was recorded for: the snapshot is recorded as
+    /// the store's if the call made it, and the intent goes either way. The call's result.
+    fn settle<T>(
+        &self,
+        intended: bool,
+        instance: &str,
+        snapshot: &str,
+        result: snapshotter::Result<T>,
+    ) -> Result<T> {
+        if intended {
+            if result.is_ok() {
+                self.store.snapshot_intent_done(instance, snapshot)?;
+            } else {
+                self.store.snapshot_intent_dropped(instance, snapshot)?;
+            }
+        }
+        Ok(result?)
+    }
+}
 
 /// A snapshot a client of this store is about to make under one of its leases, or to
 /// commit from one of its snapshots, recorded before the snapshotter acts. The snapshotter's
@@ -115,22 +284,29 @@ impl ImageStore {
     /// commit replaces one with the other at once) was made, and is recorded; otherwise the
     /// intent just goes. A snapshotter that cannot be listed keeps its intents for the next
     /// start. How many were made.
-    pub fn settle_snapshot_intents(&self, snapshots: &dyn SnapshotAccess) -> Result<usize> {
+    pub fn settle_snapshot_intents(&self, snapshotters: &dyn Snapshotters) -> Result<usize> {
         let mut made = 0;
         for snapshotter in self.meta.read(|r| r.namespaces_of(Kind::SnapshotIntent))? {
             let intents = self
                 .meta
                 .read(|r| r.list::<SnapshotIntent>(Kind::SnapshotIntent, &snapshotter))?;
-            let existing = match snapshots.snapshots(&snapshotter) {
-                Ok(all) => all,
-                Err(e) => {
+            let listed = snapshotters
+                .resolve(&snapshotter)
+                .map(|(_, s)| s.list(&snapshotter::Filters::default()));
+            let existing: std::collections::HashSet<String> = match listed {
+                Some(Ok(all)) => all.into_iter().map(|i| i.name).collect(),
+                None => {
+                    tracing::warn!(snapshotter, "snapshot intents kept: no such snapshotter");
+                    continue;
+                }
+                Some(Err(e)) => {
                     tracing::warn!(snapshotter, error = %e, "snapshot intents kept");
                     continue;
                 }
             };
             for (snapshot, intent) in intents {
-                let done = existing.contains_key(&snapshot)
-                    && (intent.from.is_empty() || !existing.contains_key(&intent.from));
+                let done = existing.contains(&snapshot)
+                    && (intent.from.is_empty() || !existing.contains(&intent.from));
                 if done {
                     tracing::info!(
                         snapshotter,
@@ -156,10 +332,10 @@ impl ImageStore {
     }
 
     /// Committed snapshot `snapshot`, this store's, is taken as it is by a Prepare for the
-    /// same layer (the snapshotter's layer reuse). Under one of this store's leases in the
-    /// snapshot's own namespace (another unpack of the store's, say a second pull sharing the
-    /// layer) it stays the store's and that lease holds it too; otherwise whoever adopts it
-    /// (containerd, another namespace) shares it, and it is no longer the store's to collect.
+    /// same layer (the snapshotter's layer reuse). Under one of this store's leases (another
+    /// unpack of the store's, in any namespace: a second pull sharing the layer) it stays the
+    /// store's and that lease holds it too; otherwise whoever adopts it (containerd) shares
+    /// it with references this store cannot see, and it is no longer the store's to collect.
     pub fn snapshot_reused(
         &self,
         snapshotter: &str,
@@ -172,11 +348,10 @@ impl ImageStore {
                 return Ok(());
             };
             match lease {
-                Some((ns, id))
-                    if ns == record.id
-                        && w.get::<Lease>(Kind::Lease, &key(ns, &[id]))?.is_some() =>
-                {
-                    record_made(w, ns, id, snapshotter, snapshot)
+                Some((ns, id)) if w.lease_exists(ns, id)? => {
+                    let resource = format!("{RESOURCE_SNAPSHOTS}{snapshotter}");
+                    w.add_resource(ns, id, &resource, snapshot)?;
+                    w.put(Kind::Snapshot, &k, &record)
                 }
                 _ => {
                     w.delete(Kind::Snapshot, &k)?;
@@ -196,16 +371,12 @@ impl ImageStore {
         })
     }
 
-    /// This store's snapshots: namespace → (snapshotter, key).
-    pub(super) fn snapshots_by_namespace(
-        r: &impl Read,
-    ) -> Result<HashMap<String, Vec<(String, String)>>> {
-        let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    /// This store's snapshots, each with the namespace it was made in.
+    pub(super) fn owned_snapshots(&self, r: &impl Read) -> Result<HashMap<SnapshotId, String>> {
+        let mut out = HashMap::new();
         for snapshotter in r.namespaces_of(Kind::Snapshot)? {
             for (snapshot, record) in r.list::<Resource>(Kind::Snapshot, &snapshotter)? {
-                out.entry(record.id)
-                    .or_default()
-                    .push((snapshotter.clone(), snapshot));
+                out.insert((snapshotter.clone(), snapshot), record.id);
             }
         }
         Ok(out)
@@ -235,27 +406,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::SnapshotTree;
-
-    /// A snapshotter's keys as the collector lists them (parents and labels do not matter
-    /// here).
-    struct Listed(Vec<&'static str>);
-
-    impl SnapshotAccess for Listed {
-        fn snapshots(&self, _: &str) -> Result<SnapshotTree> {
-            Ok(self
-                .0
-                .iter()
-                .map(|k| (k.to_string(), (String::new(), HashMap::new())))
-                .collect())
-        }
-        fn remove(&self, _: &str, _: &str) -> Result<()> {
-            unreachable!("settling removes nothing")
-        }
-        fn cleanup(&self, _: &str) -> Result<()> {
-            unreachable!("settling removes nothing")
-        }
-    }
+    use crate::testing::{OneSnapshotter, native};
 
     #[test]
     fn intents_left_by_a_crash_are_settled_from_the_snapshotter() {
@@ -302,7 +453,15 @@ mod tests {
                 .unwrap()
         );
 
-        let listed = Listed(vec!["a", "c2", "d", "e"]);
+        // The snapshotter has what was made: "a", "c2", "d" and "e".
+        let sdir = tempfile::tempdir().unwrap();
+        let s = native(sdir.path());
+        for key in ["base", "a", "c2"] {
+            s.prepare(key, "", Default::default()).unwrap();
+        }
+        s.commit("d", "base", Default::default(), "").unwrap();
+        s.prepare("e", "", Default::default()).unwrap();
+        let listed = OneSnapshotter::new("s", s);
         assert_eq!(store.settle_snapshot_intents(&listed).unwrap(), 2);
         let owned = |k: &str| store.owns_snapshot("s", k).unwrap();
         assert!(owned("a") && owned("d") && owned("c2"));

@@ -6,15 +6,16 @@
 #
 #   scripts/e2e/content-suite.sh SOCKET [go test flags, e.g. -test.run 'Suite/Writer$']
 #
-# Exit status: 0 if every test passed, nonzero otherwise (or if the build failed).
+# Exit status: 0 if every test passed, nonzero otherwise (or if the build failed, or no test
+# ran). The last line on stdout is a summary: "content-suite: N passed, N failed, N skipped".
 #
 # What it needs, installed with apt-get only if missing (`apt-get update` only then):
 #   golang-go                                (Go 1.19 on Debian 12 bookworm)
 #   golang-github-containerd-containerd-dev  (containerd 1.6.20 source + its -dev deps)
 # The test binary is built with `go test -c` in GOPATH mode (GO111MODULE=off,
 # GOPATH=<private>:/usr/share/gocode), offline (GOPROXY=off), once: it is cached under
-# $CACHE/content-suite/, keyed by the Go source, `go version` and the installed
-# containerd-dev version, and rebuilt only when one of these changes.
+# $CACHE/content-suite/, keyed by the Go source, `go version` and the versions of the installed
+# golang-* packages (Go and the packaged Go sources), and rebuilt only when one of these changes.
 #
 # Environment:
 #   STRATA_E2E_CACHE            cache dir (default /var/cache/strata-e2e)
@@ -55,7 +56,7 @@ export GOPATH=$cache/gopath:/usr/share/gocode GOCACHE=$cache/gocache
 key=$({
 	cat "$src"/*.go
 	go version
-	dpkg-query -W -f='${Version}\n' golang-github-containerd-containerd-dev
+	dpkg-query -W -f='${Package} ${Version}\n' 'golang-*' 2>/dev/null | sort
 } | sha256sum | cut -c1-16)
 bin=$cache/contentsuite-$key.test
 if [[ ! -x $bin ]]; then
@@ -72,5 +73,15 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 log "running against $socket"
+rc=0
 STRATA_CONTENT_SUITE_ADDRESS=$socket TMPDIR=$tmp \
-	"$bin" -test.v -test.count=1 -test.timeout="${STRATA_CONTENT_SUITE_TIMEOUT:-10m}" "$@"
+	"$bin" -test.v -test.count=1 -test.timeout="${STRATA_CONTENT_SUITE_TIMEOUT:-10m}" "$@" |
+	tee "$tmp/out" || rc=$?
+
+# 4. A plain summary of the subtests (the suite's tests) as the last line; a run that ran
+#    none (e.g. a -test.run matching nothing) fails too.
+count() { grep -cE "^ +--- $1: " "$tmp/out" || true; }
+passed=$(count PASS) failed=$(count FAIL) skipped=$(count SKIP)
+echo "content-suite: $passed passed, $failed failed, $skipped skipped"
+((rc == 0 && passed == 0)) && rc=1
+exit "$rc"

@@ -26,14 +26,15 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64, Unit};
-use heed::{Database, Env, EnvFlags, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, RoTxn, RwTxn};
 use mountutil::lock::RootLock;
 
+use crate::lmdb::GrowingEnv;
 use crate::{Error, Info, Kind, Labels, Result, Usage};
 
 const SCHEMA_VERSION: u64 = 1;
@@ -101,15 +102,11 @@ fn to_time((secs, nanos): (i64, u32)) -> SystemTime {
 }
 
 pub(crate) struct MetaStore {
-    env: Env<WithoutTls>,
+    lmdb: GrowingEnv,
     snapshots: Database<Str, Bytes>,
     children: Database<Bytes, Unit>,
     ids: Database<U64<BigEndian>, Str>,
     meta: Database<Str, U64<BigEndian>>,
-    page_size: usize,
-    /// Held shared by every transaction and flush, exclusively to resize the map (LMDB
-    /// allows that only while this process has no transaction open).
-    gate: RwLock<()>,
     writers: Mutex<Writers>,
 }
 
@@ -189,7 +186,7 @@ where
         // A panicking job fails alone: its nested transaction is dropped (aborted) while
         // unwinding, and the batch goes on.
         let ran = catch_unwind(AssertUnwindSafe(|| -> Result<T> {
-            let mut nested = store.env.nested_write_txn(txn)?;
+            let mut nested = store.lmdb.env().nested_write_txn(txn)?;
             let out = f(store, &mut nested)?;
             nested.commit()?;
             Ok(out)
@@ -240,26 +237,6 @@ fn child_prefix(parent: &str) -> Vec<u8> {
     k
 }
 
-/// Opens (creating if needed) the LMDB environment in `dir`, inside the root `_lock` holds.
-/// The lock is the argument's point: it is what makes mapping the file sound. Also the
-/// daemon's image store's way to open its own index, so that this stays the one place an
-/// environment is mapped.
-#[allow(unsafe_code)]
-pub fn open_env(_lock: &RootLock, dir: &Path, map_size: usize) -> Result<Env<WithoutTls>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(map_size).max_dbs(16);
-    // SAFETY: LMDB maps the file into memory, which is unsound only if the file is modified
-    // behind its back. This process holds the root's exclusive flock (`_lock`), so no other
-    // Strata process opens this environment, and within the process heed allows repeated
-    // opens of one path. NO_META_SYNC keeps the file consistent (the module's doc: durability
-    // comes from the flush after each batch, before any of its mutations is acknowledged).
-    unsafe {
-        options.flags(EnvFlags::NO_META_SYNC);
-        Ok(options.open(dir)?)
-    }
-}
-
 impl MetaStore {
     pub fn open(lock: &RootLock, dir: &Path) -> Result<Self> {
         Self::open_sized(lock, dir, MAP_SIZE)
@@ -267,7 +244,8 @@ impl MetaStore {
 
     /// Opens with an initial map of `map_size` bytes (a larger existing file wins).
     pub fn open_sized(lock: &RootLock, dir: &Path, map_size: usize) -> Result<Self> {
-        let env = open_env(lock, dir, map_size)?;
+        let lmdb = GrowingEnv::open(lock, dir, map_size)?;
+        let env = lmdb.env();
         let mut txn = env.write_txn()?;
         let snapshots = env.create_database(&mut txn, Some("snapshots"))?;
         let children = env.create_database(&mut txn, Some("children"))?;
@@ -284,23 +262,20 @@ impl MetaStore {
         }
         txn.commit()?;
         env.force_sync()?;
-        let page_size = env.stat().page_size as usize;
         Ok(MetaStore {
-            env,
+            lmdb,
             snapshots,
             children,
             ids,
             meta,
-            page_size,
-            gate: RwLock::new(()),
             writers: Mutex::new(Writers::default()),
         })
     }
 
     /// Runs `f` in a read transaction.
     pub fn read<T>(&self, f: impl FnOnce(&RoTxn) -> Result<T>) -> Result<T> {
-        let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-        let txn = self.env.read_txn()?;
+        let _gate = self.lmdb.gate();
+        let txn = self.lmdb.env().read_txn()?;
         f(&txn)
     }
 
@@ -343,49 +318,22 @@ impl MetaStore {
     /// Runs `jobs` in one transaction, commits and flushes it, and delivers the results.
     fn run_batch(&self, mut jobs: Vec<Box<dyn Job>>) {
         let outcome = (|| -> Result<()> {
-            self.ensure_headroom()?;
-            let _gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
-            let mut txn = self.env.write_txn()?;
+            self.lmdb.ensure_headroom()?;
+            let _gate = self.lmdb.gate();
+            let mut txn = self.lmdb.env().write_txn()?;
             let mut wrote = false;
             for job in &mut jobs {
                 wrote |= job.run(self, &mut txn);
             }
             if wrote {
                 txn.commit()?;
-                self.env.force_sync()?;
+                self.lmdb.env().force_sync()?;
             }
             Ok(())
         })();
         for job in jobs {
             job.finish(outcome.as_ref().map(drop));
         }
-    }
-
-    /// Doubles the map when more than half of it is in use, so a write never finds it
-    /// full.
-    fn ensure_headroom(&self) -> Result<()> {
-        let info = self.env.info();
-        if (info.last_page_number + 1) * self.page_size * 2 <= info.map_size {
-            return Ok(());
-        }
-        self.grow()
-    }
-
-    #[allow(unsafe_code)]
-    fn grow(&self) -> Result<()> {
-        let _all = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        let info = self.env.info();
-        if (info.last_page_number + 1) * self.page_size * 2 <= info.map_size {
-            return Ok(());
-        }
-        let size = info.map_size * 2;
-        // SAFETY: LMDB allows resizing the map only while this process has no transaction
-        // open. Every transaction and flush of this store holds `gate` shared for its whole
-        // life, and this thread holds it exclusively; no other code opens transactions on
-        // this environment (the root lock keeps other processes out).
-        unsafe { self.env.resize(size) }?;
-        tracing::info!(bytes = size, "index map grown");
-        Ok(())
     }
 
     pub fn get(&self, txn: &RoTxn, key: &str) -> Result<Option<Record>> {
@@ -433,7 +381,7 @@ impl MetaStore {
     /// on what its own batch has not committed yet. Only for use inside a [`Self::write`]
     /// job: the batch holds the `gate`, which this therefore does not take again.
     pub fn committed_ids(&self) -> Result<std::collections::HashSet<u64>> {
-        let txn = self.env.read_txn()?;
+        let txn = self.lmdb.env().read_txn()?;
         self.ids(&txn)
     }
 
@@ -617,9 +565,9 @@ mod tests {
             t.join().unwrap();
         }
         assert!(
-            store.env.info().map_size >= 16 << 20,
+            store.lmdb.env().info().map_size >= 16 << 20,
             "{}",
-            store.env.info().map_size
+            store.lmdb.env().info().map_size
         );
         let all = store.read(|txn| store.all(txn)).unwrap();
         assert_eq!(all.len(), 1024);

@@ -65,6 +65,12 @@ fn removed(report: Report) -> Vec<admin::Removed> {
     );
     out.extend(
         report
+            .images
+            .into_iter()
+            .map(|(ns, name)| item("image", ns, name)),
+    );
+    out.extend(
+        report
             .ingests
             .into_iter()
             .map(|(ns, r)| item("ingest", ns, r)),
@@ -73,7 +79,7 @@ fn removed(report: Report) -> Vec<admin::Removed> {
         report
             .snapshots
             .into_iter()
-            .map(|(ns, s, k)| item("snapshot", ns, format!("{s}/{k}"))),
+            .map(|(s, k)| item("snapshot", String::new(), format!("{s}/{k}"))),
     );
     out.extend(
         report

@@ -5,10 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use snapshotter::Filters;
-
 use crate::instances::Instances;
-use imagestore::{ImageStore, Report, Result, SnapshotAccess, SnapshotTree, StoreError};
+use imagestore::{ImageStore, Report, Result};
 
 /// The daemon's collector.
 pub struct Collector {
@@ -18,34 +16,6 @@ pub struct Collector {
     running: Mutex<()>,
     /// A collection was asked for while one ran.
     again: AtomicBool,
-}
-
-impl SnapshotAccess for Instances {
-    fn snapshots(&self, name: &str) -> Result<SnapshotTree> {
-        let inst = self.get(name).map_err(StoreError::Open)?;
-        let all = inst
-            .snapshotter
-            .list(&Filters::default())
-            .map_err(StoreError::Open)?;
-        Ok(all
-            .into_iter()
-            .map(|i| (i.name, (i.parent, i.labels.into_iter().collect())))
-            .collect())
-    }
-
-    fn cleanup(&self, name: &str) -> Result<()> {
-        let inst = self.get(name).map_err(StoreError::Open)?;
-        inst.snapshotter.cleanup().map_err(StoreError::Open)
-    }
-
-    fn remove(&self, name: &str, key: &str) -> Result<()> {
-        let inst = self.get(name).map_err(StoreError::Open)?;
-        inst.snapshotter.remove(key).map_err(|e| match e {
-            snapshotter::Error::NotFound(m) => StoreError::NotFound(m),
-            snapshotter::Error::FailedPrecondition(m) => StoreError::FailedPrecondition(m),
-            other => StoreError::Open(other),
-        })
-    }
 }
 
 impl Collector {
@@ -65,6 +35,7 @@ impl Collector {
         if !dry_run && !report.is_empty() {
             tracing::info!(
                 leases = report.leases.len(),
+                images = report.images.len(),
                 content = report.content.len(),
                 blobs = report.blobs.len(),
                 ingests = report.ingests.len(),

@@ -6,7 +6,7 @@ use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
 use super::collector::Collector;
-use super::{after_delete, blocking, namespace_of};
+use super::{after_delete, blocking, lease_of, namespace_of};
 use api::services::images::v1 as pb;
 use api::services::images::v1::images_server::Images;
 use imagestore::ImageStore;
@@ -53,8 +53,12 @@ impl Images for ImagesService {
         request: Request<pb::CreateImageRequest>,
     ) -> Result<Response<pb::CreateImageResponse>, Status> {
         let ns = namespace_of(&request)?;
+        let lease = lease_of(&request);
         let image = request.into_inner().image.unwrap_or_default();
-        let image = blocking(&self.store, move |s| s.image_create(&ns, image)).await?;
+        let image = blocking(&self.store, move |s| {
+            s.image_create(&ns, image, lease.as_deref())
+        })
+        .await?;
         Ok(Response::new(pb::CreateImageResponse {
             image: Some(image),
         }))
@@ -65,10 +69,14 @@ impl Images for ImagesService {
         request: Request<pb::UpdateImageRequest>,
     ) -> Result<Response<pb::UpdateImageResponse>, Status> {
         let ns = namespace_of(&request)?;
+        let lease = lease_of(&request);
         let r = request.into_inner();
         let image = r.image.unwrap_or_default();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let image = blocking(&self.store, move |s| s.image_update(&ns, image, &paths)).await?;
+        let image = blocking(&self.store, move |s| {
+            s.image_update(&ns, image, &paths, lease.as_deref())
+        })
+        .await?;
         Ok(Response::new(pb::UpdateImageResponse {
             image: Some(image),
         }))
@@ -79,10 +87,11 @@ impl Images for ImagesService {
         request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<()>, Status> {
         let ns = namespace_of(&request)?;
+        let lease = lease_of(&request);
         let r = request.into_inner();
         let sync = r.sync;
         blocking(&self.store, move |s| {
-            s.image_delete(&ns, &r.name, r.target.as_ref())
+            s.image_delete(&ns, &r.name, r.target.as_ref(), lease.as_deref())
         })
         .await?;
         after_delete(&self.collector, sync).await?;

@@ -223,7 +223,10 @@ pub async fn serve(
         ))
         .add_service(limited!(
             SnapshotsServer,
-            SnapshotsService::new(Arc::clone(&instances), Arc::clone(&store))
+            SnapshotsService::new(imagestore::StoreSnapshots::new(
+                Arc::clone(&store),
+                Arc::clone(&instances) as Arc<dyn imagestore::Snapshotters>
+            ))
         ))
         .add_service(limited!(DiffServer, differ))
         .add_service(limited!(

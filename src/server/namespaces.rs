@@ -96,7 +96,8 @@ impl Namespaces for NamespacesService {
         let name = request.into_inner().name;
         let instances = Arc::clone(&self.instances);
         blocking(&self.store, move |s| {
-            let in_use = snapshots_in(&instances, &name).map_err(imagestore::StoreError::Open)?;
+            let in_use =
+                snapshots_in(&instances, &name).map_err(imagestore::StoreError::Snapshot)?;
             s.namespace_delete(&name, in_use.as_deref())
         })
         .await?;

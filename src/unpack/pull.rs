@@ -326,12 +326,28 @@ impl Download {
         let writer = writing.await?;
         let digest = desc.digest.clone();
         let committed = blocking(move || {
-            to.store
-                .content_commit(writer, &reference, size, Some(&digest), HashMap::new())
+            let committed =
+                to.store
+                    .content_commit(writer, &reference, size, Some(&digest), HashMap::new());
+            if let Err(StoreError::FailedPrecondition(_)) = &committed {
+                // Bytes that fail their digest or size are never resumed: the next pull
+                // starts the blob afresh.
+                match to.store.ingest_abort(&to.namespace, &reference) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            committed
         })
         .await;
         match committed {
             Ok(_) | Err(UnpackError::Store(StoreError::AlreadyExists(_))) => {}
+            Err(UnpackError::Store(StoreError::FailedPrecondition(why))) => {
+                return Err(UnpackError::Store(StoreError::FailedPrecondition(format!(
+                    "blob {} from the registry: {why}",
+                    desc.digest
+                ))));
+            }
             Err(e) => return Err(e),
         }
         progress(&desc.digest, "downloaded", size, size);
@@ -585,10 +601,10 @@ impl Client {
                 move |layer: &str, state: &str| progress_unpack(layer, state, 0, 0),
             )
             .await;
-        // Whatever happened, no download is left running unwatched.
-        let finished = arrivals.wait_all().await;
+        // Whatever happened, no download is left running unwatched; a download's failure
+        // is the cause of an unpack's that read it, and is the one reported.
+        arrivals.wait_all().await?;
         pulled.unpacked = unpacked?;
-        finished?;
         pulled.downloaded += arrivals.count;
         pulled.bytes += arrivals.bytes;
         for desc in manifest.config.iter().chain(&manifest.layers) {

@@ -9,7 +9,11 @@
 // running daemon, with two differences: every test (and every extra context the
 // cross-namespace tests ask for) gets a namespace of its own, never reused, and
 // each such namespace runs under a lease created through the leases gRPC API
-// (leases/proxy) and deleted when the test is done.
+// (leases/proxy). When a test is done, its namespaces are emptied (ingests
+// aborted, blobs deleted, which is part of what is tested), its leases deleted
+// (synchronously, i.e. with garbage collection),
+// and its namespaces deleted too, best effort (only logged if that fails: the
+// namespaces service is not what this suite is about).
 //
 // Built against Debian bookworm's packaged containerd 1.6 source in GOPATH mode,
 // offline; see scripts/e2e/content-suite.sh, which builds and runs it:
@@ -30,6 +34,7 @@ import (
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	leasesapi "github.com/containerd/containerd/api/services/leases/v1"
+	namespacesapi "github.com/containerd/containerd/api/services/namespaces/v1"
 	"github.com/containerd/containerd/content"
 	contentproxy "github.com/containerd/containerd/content/proxy"
 	"github.com/containerd/containerd/content/testsuite"
@@ -40,6 +45,7 @@ import (
 	"github.com/containerd/containerd/log"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/pkg/dialer"
+	digest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 )
 
@@ -74,8 +80,10 @@ func newStore(t *testing.T) testsuite.StoreInitFn {
 		}
 		cs := contentproxy.NewContentStore(contentapi.NewContentClient(conn))
 		lm := leasesproxy.NewLeaseManager(leasesapi.NewLeasesClient(conn))
+		nsc := namespacesapi.NewNamespacesClient(conn)
 
 		test := atomic.AddUint64(&testSeq, 1)
+		logger := log.G(ctx) // the suite's ctx logs to the test (t.Log)
 		var n uint64
 		// The suite calls wrap once on the context it hands to the test
 		// and, in the cross-namespace tests, once more on
@@ -88,12 +96,25 @@ func newStore(t *testing.T) testsuite.StoreInitFn {
 			if err != nil {
 				return nil, nil, fmt.Errorf("create lease in namespace %s: %w", ns, err)
 			}
-			log.G(ctx).Debugf("namespace %s, lease %s", ns, l.ID)
+			logger.Debugf("namespace %s, lease %s", ns, l.ID)
 			done := func(context.Context) error {
 				if err := cleanNamespace(nsctx, cs); err != nil {
 					return fmt.Errorf("clean namespace %s: %w", ns, err)
 				}
-				return lm.Delete(nsctx, l)
+				// Synchronous: the daemon collects garbage before
+				// answering, so the blobs are gone from the shared
+				// backing store before the next test or run. (The suite's
+				// blobs are the same in every run, from fixed seeds; a
+				// left-over one would make a fresh namespace's Writer
+				// for its digest start at offset == size.)
+				if err := lm.Delete(nsctx, l, leases.SynchronousDelete); err != nil {
+					return fmt.Errorf("delete lease %s in namespace %s: %w", l.ID, ns, err)
+				}
+				req := &namespacesapi.DeleteNamespaceRequest{Name: ns}
+				if _, err := nsc.Delete(context.Background(), req); err != nil {
+					logger.Warnf("delete namespace %s (ignored): %v", ns, err)
+				}
+				return nil
 			}
 			return leases.WithLease(nsctx, l.ID), done, nil
 		}
@@ -129,14 +150,33 @@ func cleanNamespace(ctx context.Context, cs content.Store) error {
 		return fmt.Errorf("list statuses: %w", err)
 	}
 	for _, st := range statuses {
-		if err := cs.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("abort %s: %w", st.Ref, err)
+		// A writer's Close only half-closes its stream, so the daemon
+		// may still be closing that ingest (containerd then rewrites its
+		// updatedat file, and an abort at that moment fails with
+		// "directory not empty"): retry for up to a second.
+		for try := 1; ; try++ {
+			err := cs.Abort(ctx, st.Ref)
+			if err == nil || errdefs.IsNotFound(err) {
+				break
+			}
+			if try == 10 {
+				return fmt.Errorf("abort %s: %w", st.Ref, err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return cs.Walk(ctx, func(info content.Info) error {
-		if err := cs.Delete(ctx, info.Digest); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("delete %s: %w", info.Digest, err)
-		}
+	// Collect first, delete after: no call is made while the List stream is open.
+	var blobs []digest.Digest
+	if err := cs.Walk(ctx, func(info content.Info) error {
+		blobs = append(blobs, info.Digest)
 		return nil
-	})
+	}); err != nil {
+		return fmt.Errorf("walk: %w", err)
+	}
+	for _, d := range blobs {
+		if err := cs.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete %s: %w", d, err)
+		}
+	}
+	return nil
 }
