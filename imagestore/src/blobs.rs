@@ -204,7 +204,9 @@ impl Blobs {
         if fresh {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
             write_small(&dir.join("ref"), reference)?;
-            write_small(&dir.join("started"), &nanos(SystemTime::now()).to_string())?;
+            let now = nanos(SystemTime::now()).to_string();
+            write_small(&dir.join("started"), &now)?;
+            write_small(&dir.join("updated"), &now)?;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -334,7 +336,10 @@ impl Blobs {
             total: number(read("total")?).unwrap_or(0),
             expected: read("expected")?.and_then(|s| Digest::parse(s.trim()).ok()),
             started: number(read("started")?).map_or(UNIX_EPOCH, from_nanos),
-            updated: md.modified().unwrap_or(UNIX_EPOCH),
+            // The time of the last write as the writer saw it (the file's own is coarser).
+            updated: number(read("updated")?)
+                .map(from_nanos)
+                .unwrap_or_else(|| md.modified().unwrap_or(UNIX_EPOCH)),
         })
     }
 }
@@ -487,6 +492,12 @@ impl Drop for Ingest {
     /// A write dropped before it committed (its stream ended, its client died) ends its
     /// readers with an error; the data stays, for a later write of the ref to resume.
     fn drop(&mut self) {
+        // For a later writer resuming it (fails, harmlessly, if the write was placed or
+        // aborted: its directory is gone).
+        let _ = fs::write(
+            self.dir.join("updated"),
+            nanos(self.status.updated).to_string(),
+        );
         if let Some((digest, live)) = self.live.take() {
             self.end_live(
                 &digest,

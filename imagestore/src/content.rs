@@ -114,31 +114,68 @@ impl ContentWriter {
         }
     }
 
-    /// Writes `data` at `offset` (see [`Ingest::write_at`]). A client that sends the data
-    /// of a blob the tree has anyway (from offset 0) gets a real write, checked at commit
-    /// like any other.
+    /// Writes `data` at `offset` (see [`Ingest::write_at`]). A write that needed no data
+    /// becomes a real one when a client writes anyway, as containerd's does: at offset 0 a
+    /// fresh one, at the blob's end one holding the blob's bytes, appended to.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         if let Body::Shared { size, .. } = &self.body {
-            if data.is_empty() && (offset == 0 || offset == *size) {
+            let size = *size;
+            if data.is_empty() && (offset == 0 || offset == size) {
                 return Ok(());
             }
-            if offset != 0 {
+            if offset != 0 && offset != size {
                 return Err(StoreError::OutOfRange(format!(
                     "write @{offset} must occur at current offset {size}"
                 )));
             }
-        }
-        if let Body::Shared { digest, size, lock } = &mut self.body {
-            let lock = lock.take().ok_or_else(|| {
-                StoreError::Unavailable(format!("ref {} lost its lock", self.tree_ref))
-            })?;
-            let ingest = self.blobs.writer(lock, *size, Some(digest.clone()))?;
-            self.body = Body::Data(Box::new(ingest));
+            self.unshare(offset == size)?;
         }
         match &mut self.body {
             Body::Data(ingest) => ingest.write_at(offset, data),
-            Body::Shared { .. } => unreachable!("made a real write above"),
+            Body::Shared { .. } => unreachable!("unshared above"),
         }
+    }
+
+    /// Starts the write over at offset 0.
+    pub fn truncate(&mut self) -> Result<()> {
+        match &mut self.body {
+            Body::Data(ingest) => ingest.write_at(0, &[]),
+            Body::Shared { .. } => self.unshare(false),
+        }
+    }
+
+    /// Turns a write that needed no data into a real one, holding the blob's bytes if
+    /// `copy`. It no longer promises the blob (its bytes will be others), so nobody
+    /// follows it as that blob.
+    fn unshare(&mut self, copy: bool) -> Result<()> {
+        let Body::Shared { digest, lock, .. } = &mut self.body else {
+            return Ok(());
+        };
+        let digest = digest.clone();
+        let lock = lock.take().ok_or_else(|| {
+            StoreError::Unavailable(format!("ref {} lost its lock", self.tree_ref))
+        })?;
+        let mut ingest = self.blobs.writer(lock, 0, None)?;
+        ingest.write_at(0, &[])?;
+        if copy {
+            let mut blob = self.blobs.open_blob(&digest)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n =
+                    std::io::Read::read(&mut blob, &mut buf).map_err(|source| StoreError::Io {
+                        op: "read",
+                        path: self.blobs.path(&digest),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                let at = ingest.status().offset;
+                ingest.write_at(at, &buf[..n])?;
+            }
+        }
+        self.body = Body::Data(Box::new(ingest));
+        Ok(())
     }
 }
 
@@ -416,6 +453,35 @@ impl ImageStore {
         })
     }
 
+    /// [`content_writer`](Self::content_writer), waiting a little while another writer
+    /// holds the ref, as containerd's store does (ten tries, a random pause of up to 1, 2,
+    /// 4, ... 512 ms between them): a client that closes a stream and opens the ref again at
+    /// once finds it free even if the first stream's end is still being processed.
+    pub fn content_writer_waiting(
+        &self,
+        namespace: &str,
+        reference: &str,
+        total: u64,
+        expected: Option<&str>,
+        lease: Option<&str>,
+    ) -> Result<ContentWriter> {
+        let mut attempt = 0u32;
+        loop {
+            match self.content_writer(namespace, reference, total, expected, lease) {
+                Err(StoreError::Unavailable(_)) if attempt < 9 => {
+                    let most = 1u64 << attempt;
+                    let pause = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::from(d.subsec_nanos()))
+                        % (most * 1000);
+                    std::thread::sleep(std::time::Duration::from_micros(pause));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Commits `writer`: checks `size` and `expected` and flushes the data, then places the
     /// blob and records it in the writer's namespace with `labels` (and in its lease); the
     /// digest. A write that fails its checks stays, for its client to finish or abort.
@@ -551,14 +617,23 @@ impl ImageStore {
         };
         let mut status = match self.blobs.status(&tree_ref(namespace, reference))? {
             Some(s) => s,
-            None => IngestStatus {
-                reference: String::new(),
-                offset: 0,
-                total: known.total as u64,
-                expected: Digest::parse(&known.expected).ok(),
-                started: SystemTime::now(),
-                updated: SystemTime::now(),
-            },
+            None => {
+                // A write that needed no data: it stands at the end of the blob it expects.
+                let expected = Digest::parse(&known.expected).ok();
+                let size = match &expected {
+                    Some(d) => self.blobs.size(d)?,
+                    None => None,
+                };
+                let started = known.started_at.as_ref().map_or(SystemTime::now(), time_of);
+                IngestStatus {
+                    reference: String::new(),
+                    offset: size.unwrap_or(0),
+                    total: size.unwrap_or(known.total.max(0) as u64),
+                    expected,
+                    started,
+                    updated: known.updated_at.as_ref().map_or(started, time_of),
+                }
+            }
         };
         status.reference = reference.to_string();
         Ok(status)

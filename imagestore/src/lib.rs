@@ -19,6 +19,7 @@ mod namespaces;
 mod snapshots;
 #[cfg(test)]
 mod testing;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -29,6 +30,7 @@ pub use gc::Report;
 pub use labels::validate_identifier;
 pub use live::LiveReader;
 pub use snapshots::{Caller, Snapshotters, StoreSnapshots};
+pub use write::{WriteAction, WriteAnswer, WriteRequest, WriteSession};
 
 use meta::Meta;
 

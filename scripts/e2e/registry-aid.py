@@ -8,11 +8,15 @@
       a bearer-token server (the registry's `auth.token.realm`): a GET with USER:PASSWORD as
       basic credentials gets a JWT (RS256, signed with DIR/key.pem, the certificate in its
       x5c header) granting pull and push on the repositories it asks for; anything else 401
-  registry-aid.py flaky-proxy PORT UPSTREAM LOG
-      an HTTP proxy to UPSTREAM (host:port) that fails each manifest's first request with 503
-      and cuts each blob's first response in the middle (headers promise the whole blob,
-      half is sent, the connection is closed); every request, with its Range header, is
-      logged to LOG as "METHOD PATH RANGE STATUS"
+  registry-aid.py flaky-proxy PORT UPSTREAM LOG [MODE]
+      an HTTP proxy to UPSTREAM (host:port); every request, with its Range header, is
+      logged to LOG as "METHOD PATH RANGE STATUS [what was done]". MODE:
+        cut (default)  fails each manifest's first request with 503 and cuts each blob's
+                       first response in the middle (headers promise the whole blob, half
+                       is sent, the connection is closed)
+        flip-once      flips one byte in the middle of each blob's first response
+        chaos:SEED     each blob response, at random (seeded): passed, cut, or a byte
+                       flipped; each manifest request fails with 503 one time in five
 
 Signing uses the openssl command, so nothing beyond the standard library is imported.
 """
@@ -82,10 +86,16 @@ def token_server(port, directory, issuer, service, user, password):
     http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
-def flaky_proxy(port, upstream, log_path):
+def flaky_proxy(port, upstream, log_path, mode="cut"):
+    import random
     seen = set()
     lock = threading.Lock()
     log = open(log_path, "a", buffering=1)
+    chaos = random.Random(int(mode.split(":", 1)[1])) if mode.startswith("chaos:") else None
+
+    def draw(n):
+        with lock:
+            return chaos.randrange(n)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -102,7 +112,8 @@ def flaky_proxy(port, upstream, log_path):
             rng = self.headers.get("Range", "-")
             is_blob = self.command == "GET" and "/blobs/sha256:" in path
             is_manifest = "/manifests/" in path
-            if is_manifest and self.first_time(("manifest", path)):
+            fail_manifest = (draw(5) == 0) if chaos else (mode == "cut" and self.first_time(("manifest", path)))
+            if is_manifest and fail_manifest:
                 log.write(f"{self.command} {path} {rng} 503\n")
                 self.send_response(503)
                 self.send_header("Content-Length", "0")
@@ -115,8 +126,18 @@ def flaky_proxy(port, upstream, log_path):
             conn.request(self.command, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            cut = is_blob and resp.status in (200, 206) and len(data) > 1 and self.first_time(("blob", path))
-            log.write(f"{self.command} {path} {rng} {resp.status}{' cut' if cut else ''}\n")
+            damageable = is_blob and resp.status in (200, 206) and len(data) > 1
+            if chaos:
+                fate = ("pass", "cut", "flip")[draw(3)] if damageable else "pass"
+            elif damageable and self.first_time(("blob", path)):
+                fate = "cut" if mode == "cut" else "flip"
+            else:
+                fate = "pass"
+            cut = fate == "cut"
+            if fate == "flip":
+                middle = len(data) // 2
+                data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+            log.write(f"{self.command} {path} {rng} {resp.status}{'' if fate == 'pass' else ' ' + fate}\n")
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("connection", "transfer-encoding", "content-length"):
@@ -146,8 +167,8 @@ def main():
         token_keys(args[1])
     elif args[:1] == ["token-server"] and len(args) == 7:
         token_server(int(args[1]), *args[2:])
-    elif args[:1] == ["flaky-proxy"] and len(args) == 4:
-        flaky_proxy(int(args[1]), args[2], args[3])
+    elif args[:1] == ["flaky-proxy"] and len(args) in (4, 5):
+        flaky_proxy(int(args[1]), args[2], args[3], *args[4:])
     else:
         sys.exit(__doc__)
 

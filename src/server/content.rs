@@ -16,7 +16,10 @@ use super::{after_delete, blocking, lease_of, namespace_of};
 use crate::status::to_status;
 use api::services::content::v1 as pb;
 use api::services::content::v1::content_server::Content;
-use imagestore::{ContentWriter, ImageStore, IngestStatus, StoreError, timestamp};
+use imagestore::{
+    ImageStore, IngestStatus, StoreError, WriteAction, WriteAnswer, WriteRequest, WriteSession,
+    timestamp,
+};
 
 /// Size of each Read answer, as containerd's (1 MiB).
 const READ_CHUNK: usize = 1 << 20;
@@ -194,35 +197,51 @@ impl Content for ContentService {
         let ns = namespace_of(&request)?;
         let lease = lease_of(&request);
         let mut incoming = request.into_inner();
-        let store = Arc::clone(&self.store);
-        let (tx, rx) = mpsc::channel(4);
         let Some(first) = incoming.message().await? else {
             return Err(Status::invalid_argument("write stream without a request"));
         };
-        let reference = first.r#ref.clone();
-        let (total, expected) = (first.total.max(0) as u64, first.expected.clone());
-        let writer = blocking(&store, {
-            let (ns, reference, expected) = (ns.clone(), reference.clone(), expected.clone());
-            move |s| s.content_writer(&ns, &reference, total, Some(&expected), lease.as_deref())
+        let first = write_request(first)?;
+        let (session, first) = blocking(&self.store, move |s| {
+            let session = WriteSession::open(s, &ns, lease.as_deref(), &first)?;
+            Ok((session, first))
         })
         .await?;
+        let store = Arc::clone(&self.store);
+        let (tx, rx) = mpsc::channel(4);
+        // Requests are answered one after another, each against the state the one before
+        // left; the session (and with it the ref's lock) goes when the stream ends, however
+        // it ends.
         tokio::spawn(async move {
-            let mut session = WriteSession {
-                store,
-                writer: Some(writer),
-                reference,
-                total,
-                expected,
-            };
+            let mut session = Some(session);
             let mut next = Some(first);
             while let Some(req) = next.take() {
-                let answer = session.handle(req).await;
-                let done = answer.is_err() || session.writer.is_none();
-                if tx.send(answer).await.is_err() || done {
+                let store = Arc::clone(&store);
+                let mut s = session.take().expect("the session between requests");
+                let handled = tokio::task::spawn_blocking(move || {
+                    let answer = s.handle(&store, req);
+                    (s, answer)
+                })
+                .await;
+                let answer = match handled {
+                    Ok((s, answer)) => {
+                        let done = answer.is_err() || s.committed();
+                        session = (!done).then_some(s);
+                        answer.map(write_answer).map_err(to_status)
+                    }
+                    Err(e) => Err(crate::status::join_error(e)),
+                };
+                if tx.send(answer).await.is_err() || session.is_none() {
                     return;
                 }
                 next = match incoming.message().await {
-                    Ok(m) => m,
+                    Ok(Some(m)) => match write_request(m) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
@@ -241,75 +260,43 @@ impl Content for ContentService {
     }
 }
 
-/// One Write stream: the writer of its ref, what the client said to expect.
-struct WriteSession {
-    store: Arc<ImageStore>,
-    /// `None` once committed.
-    writer: Option<ContentWriter>,
-    reference: String,
-    total: u64,
-    expected: String,
-}
-
-impl WriteSession {
-    async fn handle(
-        &mut self,
-        req: pb::WriteContentRequest,
-    ) -> Result<pb::WriteContentResponse, Status> {
-        if !req.r#ref.is_empty() && req.r#ref != self.reference {
+/// A Write request as the store takes it.
+fn write_request(r: pb::WriteContentRequest) -> Result<WriteRequest, Status> {
+    let action = match pb::WriteAction::try_from(r.action) {
+        Ok(pb::WriteAction::Stat) => WriteAction::Stat,
+        Ok(pb::WriteAction::Write) => WriteAction::Write,
+        Ok(pb::WriteAction::Commit) => WriteAction::Commit,
+        Err(_) => {
             return Err(Status::invalid_argument(format!(
-                "requested ref {:?} changed from {:?}",
-                req.r#ref, self.reference
+                "unknown write action {}",
+                r.action
             )));
         }
-        if req.total > 0 {
-            self.total = req.total as u64;
-        }
-        if !req.expected.is_empty() {
-            self.expected = req.expected.clone();
-        }
-        let action = pb::WriteAction::try_from(req.action).map_err(|_| {
-            Status::invalid_argument(format!("unknown write action {}", req.action))
-        })?;
-        let mut writer = self.writer.take().expect("a writer until committed");
-        let result = tokio::task::spawn_blocking({
-            let store = Arc::clone(&self.store);
-            let (reference, total, expected) =
-                (self.reference.clone(), self.total, self.expected.clone());
-            move || -> Result<(Option<ContentWriter>, IngestStatus, String), StoreError> {
-                if action != pb::WriteAction::Stat && !req.data.is_empty() {
-                    writer.write_at(req.offset.max(0) as u64, &req.data)?;
-                }
-                let mut status = writer.status();
-                status.reference = reference.clone();
-                if action == pb::WriteAction::Commit {
-                    let digest = store.content_commit(
-                        writer,
-                        &reference,
-                        total,
-                        Some(&expected),
-                        req.labels,
-                    )?;
-                    return Ok((None, status, digest.to_string()));
-                }
-                Ok((Some(writer), status, String::new()))
-            }
-        })
-        .await
-        .map_err(crate::status::join_error)?;
-        let (writer, status, digest) = result.map_err(to_status)?;
-        self.writer = writer;
-        Ok(pb::WriteContentResponse {
-            action: action as i32,
-            started_at: Some(timestamp(status.started)),
-            updated_at: Some(timestamp(status.updated)),
-            offset: status.offset as i64,
-            total: if self.total > 0 {
-                self.total as i64
-            } else {
-                status.total as i64
-            },
-            digest,
-        })
+    };
+    Ok(WriteRequest {
+        action,
+        reference: r.r#ref,
+        offset: r.offset.max(0) as u64,
+        total: r.total.max(0) as u64,
+        expected: r.expected,
+        data: r.data,
+        labels: r.labels,
+    })
+}
+
+/// A Write answer as the wire has it.
+fn write_answer(a: WriteAnswer) -> pb::WriteContentResponse {
+    let action = match a.action {
+        WriteAction::Stat => pb::WriteAction::Stat,
+        WriteAction::Write => pb::WriteAction::Write,
+        WriteAction::Commit => pb::WriteAction::Commit,
+    };
+    pb::WriteContentResponse {
+        action: action as i32,
+        started_at: Some(timestamp(a.started)),
+        updated_at: Some(timestamp(a.updated)),
+        offset: a.offset as i64,
+        total: a.total as i64,
+        digest: a.digest,
     }
 }

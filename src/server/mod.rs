@@ -2,6 +2,7 @@
 //! for them on a unix socket until shut down.
 
 mod admin;
+mod authority;
 mod collector;
 mod containers;
 mod content;
@@ -10,6 +11,7 @@ mod images;
 mod introspection;
 mod leases;
 mod namespaces;
+mod namespaces_checked;
 mod snapshots;
 
 use std::future::Future;
@@ -217,6 +219,7 @@ pub async fn serve(
         })?;
     tonic::transport::Server::builder()
         .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(namespaces_checked::NamespaceCheckLayer)
         .add_service(limited!(
             NamespacesServer,
             namespaces::NamespacesService::new(Arc::clone(&store), Arc::clone(&instances))
@@ -256,7 +259,12 @@ pub async fn serve(
         ))
         .add_service(limited!(IntrospectionServer, introspection))
         .add_service(limited!(VersionServer, introspection::VersionService))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |accepted| {
+                accepted.map(authority::AuthorityFix::new)
+            }),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -467,7 +467,7 @@ impl Client {
         };
         loop {
             match answers.message().await {
-                Ok(Some(a)) if !a.digest.is_empty() => return Ok(()),
+                Ok(Some(a)) if a.action == content::WriteAction::Commit as i32 => return Ok(()),
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(UnpackError::Invalid(format!(

@@ -282,13 +282,15 @@ async fn content_images_containers_leases_namespaces() {
         code(content.list(ns("a", list(&["labels.y=="]))).await),
         Code::InvalidArgument
     );
-    // The same blob written in another namespace: no data needed (shared tree), and the
-    // namespace then sees it.
+    // The same blob written in another namespace: no data needed (shared tree: the write
+    // opens at the blob's end, and is committed from there as containerd's clients do), and
+    // the namespace then sees it.
     let shared = vec![ctpb::WriteContentRequest {
         action: ctpb::WriteAction::Commit as i32,
         r#ref: "blob-1".into(),
         total: data.len() as i64,
         expected: digest.clone(),
+        offset: data.len() as i64,
         ..Default::default()
     }];
     let mut answers = content

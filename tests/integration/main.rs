@@ -1,5 +1,6 @@
 //! Integration tests: the daemon over its real socket, real mounts, real containerd.
 
+mod collection;
 mod containerd;
 mod crash;
 mod crash_loop;

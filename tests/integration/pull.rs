@@ -12,10 +12,10 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 
 use crate::containerd::env::build_image;
-use crate::containerd::registry::{Registry, aid, wait_listening};
+use crate::containerd::registry::{FlakyProxy, Registry};
 use crate::imagestore::{strata_ok, strata_run};
 use crate::tree::capture as tree_capture;
-use crate::util::{Daemon, TempDir, assert_root, free_port};
+use crate::util::{Daemon, TempDir, assert_root};
 
 fn rich_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e/rich-image.py")
@@ -219,38 +219,6 @@ fn concurrent_pulls_and_imports_of_shared_layers() {
     assert_eq!(tree, trees[0]);
 }
 
-/// `registry-aid.py flaky-proxy` in front of `upstream`, killed on drop.
-struct FlakyProxy {
-    child: Child,
-    address: String,
-    log: PathBuf,
-}
-
-impl FlakyProxy {
-    fn start(upstream: &str, log: PathBuf) -> FlakyProxy {
-        let address = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(aid())
-            .args(["flaky-proxy", address.rsplit_once(':').unwrap().1, upstream])
-            .arg(&log)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the flaky proxy");
-        wait_listening(&address, "the flaky proxy");
-        FlakyProxy {
-            child,
-            address,
-            log,
-        }
-    }
-}
-
-impl Drop for FlakyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Through a proxy that answers each manifest's first request with 503 and cuts each blob's
 /// first response in the middle: the pull resolves on a retry, resumes every blob where
 /// the cut left it (a ranged request from a non-zero offset, answered 206), and the root
@@ -264,7 +232,7 @@ fn pull_resumes_broken_transfers() {
     let registry = Registry::start(&tmp.path().join("registry"));
     let layout = tmp.path().join("layout");
     registry.push_from(&rich_image(&layout, &[]), "e2e/rich:1");
-    let proxy = FlakyProxy::start(&registry.address, tmp.path().join("proxy.log"));
+    let proxy = FlakyProxy::start(&registry.address, tmp.path().join("proxy.log"), "cut");
     let image = format!("{}/e2e/rich:1", proxy.address);
 
     let pulled = strata_ok(&daemon.socket, &["image", "pull", &image]);

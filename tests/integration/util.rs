@@ -137,7 +137,7 @@ impl Daemon {
         let child = Command::new("sh")
             .arg("-c")
             .arg("umask 077 && exec \"$0\" \"$@\"")
-            .arg(env!("CARGO_BIN_EXE_strata"))
+            .arg(strata_binary())
             .arg("--address")
             .arg(&self.socket)
             .arg("serve")
@@ -221,11 +221,17 @@ impl Drop for Daemon {
 }
 
 /// The `strata` binary, kept from the machine's `/etc/strata/config.toml` (a `--config`
-/// still wins).
+/// still wins). `STRATA_TEST_BINARY` names another build to run the tests against (to show
+/// that a test fails on an older one).
 pub fn strata_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+    let mut c = Command::new(strata_binary());
     c.env("STRATA_CONFIG", "/dev/null");
     c
+}
+
+/// The `strata` binary the tests run: this build's, or `STRATA_TEST_BINARY`'s.
+pub fn strata_binary() -> std::ffi::OsString {
+    std::env::var_os("STRATA_TEST_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_strata").into())
 }
 
 /// Mounts `mounts` on a fresh directory under `parent`; unmounted on drop.

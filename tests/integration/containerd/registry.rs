@@ -4,7 +4,7 @@
 //! anonymous, with basic authentication from an htpasswd file, or with bearer tokens from a
 //! token server of `scripts/e2e/registry-aid.py`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -199,5 +199,41 @@ impl Drop for Registry {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// `registry-aid.py flaky-proxy` in front of `upstream`, killed on drop.
+pub struct FlakyProxy {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    /// Its log of requests.
+    pub log: PathBuf,
+}
+
+impl FlakyProxy {
+    /// Starts it in `mode` (see `registry-aid.py`: `cut`, `flip-once`, `chaos:SEED`).
+    pub fn start(upstream: &str, log: PathBuf, mode: &str) -> FlakyProxy {
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(aid())
+            .args(["flaky-proxy", address.rsplit_once(':').unwrap().1, upstream])
+            .arg(&log)
+            .arg(mode)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the flaky proxy");
+        wait_listening(&address, "the flaky proxy");
+        FlakyProxy {
+            child,
+            address,
+            log,
+        }
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
