@@ -4,7 +4,12 @@
 # containerd-compatible unix socket, and prints the `go test -v` output. The Go side is
 # tests/contentsuite/contentsuite_test.go (each test in a namespace of its own, under a lease).
 #
+#   scripts/e2e/content-suite.sh --build
 #   scripts/e2e/content-suite.sh SOCKET [go test flags, e.g. -test.run 'Suite/Writer$']
+#
+# --build installs what is missing and builds the test binary (what .ci/run does); a run
+# installs and builds nothing, and fails naming this script when the binary is not there
+# (what the tests call: they never install).
 #
 # Exit status: 0 if every test passed, nonzero otherwise (or if the build failed, or no test
 # ran). The last line on stdout is a summary: "content-suite: N passed, N failed, N skipped".
@@ -26,11 +31,16 @@ set -euo pipefail
 
 socket=${1:-}
 if [[ -z $socket ]]; then
-	echo "usage: $0 SOCKET [go test flags]" >&2
+	echo "usage: $0 --build | SOCKET [go test flags]" >&2
 	exit 2
 fi
 shift
-[[ -S $socket ]] || { echo "content-suite: $socket is not a unix socket" >&2; exit 2; }
+build=false
+if [[ $socket == --build ]]; then
+	build=true
+else
+	[[ -S $socket ]] || { echo "content-suite: $socket is not a unix socket" >&2; exit 2; }
+fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/../../tests/contentsuite" && pwd)
@@ -43,6 +53,10 @@ missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+if ((${#missing[@]})) && ! $build; then
+	log "missing ${missing[*]}: run scripts/e2e/content-suite.sh --build (as .ci/run does)"
+	exit 1
+fi
 if ((${#missing[@]})); then
 	log "installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -59,6 +73,10 @@ key=$({
 	dpkg-query -W -f='${Package} ${Version}\n' 'golang-*' 2>/dev/null | sort
 } | sha256sum | cut -c1-16)
 bin=$cache/contentsuite-$key.test
+if [[ ! -x $bin ]] && ! $build; then
+	log "no test binary for this source: run scripts/e2e/content-suite.sh --build (as .ci/run does)"
+	exit 1
+fi
 if [[ ! -x $bin ]]; then
 	mkdir -p "$cache/gopath"
 	log "building $bin"
@@ -68,6 +86,8 @@ if [[ ! -x $bin ]]; then
 	mv "$bin.tmp.$$" "$bin"
 	log "built in $((SECONDS - start))s"
 fi
+
+$build && exit 0
 
 # 3. Run. The suite's temp dirs (unused by this store) go to a private dir, removed after.
 tmp=$(mktemp -d)

@@ -12,6 +12,7 @@
 //! Needs root. `scripts/e2e/ensure-deps.sh` installs containerd, runc and busybox-static if
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
 
+mod content_suite;
 mod cri;
 pub mod env;
 mod layer_creation;

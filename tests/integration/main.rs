@@ -11,6 +11,7 @@ mod load;
 mod operations;
 mod pull;
 mod quota;
+mod requests;
 mod suite;
 mod systemd;
 mod tree;
