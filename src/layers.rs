@@ -245,8 +245,8 @@ impl Layers {
 
     /// The content store for a call about snapshot `key` (reading `blob`, if given): the
     /// local directory; the daemon's own store; or containerd's Content service in the
-    /// call's namespace with its lease, unless the call is one of the own store's clients'
-    /// (the blob is in the own store, or the call runs under one of its leases).
+    /// call's namespace with its lease, unless the blob is whole in the own store or the call
+    /// runs under one of its leases (one of its own clients').
     fn store(&self, ctx: &CallContext, key: Option<&str>, blob: Option<&Digest>) -> BlobStore {
         let namespace = |default: &str| {
             ctx.namespace
@@ -269,9 +269,12 @@ impl Layers {
                 namespace: default,
                 ..
             } => {
-                let in_own = blob.is_some_and(|d| {
-                    self.own.blobs().size(d).ok().flatten().is_some() || self.own.blobs().is_live(d)
-                });
+                // Only a complete blob: following a write in progress is for the own store's
+                // clients (a pull applying as it downloads, under its lease). containerd's
+                // Apply has the blob itself, and must not wait on someone else's write of
+                // it, which may never finish.
+                let in_own =
+                    blob.is_some_and(|d| self.own.blobs().size(d).ok().flatten().is_some());
                 let own_lease = match (&ctx.namespace, &ctx.lease) {
                     (Some(ns), Some(lease)) => self.own.lease_exists(ns, lease).unwrap_or(false),
                     _ => false,

@@ -121,7 +121,12 @@ impl BlobWriter for LocalWriter {
             let _ = fs::remove_file(&path);
             return Ok(());
         }
-        fs::rename(&path, &dest).map_err(|e| Error::io("rename", &dest, e))
+        fs::rename(&path, &dest).map_err(|e| Error::io("rename", &dest, e))?;
+        // The rename is durable before anyone records the blob (a record without its file
+        // after a power loss otherwise).
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync", parent, e))
     }
 }
 

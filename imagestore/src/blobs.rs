@@ -71,6 +71,15 @@ impl Blobs {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        // Layers the Diff service was creating when the daemon stopped (plain files next to
+        // the writes' directories; only this process uses this root, so none is in use).
+        let ingest = root.join("ingest");
+        for entry in fs::read_dir(&ingest).map_err(io_err("read", &ingest))? {
+            let entry = entry.map_err(io_err("read", &ingest))?;
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(Blobs {
             root: root.to_path_buf(),
             locked: Arc::default(),
@@ -129,11 +138,6 @@ impl Blobs {
     pub fn open_live(&self, digest: &Digest) -> Result<Option<LiveReader>> {
         let path = self.path(digest);
         self.live.reader(digest).map_err(io_err("open", &path))
-    }
-
-    /// Whether blob `digest` is being written (and so can be read as it comes).
-    pub fn is_live(&self, digest: &Digest) -> bool {
-        self.live.is_live(digest)
     }
 
     /// Deletes blob `digest` (nothing if absent).
@@ -270,7 +274,7 @@ impl Blobs {
         let mut out = Vec::new();
         for entry in fs::read_dir(&root).map_err(io_err("read", &root))? {
             let dir = entry.map_err(io_err("read", &root))?.path();
-            if dir.join("data").exists() && dir.join("ref").exists() {
+            if dir.is_dir() && dir.join("data").exists() && dir.join("ref").exists() {
                 out.push(self.status_of(&dir)?);
             }
         }
@@ -291,7 +295,12 @@ impl Blobs {
         let root = self.root.join("ingest");
         let now = SystemTime::now();
         for entry in fs::read_dir(&root).map_err(io_err("read", &root))? {
-            let dir = entry.map_err(io_err("read", &root))?.path();
+            let entry = entry.map_err(io_err("read", &root))?;
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                // A layer the Diff service is creating: not a write of this store's.
+                continue;
+            }
+            let dir = entry.path();
             let reference = fs::read_to_string(dir.join("ref")).unwrap_or_default();
             if kept.contains(&reference) || self.is_locked(&reference) {
                 continue;
@@ -546,6 +555,26 @@ mod tests {
         let mut h = Hasher::default();
         h.update(data);
         h.finish().0
+    }
+
+    /// A layer file the Diff service left when the daemon stopped goes when the store opens
+    /// again; a collection meanwhile leaves such files (in use) alone and does not fail on
+    /// them.
+    #[test]
+    fn layer_files_left_by_a_crash_go_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(tmp.path()).unwrap();
+        let left = tmp.path().join("ingest/1234-0");
+        fs::write(&left, b"half a layer").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        File::open(&left).unwrap().set_modified(old).unwrap();
+        blobs
+            .remove_unrecorded_ingests(&HashSet::new(), Duration::from_secs(1))
+            .unwrap();
+        assert!(left.exists(), "in use while the daemon runs");
+        drop(blobs);
+        Blobs::open(tmp.path()).unwrap();
+        assert!(!left.exists());
     }
 
     /// A reader following a write reaches the end only if the write is committed as the

@@ -740,4 +740,54 @@ mod tests {
             w.join().unwrap();
         }
     }
+
+    /// Opening a write reads its files (resuming hashes its data again), which a slow disk
+    /// can make slow: other calls of the store go on meanwhile, as no index transaction is
+    /// held over that reading. The slow disk is a FIFO in place of the write's `total`
+    /// file, which blocks the resuming writer until the test writes to it.
+    #[test]
+    fn resuming_a_write_on_a_slow_disk_stalls_no_other_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ImageStore::open(dir.path()).unwrap());
+        let mut w = store.content_writer("ns", "slow", 0, None, None).unwrap();
+        w.write_at(0, b"some bytes").unwrap();
+        drop(w);
+        let ingest = std::fs::read_dir(dir.path().join("content/ingest"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let total = ingest.join("total");
+        let _ = std::fs::remove_file(&total);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&total)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let resuming = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || store.content_writer("ns", "slow", 0, None, None).map(drop))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!resuming.is_finished(), "the FIFO did not hold the resume");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                tx.send(store.lease_create("other", "l", HashMap::new()).is_ok())
+                    .unwrap()
+            })
+        };
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        // Let the resume go on either way, so that the test ends.
+        std::fs::write(&total, b"0").unwrap();
+        assert_eq!(
+            done,
+            Ok(true),
+            "another namespace's call waited for the slow resume"
+        );
+        other.join().unwrap();
+        resuming.join().unwrap().unwrap();
+    }
 }

@@ -83,6 +83,7 @@ impl LiveWrites {
     }
 
     /// Whether a write of `digest` is live.
+    #[cfg(test)]
     pub fn is_live(&self, digest: &Digest) -> bool {
         self.map().contains_key(digest.as_str())
     }

@@ -77,19 +77,44 @@ impl WriteSession {
         lease: Option<&str>,
         first: &WriteRequest,
     ) -> Result<Self> {
+        Self::opened(store, namespace, lease, first, true)
+    }
+
+    /// [`open`](Self::open), refusing at once (Unavailable) while another writer holds the
+    /// ref.
+    pub fn try_open(
+        store: &ImageStore,
+        namespace: &str,
+        lease: Option<&str>,
+        first: &WriteRequest,
+    ) -> Result<Self> {
+        Self::opened(store, namespace, lease, first, false)
+    }
+
+    fn opened(
+        store: &ImageStore,
+        namespace: &str,
+        lease: Option<&str>,
+        first: &WriteRequest,
+        wait: bool,
+    ) -> Result<Self> {
         if first.reference.is_empty() {
             return Err(StoreError::InvalidArgument(
                 "first message must have a reference".into(),
             ));
         }
         let expected = Some(first.expected.as_str()).filter(|e| !e.is_empty());
-        let writer = store.content_writer_waiting(
-            namespace,
-            &first.reference,
-            first.total,
-            expected,
-            lease,
-        )?;
+        let writer = if wait {
+            store.content_writer_waiting(
+                namespace,
+                &first.reference,
+                first.total,
+                expected,
+                lease,
+            )?
+        } else {
+            store.content_writer(namespace, &first.reference, first.total, expected, lease)?
+        };
         Ok(WriteSession {
             namespace: namespace.to_string(),
             reference: first.reference.clone(),

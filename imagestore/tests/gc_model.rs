@@ -14,8 +14,10 @@
 //! namespaces (Strata's snapshotter keys are global): one survives if any namespace reaches
 //! it. Snapshotter names in references are resolved as a Prepare resolves them.
 //!
-//! `STRATA_GC_MODEL_SEQUENCES` (default 2000) sets how many sequences run;
-//! `STRATA_GC_MODEL_SEED` replays one sequence. A failure prints its seed.
+//! `STRATA_GC_MODEL_SEQUENCES` (default 2000) sets how many sequences run,
+//! `STRATA_GC_MODEL_SECONDS` instead runs sequences for that long, `STRATA_GC_MODEL_THREADS`
+//! on how many threads (default: one per CPU); `STRATA_GC_MODEL_SEED` replays one sequence.
+//! A failure prints its seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -930,20 +932,22 @@ fn the_collector_keeps_exactly_what_the_model_reaches() {
         }
         return;
     }
-    let sequences: u64 = std::env::var("STRATA_GC_MODEL_SEQUENCES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let number = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let seconds = number("STRATA_GC_MODEL_SECONDS");
+    let default = if seconds.is_some() { u64::MAX } else { 2000 };
+    let sequences = number("STRATA_GC_MODEL_SEQUENCES").unwrap_or(default);
+    let deadline = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let threads = number("STRATA_GC_MODEL_THREADS")
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) as u64);
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut i = t;
-                while i < sequences {
+                let (mut i, mut ran) = (t, 0u64);
+                while i < sequences && deadline.is_none_or(|d| std::time::Instant::now() < d) {
                     let seed = base.wrapping_add(i);
                     if let Err(e) = run(seed) {
                         return Err(format!(
@@ -951,14 +955,17 @@ fn the_collector_keeps_exactly_what_the_model_reaches() {
                         ));
                     }
                     i += threads;
+                    ran += 1;
                 }
-                Ok(())
+                Ok(ran)
             })
         })
         .collect();
+    let mut sequences = 0;
     for w in workers {
-        if let Err(e) = w.join().expect("worker") {
-            panic!("{e}");
+        match w.join().expect("worker") {
+            Ok(ran) => sequences += ran,
+            Err(e) => panic!("{e}"),
         }
     }
     println!(

@@ -15,8 +15,9 @@
                        first response in the middle (headers promise the whole blob, half
                        is sent, the connection is closed)
         flip-once      flips one byte in the middle of each blob's first response
-        chaos:SEED     each blob response, at random (seeded): passed, cut, or a byte
-                       flipped; each manifest request fails with 503 one time in five
+        chaos:SEED     each blob response, at random (seeded): passed (70%), cut (15%), or
+                       a byte flipped (15%); each manifest request fails with 503 one time
+                       in five; once a file LOG.off exists, everything passes
 
 Signing uses the openssl command, so nothing beyond the standard library is imported.
 """
@@ -97,6 +98,9 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
         with lock:
             return chaos.randrange(n)
 
+    def calm():
+        return os.path.exists(log_path + ".off")
+
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -112,7 +116,10 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
             rng = self.headers.get("Range", "-")
             is_blob = self.command == "GET" and "/blobs/sha256:" in path
             is_manifest = "/manifests/" in path
-            fail_manifest = (draw(5) == 0) if chaos else (mode == "cut" and self.first_time(("manifest", path)))
+            if chaos:
+                fail_manifest = not calm() and draw(5) == 0
+            else:
+                fail_manifest = mode == "cut" and self.first_time(("manifest", path))
             if is_manifest and fail_manifest:
                 log.write(f"{self.command} {path} {rng} 503\n")
                 self.send_response(503)
@@ -128,7 +135,8 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
             data = resp.read()
             damageable = is_blob and resp.status in (200, 206) and len(data) > 1
             if chaos:
-                fate = ("pass", "cut", "flip")[draw(3)] if damageable else "pass"
+                roll = draw(100) if damageable and not calm() else 0
+                fate = "cut" if 70 <= roll < 85 else "flip" if roll >= 85 else "pass"
             elif damageable and self.first_time(("blob", path)):
                 fate = "cut" if mode == "cut" else "flip"
             else:

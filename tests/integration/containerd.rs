@@ -636,3 +636,104 @@ fn backend<'a>(stored: &'a [pb::Info], key: &str) -> &'a pb::Info {
         .find(|i| i.name.starts_with(&prefix) && i.name.ends_with(&suffix))
         .unwrap_or_else(|| panic!("{key} not in Strata: {stored:?}"))
 }
+
+/// The layer blobs (digest, size) of the OCI archive `archive`'s first image.
+fn archive_layers(archive: &Path) -> Vec<(String, i64)> {
+    let mut files = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("open the archive"));
+    for entry in tar.entries().expect("read the archive") {
+        let mut entry = entry.expect("an entry");
+        let path = entry.path().expect("a path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("read an entry");
+        files.insert(path.trim_start_matches("./").to_string(), data);
+    }
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&files[name]).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let index = json("index.json");
+    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// containerd (1.7, Strata its differ, its own content store) unpacks an image while a
+/// client of Strata's own store holds a write of one of its layers open, stalled: Strata's
+/// Apply reads the blob from containerd, which has it whole, instead of following the
+/// stalled write (and hanging with it).
+#[test]
+#[ignore = "needs root"]
+fn apply_skips_stalled_writes_1_7() {
+    use api::services::content::v1 as ctpb;
+    use api::services::content::v1::content_client::ContentClient;
+    util::assert_root("containerd::apply_skips_stalled_writes_1_7");
+    let env = Env::start(
+        "containerd::apply_skips_stalled_writes_1_7",
+        "overlayfs",
+        Containerd::V1_7,
+    );
+    let archive = env.scratch().join("image.tar");
+    let image = "strata.test/e2e/stalled:1";
+    env::build_image(&archive, image, 0, &[]);
+    let archive = archive.to_str().unwrap();
+    env.ctr_ok(&["images", "import", "--no-unpack", archive]);
+    let (layer, size) = archive_layers(Path::new(archive)).remove(0);
+
+    // A write of the layer in Strata's own store, opened and left without its data, from a
+    // client on a runtime of its own (the stream stays open while ctr runs).
+    let client = tokio::runtime::Runtime::new().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let socket = env.strata.socket.clone();
+    let opened = client.block_on(async move {
+        let channel = api::channel::connect(&socket).await.unwrap();
+        tx.send(ctpb::WriteContentRequest {
+            action: ctpb::WriteAction::Write as i32,
+            r#ref: "stalled".into(),
+            total: size,
+            expected: layer,
+            data: vec![0u8; 16],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(api::headers::NAMESPACE, NAMESPACE.parse().unwrap());
+        let mut answers = ContentClient::new(channel)
+            .write(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let first = answers.message().await.unwrap().unwrap();
+        (tx, answers, first.offset)
+    });
+    assert_eq!(opened.2, 16);
+
+    let unpacked = env.ctr_ok(&[
+        "--timeout",
+        "60s",
+        "images",
+        "import",
+        "--snapshotter",
+        SNAPSHOTTER,
+        archive,
+    ]);
+    assert!(unpacked.contains("unpacking"), "{unpacked}");
+    assert_eq!(
+        env.strata_snapshots().len(),
+        env::BASE_LAYERS,
+        "the layers unpacked"
+    );
+    drop(opened);
+}

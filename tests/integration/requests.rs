@@ -61,9 +61,15 @@ fn an_authority_that_is_the_socket_path_is_accepted() {
 /// Asserts `result` is containerd's refusal of the namespace.
 fn refused<T: std::fmt::Debug>(service: &str, result: Result<T, tonic::Status>) {
     let status = result.expect_err(&format!("{service} took namespace {BAD:?}"));
-    assert_eq!(status.code(), Code::InvalidArgument, "{service}: {status:?}");
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "{service}: {status:?}"
+    );
     assert!(
-        status.message().starts_with("namespace validation: identifier"),
+        status
+            .message()
+            .starts_with("namespace validation: identifier"),
         "{service}: {}",
         status.message()
     );
@@ -102,21 +108,27 @@ where
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn content_refuses_a_bad_namespace() {
-    check("requests::content_refuses_a_bad_namespace", |ch| async move {
-        let write = vec![ctpb::WriteContentRequest {
-            action: ctpb::WriteAction::Commit as i32,
-            r#ref: "escape".into(),
-            data: b"data".to_vec(),
-            ..Default::default()
-        }];
-        let mut c = ContentClient::new(ch);
-        let result = match c.write(bad(tokio_stream::iter(write))).await {
-            Ok(s) => s.into_inner().message().await,
-            Err(e) => Err(e),
-        };
-        refused("Content.Write", result);
-        refused("Content.List", c.list(bad(ctpb::ListContentRequest::default())).await);
-    })
+    check(
+        "requests::content_refuses_a_bad_namespace",
+        |ch| async move {
+            let write = vec![ctpb::WriteContentRequest {
+                action: ctpb::WriteAction::Commit as i32,
+                r#ref: "escape".into(),
+                data: b"data".to_vec(),
+                ..Default::default()
+            }];
+            let mut c = ContentClient::new(ch);
+            let result = match c.write(bad(tokio_stream::iter(write))).await {
+                Ok(s) => s.into_inner().message().await,
+                Err(e) => Err(e),
+            };
+            refused("Content.Write", result);
+            refused(
+                "Content.List",
+                c.list(bad(ctpb::ListContentRequest::default())).await,
+            );
+        },
+    )
     .await;
 }
 
@@ -138,7 +150,10 @@ async fn images_refuse_a_bad_namespace() {
             image: Some(image),
             source_date_epoch: None,
         };
-        refused("Images.Create", ImagesClient::new(ch).create(bad(create)).await);
+        refused(
+            "Images.Create",
+            ImagesClient::new(ch).create(bad(create)).await,
+        );
     })
     .await;
 }
@@ -146,24 +161,27 @@ async fn images_refuse_a_bad_namespace() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn containers_refuse_a_bad_namespace() {
-    check("requests::containers_refuse_a_bad_namespace", |ch| async move {
-        let container = cpb::Container {
-            id: "escape".into(),
-            runtime: Some(cpb::container::Runtime {
-                name: "io.containerd.runc.v2".into(),
-                options: None,
-            }),
-            spec: Some(prost_types::Any::default()),
-            ..Default::default()
-        };
-        let create = cpb::CreateContainerRequest {
-            container: Some(container),
-        };
-        refused(
-            "Containers.Create",
-            ContainersClient::new(ch).create(bad(create)).await,
-        );
-    })
+    check(
+        "requests::containers_refuse_a_bad_namespace",
+        |ch| async move {
+            let container = cpb::Container {
+                id: "escape".into(),
+                runtime: Some(cpb::container::Runtime {
+                    name: "io.containerd.runc.v2".into(),
+                    options: None,
+                }),
+                spec: Some(prost_types::Any::default()),
+                ..Default::default()
+            };
+            let create = cpb::CreateContainerRequest {
+                container: Some(container),
+            };
+            refused(
+                "Containers.Create",
+                ContainersClient::new(ch).create(bad(create)).await,
+            );
+        },
+    )
     .await;
 }
 
@@ -175,7 +193,10 @@ async fn leases_refuse_a_bad_namespace() {
             id: "escape".into(),
             labels: Default::default(),
         };
-        refused("Leases.Create", LeasesClient::new(ch).create(bad(create)).await);
+        refused(
+            "Leases.Create",
+            LeasesClient::new(ch).create(bad(create)).await,
+        );
     })
     .await;
 }
@@ -183,17 +204,20 @@ async fn leases_refuse_a_bad_namespace() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn snapshots_refuse_a_bad_namespace() {
-    check("requests::snapshots_refuse_a_bad_namespace", |ch| async move {
-        let prepare = spb::PrepareSnapshotRequest {
-            snapshotter: "strata".into(),
-            key: "escape".into(),
-            ..Default::default()
-        };
-        refused(
-            "Snapshots.Prepare",
-            SnapshotsClient::new(ch).prepare(bad(prepare)).await,
-        );
-    })
+    check(
+        "requests::snapshots_refuse_a_bad_namespace",
+        |ch| async move {
+            let prepare = spb::PrepareSnapshotRequest {
+                snapshotter: "strata".into(),
+                key: "escape".into(),
+                ..Default::default()
+            };
+            refused(
+                "Snapshots.Prepare",
+                SnapshotsClient::new(ch).prepare(bad(prepare)).await,
+            );
+        },
+    )
     .await;
 }
 
@@ -210,24 +234,33 @@ async fn diff_refuses_a_bad_namespace() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn namespaces_refuse_a_bad_namespace() {
-    check("requests::namespaces_refuse_a_bad_namespace", |ch| async move {
-        let get = npb::GetNamespaceRequest {
-            name: "default".into(),
-        };
-        refused("Namespaces.Get", NamespacesClient::new(ch).get(bad(get)).await);
-    })
+    check(
+        "requests::namespaces_refuse_a_bad_namespace",
+        |ch| async move {
+            let get = npb::GetNamespaceRequest {
+                name: "default".into(),
+            };
+            refused(
+                "Namespaces.Get",
+                NamespacesClient::new(ch).get(bad(get)).await,
+            );
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs root"]
 async fn introspection_refuses_a_bad_namespace() {
-    check("requests::introspection_refuses_a_bad_namespace", |ch| async move {
-        let plugins = inpb::PluginsRequest::default();
-        refused(
-            "Introspection.Plugins",
-            IntrospectionClient::new(ch).plugins(bad(plugins)).await,
-        );
-    })
+    check(
+        "requests::introspection_refuses_a_bad_namespace",
+        |ch| async move {
+            let plugins = inpb::PluginsRequest::default();
+            refused(
+                "Introspection.Plugins",
+                IntrospectionClient::new(ch).plugins(bad(plugins)).await,
+            );
+        },
+    )
     .await;
 }

@@ -38,7 +38,11 @@ fn run_suite(socket: &Path) -> (String, bool) {
 #[ignore = "needs root"]
 fn content_suite_1_7() {
     util::assert_root("containerd::content_suite_1_7");
-    let env = Env::start("containerd::content_suite_1_7", "overlayfs", Containerd::V1_7);
+    let env = Env::start(
+        "containerd::content_suite_1_7",
+        "overlayfs",
+        Containerd::V1_7,
+    );
     let (control, control_ok) = run_suite(env.socket());
     assert!(control_ok, "containerd 1.7.24 itself: {control}");
     assert_eq!(control, "content-suite: 14 passed, 0 failed, 0 skipped");

@@ -231,6 +231,15 @@ impl FlakyProxy {
     }
 }
 
+impl FlakyProxy {
+    /// From now on the proxy passes everything (its chaos mode reads `<log>.off`).
+    pub fn calm(&self) {
+        let mut off = self.log.clone().into_os_string();
+        off.push(".off");
+        std::fs::write(off, b"").expect("write the proxy's off switch");
+    }
+}
+
 impl Drop for FlakyProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();

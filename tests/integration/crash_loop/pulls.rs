@@ -14,6 +14,13 @@
 //! collected: no lease, write in progress, blob, snapshot or mount is left. Half the crash
 //! loop's kills (`STRATA_CRASH_LOOP_KILLS`), with its seed, half of them on overlayfs and
 //! half on native.
+//!
+//! The corruption loop (`pulls_through_damage_under_kills`) does the same through a proxy
+//! that damages transfers at random (`registry-aid.py flaky-proxy chaos:SEED`: blob
+//! responses cut, or a byte flipped; manifest requests refused): a pull may then fail (its
+//! client said so), and nothing else changes; after the kills the proxy passes everything,
+//! and every image pulls at the first attempt, whole: no damaged transfer is resumed or
+//! kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -25,7 +32,7 @@ use differ::digest::HashingWriter;
 
 use super::kills_and_seed;
 use crate::containerd::env::build_image;
-use crate::containerd::registry::Registry;
+use crate::containerd::registry::{FlakyProxy, Registry};
 use crate::imagestore::{ingest_bytes, strata_ok, strata_run};
 use crate::pull::{rich_image, rootfs_with};
 use crate::tree::{Entry, capture};
@@ -67,13 +74,40 @@ impl Op {
 #[ignore = "needs root"]
 fn pulls_under_kills() {
     assert_root("crash_loop::pulls::pulls_under_kills");
+    run_loop("crash-loop pulls", false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pulls_through_damage_under_kills() {
+    assert_root("crash_loop::pulls::pulls_through_damage_under_kills");
+    run_loop("crash-loop damaged pulls", true);
+}
+
+/// The loop, pulling from the registry or, if `damaged`, through the damaging proxy.
+fn run_loop(name: &str, damaged: bool) {
     let (kills, seed) = kills_and_seed();
     let kills = kills.div_ceil(2);
     let started = Instant::now();
-    let tmp = TempDir::new("crash-loop-pulls");
+    let tmp = TempDir::new(if damaged {
+        "crash-loop-damage"
+    } else {
+        "crash-loop-pulls"
+    });
     let registry = Registry::start(&tmp.path().join("registry"));
-    let images = push_images(tmp.path(), &registry);
-    let trees = reference_trees(tmp.path(), &images);
+    let direct = push_images(tmp.path(), &registry);
+    let trees = reference_trees(tmp.path(), &direct);
+    let proxy = damaged.then(|| {
+        let mode = format!("chaos:{seed}");
+        FlakyProxy::start(&registry.address, tmp.path().join("proxy.log"), &mode)
+    });
+    let images: Vec<String> = match &proxy {
+        Some(p) => direct
+            .iter()
+            .map(|i| i.replacen(&registry.address, &p.address, 1))
+            .collect(),
+        None => direct.clone(),
+    };
 
     let mut rng = Rng::new(seed ^ 0x70_75_6c_6c);
     let mut total = Tally::default();
@@ -84,17 +118,15 @@ fn pulls_under_kills() {
             images: &images,
             trees: &trees,
             tmp: tmp.path(),
+            proxy: proxy.as_ref(),
         };
         let (tally, found) = world.run(kills, &mut rng);
-        eprintln!(
-            "crash-loop pulls: {kind}: {}",
-            tally.summary(kills, found.len())
-        );
+        eprintln!("{name}: {kind}: {}", tally.summary(kills, found.len()));
         total.add(&tally);
         violations.extend(found.into_iter().map(|v| format!("{kind}: {v}")));
     }
     eprintln!(
-        "crash-loop pulls: seed {seed}, {kills} kills in {:.0} s: {}",
+        "{name}: seed {seed}, {kills} kills in {:.0} s: {}",
         started.elapsed().as_secs_f64(),
         total.summary(kills, violations.len())
     );
@@ -106,6 +138,8 @@ fn pulls_under_kills() {
 struct Tally {
     acknowledged: usize,
     cut: usize,
+    /// Pulls that failed on a damaged transfer (and said so).
+    damaged: usize,
     verified: usize,
     /// Snapshots a kill caught between the snapshotter's change and the image store's
     /// record, settled at the next start (the daemon logs each).
@@ -116,15 +150,17 @@ impl Tally {
     fn add(&mut self, other: &Tally) {
         self.acknowledged += other.acknowledged;
         self.cut += other.cut;
+        self.damaged += other.damaged;
         self.verified += other.verified;
         self.settled += other.settled;
     }
 
     fn summary(&self, kills: usize, violations: usize) -> String {
         format!(
-            "{kills} kills, {} calls acknowledged, {} cut by a kill, {} listed images \
-             verified whole, {} snapshots settled at a restart, {violations} violations",
-            self.acknowledged, self.cut, self.verified, self.settled
+            "{kills} kills, {} calls acknowledged, {} cut by a kill, {} pulls failed on a \
+             damaged transfer, {} listed images verified whole, {} snapshots settled at a \
+             restart, {violations} violations",
+            self.acknowledged, self.cut, self.damaged, self.verified, self.settled
         )
     }
 }
@@ -136,6 +172,8 @@ struct World<'a> {
     /// Each image's tree from a clean pull.
     trees: &'a [Tree],
     tmp: &'a Path,
+    /// The damaging proxy the images are pulled through, if any.
+    proxy: Option<&'a FlakyProxy>,
 }
 
 impl World<'_> {
@@ -155,18 +193,25 @@ impl World<'_> {
                 .map(|op| client(&daemon.socket, &op.args(images)))
                 .collect();
             std::thread::sleep(Duration::from_millis(50 + rng.below(2200)));
-            for (op, c) in ops.iter().zip(&mut clients) {
+            let mut failed = vec![false; ops.len()];
+            for ((op, c), failed) in ops.iter().zip(&mut clients).zip(&mut failed) {
                 if let Some(status) = c.try_wait().unwrap()
                     && !status.success()
                 {
-                    violations.push(format!(
-                        "round {round}: {op:?} failed before the kill: {}",
-                        stderr_of(c)
-                    ));
+                    *failed = true;
+                    let why = stderr_of(c);
+                    if matches!(op, Op::Pull(_)) && self.proxy.is_some() && damage_said(&why) {
+                        tally.damaged += 1;
+                    } else {
+                        violations.push(format!(
+                            "round {round}: {op:?} failed before the kill: {why}"
+                        ));
+                    }
                 }
             }
             daemon.kill();
             let done: Vec<bool> = clients.iter_mut().map(exited_cleanly).collect();
+            let done: Vec<bool> = done.iter().zip(&failed).map(|(d, f)| *d && !f).collect();
             daemon.respawn();
 
             let listed = listed_images(&daemon.socket, images);
@@ -210,6 +255,9 @@ impl World<'_> {
             );
             present = listed;
         }
+        if let Some(proxy) = self.proxy {
+            proxy.calm();
+        }
         violations.extend(pull_all_then_remove_all(
             &daemon, images, self.trees, self.tmp,
         ));
@@ -220,6 +268,20 @@ impl World<'_> {
             .count();
         (tally, violations)
     }
+}
+
+/// Whether a client's error says a transfer was damaged: a blob failed its digest or size,
+/// a transfer broke, or the registry refused.
+fn damage_said(stderr: &str) -> bool {
+    [
+        "failed precondition",
+        "registry",
+        "transfer",
+        "unavailable",
+        "503",
+    ]
+    .iter()
+    .any(|w| stderr.to_lowercase().contains(w))
 }
 
 /// Builds and pushes the images; their references. Two small images sharing their first
