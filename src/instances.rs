@@ -9,8 +9,26 @@ use snapshotter::native::NativeSnapshotter;
 use snapshotter::overlay::OverlaySnapshotter;
 use snapshotter::{Options, Snapshotter};
 
-use crate::config::{Config, InstanceConfig, SnapshotterKind};
-use crate::server::DaemonError;
+use crate::config::{Config, ConfigError, InstanceConfig, SnapshotterKind};
+
+/// Why the instances could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The configuration names them wrongly.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// One could not be opened.
+    #[error("open snapshotter {name} at {root}")]
+    Open {
+        /// Instance name.
+        name: String,
+        /// Its root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: snapshotter::Error,
+    },
+}
 
 /// One named snapshotter instance.
 pub struct Instance {
@@ -29,14 +47,15 @@ pub struct Instances {
 
 impl Instances {
     /// Opens every configured instance (taking each root's lock).
-    pub fn open(config: &Config) -> Result<Self, DaemonError> {
+    pub fn open(config: &Config) -> Result<Self, InstanceError> {
         let mut by_name = BTreeMap::new();
         for (inst, root) in config.instances()? {
-            let snapshotter = open_instance(&inst, &root).map_err(|source| DaemonError::Open {
-                name: inst.name.clone(),
-                root: root.clone(),
-                source,
-            })?;
+            let snapshotter =
+                open_instance(&inst, &root).map_err(|source| InstanceError::Open {
+                    name: inst.name.clone(),
+                    root: root.clone(),
+                    source,
+                })?;
             tracing::info!(name = %inst.name, kind = ?inst.kind, root = %root.display(), "snapshotter ready");
             by_name.insert(
                 inst.name.clone(),

@@ -37,39 +37,39 @@ enum Command {
     #[command(alias = "images")]
     Image {
         #[command(flatten)]
-        store: strata::cli::store::StoreArgs,
+        store: strata::cli::StoreArgs,
         #[command(subcommand)]
-        command: strata::cli::store::ImageCommand,
+        command: strata::cli::image::ImageCommand,
     },
     /// Root filesystems from images (prepare on an image's layers, mount, unmount).
     Rootfs {
         #[command(flatten)]
-        store: strata::cli::store::StoreArgs,
+        store: strata::cli::StoreArgs,
         #[command(subcommand)]
-        command: strata::cli::store::RootfsCommand,
+        command: strata::cli::rootfs::RootfsCommand,
     },
     /// Blobs in the daemon's content store.
     Content {
         #[command(flatten)]
-        store: strata::cli::store::StoreArgs,
+        store: strata::cli::StoreArgs,
         #[command(subcommand)]
-        command: strata::cli::store::ContentCommand,
+        command: strata::cli::content::ContentCommand,
     },
     /// Leases of the daemon's image store.
     #[command(alias = "leases")]
     Lease {
         #[command(flatten)]
-        store: strata::cli::store::StoreArgs,
+        store: strata::cli::StoreArgs,
         #[command(subcommand)]
-        command: strata::cli::store::LeaseCommand,
+        command: strata::cli::content::LeaseCommand,
     },
     /// Container records in the daemon's image store.
     #[command(alias = "containers")]
     Container {
         #[command(flatten)]
-        store: strata::cli::store::StoreArgs,
+        store: strata::cli::StoreArgs,
         #[command(subcommand)]
-        command: strata::cli::store::ContainerCommand,
+        command: strata::cli::container::ContainerCommand,
     },
     /// Collect the image store's garbage through a running daemon: print what would be
     /// removed, or with --force remove it (containerd's semantics: images, containers,
@@ -233,7 +233,7 @@ async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> E
                     return ExitCode::FAILURE;
                 }
             };
-            if let Err(e) = strata::server::run(config, activated).await {
+            if let Err(e) = strata::daemon::run(config, activated).await {
                 tracing::error!(error = %chain(&e), "daemon failed");
                 return ExitCode::FAILURE;
             }
@@ -265,22 +265,22 @@ async fn run(cli: Cli, activated: Option<std::os::unix::net::UnixListener>) -> E
                 return ExitCode::FAILURE;
             };
             let mut out = std::io::stdout().lock();
-            use strata::cli::store;
+            use strata::cli::{container, content, image, rootfs};
             return report(match command {
                 Command::Image { store: s, command } => {
-                    store::image(channel, &s, command, &mut out).await
+                    image::image(channel, &s, command, &mut out).await
                 }
                 Command::Rootfs { store: s, command } => {
-                    store::rootfs(channel, &s, command, &mut out).await
+                    rootfs::rootfs(channel, &s, command, &mut out).await
                 }
                 Command::Content { store: s, command } => {
-                    store::content(channel, &s, command, &mut out).await
+                    content::content(channel, &s, command, &mut out).await
                 }
                 Command::Lease { store: s, command } => {
-                    store::lease(channel, &s, command, &mut out).await
+                    content::lease(channel, &s, command, &mut out).await
                 }
                 Command::Container { store: s, command } => {
-                    store::container(channel, &s, command, &mut out).await
+                    container::container(channel, &s, command, &mut out).await
                 }
                 _ => unreachable!("matched above"),
             });

@@ -10,6 +10,8 @@
 use tonic::{Code, Status};
 
 use crate::layers::LayerError;
+#[cfg(test)]
+use crate::layers::content::remote_error;
 
 /// An error that knows its containerd error class, as a gRPC code.
 pub trait Classify: std::error::Error {
@@ -94,6 +96,10 @@ impl Classify for imagestore::StoreError {
             S::Snapshot(e) => e.code(),
             S::Lock(e) => e.code(),
             S::Index(_) | S::Corrupt(_) => Code::Internal,
+            // The daemon's applier: a layer error, whose class it keeps.
+            S::Applier(e) => e
+                .downcast_ref::<LayerError>()
+                .map_or(Code::Internal, Classify::code),
         }
     }
 }
@@ -111,15 +117,14 @@ impl Classify for LayerError {
     }
 }
 
-impl Classify for crate::unpack::UnpackError {
+impl Classify for imagestore::transfer::TransferError {
     fn code(&self) -> Code {
-        use crate::unpack::UnpackError as U;
+        use imagestore::transfer::TransferError as T;
         match self {
-            U::Call { status, .. } => status.code(),
-            U::Store(e) => e.code(),
-            U::Registry(_) => Code::Unavailable,
-            U::Invalid(_) => Code::FailedPrecondition,
-            U::Io { .. } => Code::Internal,
+            T::Store(e) => e.code(),
+            T::Registry(_) => Code::Unavailable,
+            T::Invalid(_) => Code::FailedPrecondition,
+            T::Io { .. } => Code::Internal,
         }
     }
 }
@@ -144,20 +149,6 @@ pub fn to_status(e: impl Classify) -> Status {
         tracing::error!(error = %chain(&e), "internal error");
     }
     Status::new(code, chain(&e))
-}
-
-/// A status from containerd (about `what`) as a differ error of the same class.
-pub fn remote_error(what: &str, s: &Status) -> differ::Error {
-    use differ::Error as D;
-    let msg = format!("{what}: {}", s.message());
-    match s.code() {
-        Code::NotFound => D::NotFound(msg),
-        Code::InvalidArgument => D::InvalidArgument(msg),
-        Code::Unimplemented => D::NotImplemented(msg),
-        Code::Unavailable => D::Unavailable(msg),
-        Code::DeadlineExceeded => D::TimedOut(msg),
-        code => D::Store(format!("{msg} ({code:?})")),
-    }
 }
 
 /// Status for a request that is malformed before it reaches a snapshotter.

@@ -636,6 +636,10 @@ impl ImageStore {
             }
         };
         status.reference = reference.to_string();
+        // What the client said to expect, as the record keeps it (and the collector keeps
+        // that blob for): a write that needed no data still expects it after a client
+        // wrote into it anyway.
+        status.expected = Digest::parse(&known.expected).ok();
         Ok(status)
     }
 

@@ -16,9 +16,11 @@ mod leases;
 mod live;
 mod meta;
 mod namespaces;
+pub mod oci;
 mod snapshots;
 #[cfg(test)]
 mod testing;
+pub mod transfer;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +79,10 @@ pub enum StoreError {
     Lock(#[source] mountutil::Error),
     #[error("corrupt image store record: {0}")]
     Corrupt(String),
+    /// The daemon's applier failed a transfer's layer (its error, for the daemon to
+    /// classify).
+    #[error(transparent)]
+    Applier(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The image store of a daemon root.

@@ -19,7 +19,7 @@
 # Idempotent: if $CACHE/containerd-<RELEASE>/usr/bin/containerd exists and `containerd
 # --version` reports that release, nothing is downloaded; the path is just printed. A
 # downloaded .deb is reused. With --check, nothing is downloaded: the path is printed if the
-# binaries are there, else it fails (what the tests call: they never install).
+# binaries are there, else it fails.
 #
 # Environment:
 #   STRATA_E2E_CACHE          cache dir (default /var/cache/strata-e2e)

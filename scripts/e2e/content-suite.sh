@@ -7,9 +7,9 @@
 #   scripts/e2e/content-suite.sh --build
 #   scripts/e2e/content-suite.sh SOCKET [go test flags, e.g. -test.run 'Suite/Writer$']
 #
-# --build installs what is missing and builds the test binary (what .ci/run does); a run
-# installs and builds nothing, and fails naming this script when the binary is not there
-# (what the tests call: they never install).
+# --build installs what is missing and builds the test binary (what .ci/run and the tests'
+# first root test do); a run installs and builds nothing, and fails naming this script
+# when the binary is not there.
 #
 # Exit status: 0 if every test passed, nonzero otherwise (or if the build failed, or no test
 # ran). The last line on stdout is a summary: "content-suite: N passed, N failed, N skipped".

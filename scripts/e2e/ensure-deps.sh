@@ -7,7 +7,7 @@
 # the client that sends the socket's path as :authority).
 # Installs only what is missing, with apt-get; `apt-get update` runs only if an install is
 # needed. Idempotent. Needs root when something has to be installed. With --check, installs
-# nothing and fails naming what is missing (what the tests call: they never install).
+# nothing and fails naming what is missing.
 set -euo pipefail
 check_only=false
 [[ ${1:-} == --check ]] && check_only=true

@@ -7,8 +7,8 @@ use snapshotter::Filters;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::collector::Collector;
 use super::{after_delete, blocking, namespace_of};
+use crate::collector::Collector;
 use api::services::containers::v1 as pb;
 use api::services::containers::v1::containers_server::Containers;
 use imagestore::ImageStore;

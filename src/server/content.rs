@@ -11,8 +11,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::collector::Collector;
 use super::{after_delete, blocking, lease_of, namespace_of};
+use crate::collector::Collector;
 use crate::status::to_status;
 use api::services::content::v1 as pb;
 use api::services::content::v1::content_server::Content;

@@ -24,10 +24,8 @@ pub struct DiffService {
 
 impl DiffService {
     /// Serves `layers`.
-    pub fn new(layers: Layers) -> Self {
-        DiffService {
-            layers: Arc::new(layers),
-        }
+    pub fn new(layers: Arc<Layers>) -> Self {
+        DiffService { layers }
     }
 
     /// Runs `f` on a blocking thread with the request's namespace and lease.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
-use super::collector::Collector;
 use super::{after_delete, blocking, lease_of, namespace_of};
+use crate::collector::Collector;
 use api::services::images::v1 as pb;
 use api::services::images::v1::images_server::Images;
 use imagestore::ImageStore;

@@ -40,7 +40,7 @@ impl Adaptor for PluginFields<'_> {
 fn platform() -> Platform {
     Platform {
         os: "linux".into(),
-        architecture: crate::unpack::architecture().into(),
+        architecture: imagestore::oci::architecture().into(),
         ..Default::default()
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use snapshotter::Filters;
 use tonic::{Request, Response, Status};
 
-use super::collector::Collector;
 use super::{after_delete, blocking, namespace_of};
+use crate::collector::Collector;
 use api::services::leases::v1 as pb;
 use api::services::leases::v1::leases_server::Leases;
 use imagestore::ImageStore;
@@ -32,7 +32,7 @@ impl Leases for LeasesService {
         let ns = namespace_of(&request)?;
         let r = request.into_inner();
         let id = if r.id.is_empty() {
-            crate::content::unique_suffix()
+            imagestore::transfer::unique_suffix()
         } else {
             r.id
         };

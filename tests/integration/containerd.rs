@@ -65,7 +65,7 @@ fn strata_differ_1_7() {
     strata_differ("containerd::strata_differ_1_7", Containerd::V1_7);
 }
 
-/// The same on containerd 2.1.9 with the README's version-3 configuration. Both restart
+/// The same on containerd 2.1.9 with the documented version-3 configuration. Both restart
 /// Strata while containerd runs, between an image's import and its run.
 #[test]
 #[ignore = "needs root"]
@@ -94,7 +94,7 @@ fn strata_differ(test: &str, release: Containerd) {
 }
 
 /// containerd 2.1 pulls an image from a registry (Debian's docker-registry, filled by skopeo)
-/// through its transfer service, with the README's configuration: Strata applies every
+/// through its transfer service, with the documented configuration: Strata applies every
 /// layer into its own snapshots, the container runs, and after removal the collector
 /// leaves nothing in Strata.
 #[test]
@@ -187,7 +187,7 @@ fn quota_2_1() {
     quota::size_limited_containers("containerd::quota_2_1");
 }
 
-/// Kubernetes' path on containerd 1.7.24 (the README's 1.7 configuration, CRI on): pull
+/// Kubernetes' path on containerd 1.7.24 (the documented 1.7 configuration, CRI on): pull
 /// with and without credentials, a pod and its container, ImageFsInfo, 50 pods of churn,
 /// image removal; every layer applied by Strata's differ.
 #[test]
@@ -196,7 +196,7 @@ fn cri_1_7() {
     cri::pod_lifecycle("containerd::cri_1_7", Containerd::V1_7);
 }
 
-/// The same on containerd 2.1.9 with the README's version-3 configuration.
+/// The same on containerd 2.1.9 with the documented version-3 configuration.
 #[test]
 #[ignore = "needs root"]
 fn cri_2_1() {

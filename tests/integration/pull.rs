@@ -353,7 +353,7 @@ fn pull_selects_platform() {
     let tmp = TempDir::new("pull-platform");
     let daemon = Daemon::start(tmp.path(), "overlayfs");
     let registry = Registry::start(&tmp.path().join("registry"));
-    let host = strata::unpack::architecture();
+    let host = imagestore::oci::architecture();
     let other = if host == "arm64" { "amd64" } else { "arm64" };
     let layout = tmp.path().join("layout");
     let image = registry.push_from(&rich_image(&layout, &[host, other]), "e2e/multi:1");

@@ -14,15 +14,47 @@ use differ::{Compression, Digest};
 use strata::cli::SnapshotsClient;
 use strata::convert::mount_from_pb;
 
-/// Asserts that this process is root. Every test that needs root is marked
-/// `#[ignore = "needs root"]`: a plain `cargo test` lists it as ignored, and it runs only when
-/// asked for (`cargo test -- --include-ignored`, as `.ci/run` does as root), so not being
-/// root here is an error, never a silent pass.
+/// Asserts that this process is root, and that the machine has what the end-to-end tests
+/// use (installed the first time, see [`prepare_machine`]). Every test that needs root is
+/// marked `#[ignore = "needs root"]`: a plain `cargo test` lists it as ignored, and it runs
+/// only when asked for (`cargo test -- --include-ignored`, as `.ci/run` does as root), so not
+/// being root here is an error, never a silent pass.
 pub fn assert_root(test: &str) {
     assert!(
         mountutil::at::effective_ids().0 == 0,
         "{test} needs root: run it as root, or leave out --include-ignored to skip it"
     );
+    prepare_machine();
+}
+
+/// Installs what the end-to-end tests use where it is missing, once per test run: Debian's
+/// containerd, runc, registry, skopeo and the rest (`scripts/e2e/ensure-deps.sh`),
+/// containerd 1.7.24 and 2.1.9 unpacked from their .debs (`containerd.sh`), containerd's
+/// content test suite (`content-suite.sh --build`). Each script does nothing when what it
+/// provides is there (as after `.ci/run`, which runs them first).
+fn prepare_machine() {
+    static PREPARED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e");
+        let steps: [&[&str]; 4] = [
+            &["ensure-deps.sh"],
+            &["containerd.sh", "1.7"],
+            &["containerd.sh", "2.1"],
+            &["content-suite.sh", "--build"],
+        ];
+        for step in steps {
+            let out = Command::new(scripts.join(step[0]))
+                .args(&step[1..])
+                .stdout(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("run {step:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{step:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
 }
 
 /// A private temporary directory, removed on drop (after unmounting anything left in it).

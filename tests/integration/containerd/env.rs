@@ -59,7 +59,7 @@ pub enum Containerd {
     /// `strata` unpack entry. Strata reads the layer blobs back through containerd's Content
     /// API, and must apply every layer itself.
     V1_7,
-    /// 2.1.9 from Debian unstable, configured with the README's version-3 configuration:
+    /// 2.1.9 from Debian unstable, configured with the documented version-3 configuration:
     /// Strata as snapshotter (`rebase` advertised, `exports.root`) and as differ, first in
     /// the diff-service order and named in the transfer service's unpack configuration.
     V2_1,
@@ -75,7 +75,7 @@ impl Containerd {
         }
     }
 
-    /// The README's name for the release's configuration (`<!-- e2e: containerd X -->`).
+    /// The documented name for the release's configuration (`<!-- e2e: containerd X -->`).
     fn readme_name(self) -> &'static str {
         match self {
             Containerd::V1_6 => "1.6",
@@ -190,7 +190,7 @@ fn toml_path(path: &Path) -> String {
     toml::Value::String(path.to_str().expect("UTF-8 path").to_owned()).to_string()
 }
 
-/// What a containerd's CRI plugin needs on this machine beyond the README's configuration.
+/// What a containerd's CRI plugin needs on this machine beyond the documented configuration.
 pub struct CriSetup {
     /// `config_path`: a `hosts.toml` per registry host (plain HTTP on loopback).
     pub hosts_dir: PathBuf,
@@ -198,15 +198,15 @@ pub struct CriSetup {
     pub sandbox_image: String,
 }
 
-/// The README's configuration for `release`: the TOML block after the line
-/// `<!-- e2e: containerd <release> -->`, with the README's socket, root and platform
+/// The documented configuration for `release` (docs/containerd.md): the TOML block after
+/// the line `<!-- e2e: containerd <release> -->`, with its socket, root and platform
 /// replaced by this test's.
 fn readme_config(release: Containerd, strata: &Path, strata_root: &Path) -> String {
-    const README: &str = include_str!("../../../README.md");
+    const DOC: &str = include_str!("../../../docs/containerd.md");
     let marker = format!("<!-- e2e: containerd {} -->", release.readme_name());
-    let after = README
+    let after = DOC
         .split_once(&marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .unwrap_or_else(|| panic!("docs/containerd.md has no {marker}"))
         .1;
     let block = after
         .trim_start()
@@ -219,12 +219,12 @@ fn readme_config(release: Containerd, strata: &Path, strata_root: &Path) -> Stri
         .replace("\"/var/lib/strata\"", &toml_path(strata_root))
         .replace(
             "\"linux/amd64\"",
-            &format!("\"linux/{}\"", strata::unpack::architecture()),
+            &format!("\"linux/{}\"", imagestore::oci::architecture()),
         )
 }
 
 /// The configuration of a containerd under `dir` using the Strata daemon serving `strata`
-/// (its socket) for `strata_root`: this test's paths, then the README's configuration for
+/// (its socket) for `strata_root`: this test's paths, then the documented configuration for
 /// the release as it is, then (with `cri`) what the CRI plugin needs on this machine.
 fn containerd_config(
     release: Containerd,
@@ -258,7 +258,7 @@ fn containerd_config(
     let readme = readme_config(release, strata, strata_root);
     let (header, readme) = readme
         .split_once('\n')
-        .expect("the README's configuration starts with its version");
+        .expect("the documented configuration starts with its version");
     let mut config = format!(
         r#"{header}
 root = {root}
@@ -369,8 +369,7 @@ impl Env {
         util::assert_root(test);
         // No colon in the path: it would split overlay lowerdir options.
         let tmp = TempDir::new(&test.replace("::", "-"));
-        // Tests never install: `.ci/run` (or the scripts by hand) does, before `cargo test`.
-        run(script("ensure-deps.sh").arg("--check"), tmp.path()).check(&"ensure-deps.sh");
+        // What the machine needs was installed by `util::assert_root` (if it was missing).
         let bin = release.unpacked().map(|version| {
             let out = run(
                 script("containerd.sh").args([version, "--check"]),

@@ -1,4 +1,4 @@
-//! A user-namespaced container on containerd 2.1 with the README's configuration (the proxy
+//! A user-namespaced container on containerd 2.1 with the documented configuration (the proxy
 //! declares `remap-ids`, so `ctr run --remap-labels` hands the mapping to Strata instead of
 //! chowning a copy): the container sees every file of the rich image with the owner the
 //! image gave it, Strata's layer directories are never rewritten, and a Prepare's time does

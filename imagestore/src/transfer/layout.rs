@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{Result, UnpackError};
+use super::{Result, TransferError};
 
 /// Where a layout's files are.
 pub enum Layout {
@@ -17,8 +17,8 @@ pub enum Layout {
     Archive(PathBuf, HashMap<String, (u64, u64)>),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
-    move |source| UnpackError::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
+    move |source| TransferError::Io {
         path: path.display().to_string(),
         source,
     }
@@ -62,7 +62,7 @@ impl Layout {
             }
             Layout::Archive(path, entries) => {
                 let (offset, size) = *entries.get(name).ok_or_else(|| {
-                    UnpackError::Invalid(format!("{}: no {name} in the archive", path.display()))
+                    TransferError::Invalid(format!("{}: no {name} in the archive", path.display()))
                 })?;
                 let mut f = File::open(path).map_err(io(path))?;
                 f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
@@ -96,6 +96,6 @@ fn blob_path(digest: &str) -> Result<String> {
     let (algorithm, hex) = digest
         .split_once(':')
         .filter(|(a, h)| !a.is_empty() && !h.is_empty() && !h.contains('/'))
-        .ok_or_else(|| UnpackError::Invalid(format!("bad digest {digest:?}")))?;
+        .ok_or_else(|| TransferError::Invalid(format!("bad digest {digest:?}")))?;
     Ok(format!("blobs/{algorithm}/{hex}"))
 }

@@ -6,8 +6,7 @@
 //! the daemon's runtime from the blocking thread doing the work.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use differ::content::{BlobSink, BlobSource, BlobWriter, LocalStore};
 use differ::{Digest, Error};
@@ -19,7 +18,6 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
-use crate::status::remote_error;
 use api::services::content::v1 as pb;
 use api::services::content::v1::content_client::ContentClient;
 use api::services::leases::v1 as leases;
@@ -200,7 +198,7 @@ impl ContainerdContent {
     /// `expiry` from now, and makes the calls that follow run under it: a blob written then
     /// is kept at least that long.
     pub fn lease_for(&mut self, expiry: Duration) -> differ::Result<String> {
-        let id = format!("strata-diff-{}", unique_suffix());
+        let id = format!("strata-diff-{}", imagestore::transfer::unique_suffix());
         let expires = api::time::rfc3339_utc(SystemTime::now() + expiry);
         let request = self.request(leases::CreateRequest {
             id: id.clone(),
@@ -358,17 +356,6 @@ impl Read for StreamReader {
 
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// `<nanoseconds since the epoch>-<sequence>`: unique among this daemon's refs and leases.
-/// A suffix that no other id of this process has: the time in nanoseconds and a counter.
-pub fn unique_suffix() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
 impl BlobSink for ContainerdContent {
     fn create(&self) -> differ::Result<Box<dyn BlobWriter>> {
         let (tx, rx) = mpsc::channel::<pb::WriteContentRequest>(4);
@@ -384,7 +371,7 @@ impl BlobSink for ContainerdContent {
             responses: Some(responses),
             buf: Vec::with_capacity(WRITE_CHUNK),
             offset: 0,
-            reference: format!("strata-diff-{}", unique_suffix()),
+            reference: format!("strata-diff-{}", imagestore::transfer::unique_suffix()),
             runtime: self.runtime.clone(),
         }))
     }
@@ -468,5 +455,19 @@ impl BlobWriter for ContentWriter {
             Ok(Err(s)) => Err(remote_error(digest.as_str(), &s)),
             Err(e) => Err(io_err(io::Error::other(e.to_string()))),
         }
+    }
+}
+
+/// A status from containerd (about `what`) as a differ error of the same class.
+pub fn remote_error(what: &str, s: &Status) -> differ::Error {
+    use differ::Error as D;
+    let msg = format!("{what}: {}", s.message());
+    match s.code() {
+        Code::NotFound => D::NotFound(msg),
+        Code::InvalidArgument => D::InvalidArgument(msg),
+        Code::Unimplemented => D::NotImplemented(msg),
+        Code::Unavailable => D::Unavailable(msg),
+        Code::DeadlineExceeded => D::TimedOut(msg),
+        code => D::Store(format!("{msg} ({code:?})")),
     }
 }

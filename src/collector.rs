@@ -28,6 +28,11 @@ impl Collector {
         })
     }
 
+    /// The store it collects.
+    pub fn store(&self) -> &Arc<ImageStore> {
+        &self.store
+    }
+
     /// Collects now (blocking), or with `dry_run` says what would go.
     pub fn collect(&self, dry_run: bool) -> Result<Report> {
         let _running = self.running.lock().unwrap_or_else(|e| e.into_inner());

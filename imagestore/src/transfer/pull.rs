@@ -1,7 +1,6 @@
-//! Pulling an image from an OCI registry into the image store, then unpacking it. It runs in
-//! the daemon (`strata.admin.v1.Admin/Pull`, what `strata image pull` calls): blob bytes go
-//! from the registry straight into the content store, the rest through the daemon's own
-//! services like any client's.
+//! Pulling an image from an OCI registry into the image store, then unpacking it, in the
+//! daemon: blob bytes go from the registry straight into the content store, and a layer is
+//! applied while it downloads.
 //!
 //! The reference is resolved to its root (an index or a manifest); an index picks the
 //! requested platform's manifest. Only the blobs the namespace lacks are downloaded, several
@@ -12,9 +11,8 @@
 //! config and layers, `containerd.io/distribution.source.<host>`), the image is recorded
 //! under the reference, and unpacked: layers already committed are not applied again.
 //!
-//! Credentials are the client's to find ([`credentials`]: `--user`, else the docker config
-//! file's entry, else anonymous); bearer tokens are negotiated by the registry client with
-//! them. Plain HTTP for `--plain-http` and for loopback registries.
+//! Credentials are the client's to find and give; bearer tokens are negotiated by the
+//! registry client with them. Plain HTTP when asked and for loopback registries.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -24,16 +22,14 @@ use std::time::Duration;
 use oci_client::Reference;
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use serde::Deserialize;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
-use imagestore::{ContentWriter, ImageStore, StoreError};
-
-use super::{
-    Arrivals, Client, JsonDescriptor, JsonManifest, Result, UnpackError, Unpacked, architecture,
-};
+use super::unpack::{Arrivals, Unpacked};
+use super::{Result, Transfer, TransferError, lock_wait};
+use crate::oci::{self, Descriptor, Document};
+use crate::{ContentWriter, ImageStore, StoreError};
 
 /// Downloads in flight at once (containerd's default).
 const DOWNLOADS: usize = 3;
@@ -44,12 +40,7 @@ const WRITE_BATCH: usize = 1 << 20;
 /// Bytes between two "downloading" progress reports of a blob.
 const REPORT_EVERY: u64 = 1 << 20;
 
-const ACCEPTED: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+const ACCEPTED: &[&str] = api::media_types::MANIFESTS;
 
 /// How to reach the registry.
 #[derive(Debug, Clone, Default)]
@@ -76,23 +67,10 @@ pub struct Pulled {
     pub unpacked: Unpacked,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Root {
-    #[serde(default)]
-    media_type: String,
-    #[serde(default)]
-    manifests: Vec<JsonDescriptor>,
-    #[serde(default)]
-    config: Option<JsonDescriptor>,
-    #[serde(default)]
-    layers: Vec<JsonDescriptor>,
-}
-
 fn registry_error(
     what: String,
-) -> impl FnOnce(oci_client::errors::OciDistributionError) -> UnpackError {
-    move |e| UnpackError::Registry(format!("{what}: {e}"))
+) -> impl FnOnce(oci_client::errors::OciDistributionError) -> TransferError {
+    move |e| TransferError::Registry(format!("{what}: {e}"))
 }
 
 /// Runs `attempt` until it succeeds or has failed [`ATTEMPTS`] times, waiting a little
@@ -122,70 +100,6 @@ fn backoff(failures: usize) -> Duration {
     Duration::from_millis(200 << failures.min(5))
 }
 
-/// The registry part (`host[:port]`) of image reference `reference`.
-pub fn registry_of(reference: &str) -> Result<String> {
-    let image = Reference::from_str(reference)
-        .map_err(|e| UnpackError::Invalid(format!("reference {reference:?}: {e}")))?;
-    Ok(image.resolve_registry().to_string())
-}
-
-/// Credentials for `registry`: `user` if given (asking nothing: `user:password`), else the
-/// docker config file's (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else
-/// none (anonymous).
-pub fn credentials(registry: &str, user: Option<&str>) -> Option<(String, String)> {
-    if let Some(user) = user {
-        let (name, password) = user.split_once(':').unwrap_or((user, ""));
-        return Some((name.to_string(), password.to_string()));
-    }
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
-    let config = dir.and_then(|d| std::fs::read(d.join("config.json")).ok())?;
-    #[derive(Deserialize)]
-    struct DockerConfig {
-        #[serde(default)]
-        auths: HashMap<String, DockerAuth>,
-    }
-    #[derive(Deserialize)]
-    struct DockerAuth {
-        #[serde(default)]
-        auth: String,
-    }
-    let parsed = serde_json::from_slice::<DockerConfig>(&config).ok()?;
-    let entry = parsed.auths.iter().find(|(k, _)| {
-        let host = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap_or("");
-        host == registry
-    });
-    use base64::Engine as _;
-    entry
-        .and_then(|(_, a)| {
-            base64::engine::general_purpose::STANDARD
-                .decode(&a.auth)
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|s| {
-            s.split_once(':')
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-        })
-}
-
-/// The manifest part of a fetched document.
-fn as_manifest(root: &Root, desc: &JsonDescriptor) -> Result<JsonManifest> {
-    Ok(JsonManifest {
-        config: root
-            .config
-            .clone()
-            .ok_or_else(|| UnpackError::Invalid(format!("{} has no config", desc.digest)))?,
-        layers: root.layers.clone(),
-    })
-}
-
 /// Whether `registry` (`host[:port]`) is on this machine.
 fn loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
@@ -207,8 +121,8 @@ fn blocking<T: Send + 'static>(
     let task = tokio::task::spawn_blocking(work);
     async move {
         task.await
-            .map_err(|e| UnpackError::Invalid(format!("store task: {e}")))?
-            .map_err(UnpackError::Store)
+            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
+            .map_err(TransferError::Store)
     }
 }
 
@@ -216,7 +130,7 @@ fn blocking<T: Send + 'static>(
 struct Download {
     remote: Arc<oci_client::Client>,
     image: Reference,
-    desc: JsonDescriptor,
+    desc: Descriptor,
     progress: Progress,
 }
 
@@ -250,14 +164,14 @@ impl Download {
             match writer {
                 Ok(w) => break w,
                 // Stored meanwhile (another pull of the namespace).
-                Err(UnpackError::Store(StoreError::AlreadyExists(_))) => return Ok(0),
+                Err(TransferError::Store(StoreError::AlreadyExists(_))) => return Ok(0),
                 // Another pull is downloading it: wait until that one has committed it (the
                 // next try says AlreadyExists) or is gone (the next try resumes its write).
-                Err(UnpackError::Store(StoreError::Unavailable(_))) => {
+                Err(TransferError::Store(StoreError::Unavailable(_))) => {
                     if attempt == 0 {
                         progress(&desc.digest, "waiting", 0, size);
                     }
-                    tokio::time::sleep(super::lock_wait(attempt)).await;
+                    tokio::time::sleep(lock_wait(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -290,7 +204,7 @@ impl Download {
             match fetched {
                 Ok(()) if offset == size => {}
                 Ok(()) if offset > size => {
-                    return Err(UnpackError::Registry(format!(
+                    return Err(TransferError::Registry(format!(
                         "{}: the registry sent more than its {size} bytes",
                         desc.digest
                     )));
@@ -310,7 +224,7 @@ impl Download {
                     if failures >= ATTEMPTS {
                         drop(chunks);
                         let _ = writing.await;
-                        return Err(UnpackError::Registry(why));
+                        return Err(TransferError::Registry(why));
                     }
                     tracing::info!(
                         digest = desc.digest,
@@ -341,12 +255,11 @@ impl Download {
         })
         .await;
         match committed {
-            Ok(_) | Err(UnpackError::Store(StoreError::AlreadyExists(_))) => {}
-            Err(UnpackError::Store(StoreError::FailedPrecondition(why))) => {
-                return Err(UnpackError::Store(StoreError::FailedPrecondition(format!(
-                    "blob {} from the registry: {why}",
-                    desc.digest
-                ))));
+            Ok(_) | Err(TransferError::Store(StoreError::AlreadyExists(_))) => {}
+            Err(TransferError::Store(StoreError::FailedPrecondition(why))) => {
+                return Err(TransferError::Store(StoreError::FailedPrecondition(
+                    format!("blob {} from the registry: {why}", desc.digest),
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -368,7 +281,7 @@ enum FetchError {
 async fn fetch_from(
     remote: &oci_client::Client,
     image: &Reference,
-    desc: &JsonDescriptor,
+    desc: &Descriptor,
     offset: &mut u64,
     mut advanced: impl FnMut(u64),
     chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
@@ -428,19 +341,18 @@ fn write_chunks(
     Ok(writer)
 }
 
-impl Client {
-    /// Pulls `reference` into `store` (see the module doc); `progress` hears of each blob's
+impl Transfer {
+    /// Pulls `reference` (see the module doc); `progress` hears of each blob's
     /// state: resolving, exists, waiting, downloading (as bytes arrive), downloaded, unpacking,
     /// applied.
     pub async fn pull(
-        &mut self,
-        store: Arc<ImageStore>,
+        &self,
         reference: &str,
         options: &PullOptions,
         progress: Progress,
     ) -> Result<Pulled> {
         let image = Reference::from_str(reference)
-            .map_err(|e| UnpackError::Invalid(format!("reference {reference:?}: {e}")))?;
+            .map_err(|e| TransferError::Invalid(format!("reference {reference:?}: {e}")))?;
         let registry = image.resolve_registry().to_string();
         let protocol = if options.plain_http || loopback(&registry) {
             ClientProtocol::HttpsExcept(vec![registry.clone()])
@@ -457,7 +369,8 @@ impl Client {
         };
         let mut pulled = Pulled::default();
         let source_label = format!(
-            "containerd.io/distribution.source.{}",
+            "{}{}",
+            api::labels::DISTRIBUTION_SOURCE,
             registry
                 .rsplit_once(':')
                 .map_or(registry.as_str(), |(h, _)| h)
@@ -465,11 +378,10 @@ impl Client {
         let source: HashMap<String, String> =
             [(source_label, image.repository().to_string())].into();
 
-        self.take_lease().await?;
         let destination = Destination {
-            store,
+            store: Arc::clone(&self.store),
             namespace: self.namespace.clone(),
-            lease: self.lease.clone().expect("a lease was just taken"),
+            lease: self.lease.clone().unwrap_or_default(),
         };
         progress(reference, "resolving", 0, 0);
         let fetch_manifest = |image: Reference, what: String| {
@@ -490,8 +402,8 @@ impl Client {
             })
         };
         let (bytes, digest) = fetch_manifest(image.clone(), format!("resolve {reference}")).await?;
-        let root: Root = super::parse(&bytes, &digest)?;
-        let root_desc = JsonDescriptor {
+        let root: Document = oci::parse(&bytes, &digest).map_err(TransferError::Invalid)?;
+        let root_desc = Descriptor {
             media_type: if root.media_type.is_empty() {
                 ACCEPTED[1].to_string()
             } else {
@@ -505,50 +417,41 @@ impl Client {
         let (manifest, manifest_desc) = if root_desc.is_index() {
             let mut labels = HashMap::new();
             for (i, m) in root.manifests.iter().enumerate() {
-                labels.insert(
-                    format!("containerd.io/gc.ref.content.m.{i}"),
-                    m.digest.clone(),
-                );
+                labels.insert(api::labels::ref_manifest(i), m.digest.clone());
             }
             self.store_bytes(&root_desc, bytes.to_vec(), &mut pulled)
                 .await?;
             labels.extend(source.clone());
             self.label_blob(&root_desc.digest, labels).await?;
-            let wanted = options
-                .platform
-                .clone()
-                .unwrap_or_else(|| format!("linux/{}", architecture()));
+            let wanted = options.platform.clone().unwrap_or_else(oci::this_platform);
             let chosen = root
                 .manifests
                 .iter()
                 .find(|m| m.platform.as_ref().is_some_and(|p| p.is(&wanted)))
                 .cloned()
                 .ok_or_else(|| {
-                    UnpackError::Invalid(format!("{reference} has no manifest for {wanted}"))
+                    TransferError::Invalid(format!("{reference} has no manifest for {wanted}"))
                 })?;
             let by_digest = image.clone_with_digest(chosen.digest.clone());
             let (bytes, _) = fetch_manifest(by_digest, format!("fetch {}", chosen.digest)).await?;
             self.store_bytes(&chosen, bytes.to_vec(), &mut pulled)
                 .await?;
-            (super::parse::<Root>(&bytes, &chosen.digest)?, chosen)
+            let document =
+                oci::parse::<Document>(&bytes, &chosen.digest).map_err(TransferError::Invalid)?;
+            (document, chosen)
         } else {
             self.store_bytes(&root_desc, bytes.to_vec(), &mut pulled)
                 .await?;
             (root, root_desc.clone())
         };
-        let config = manifest.config.clone().ok_or_else(|| {
-            UnpackError::Invalid(format!("{} has no config", manifest_desc.digest))
+        let manifest = manifest.manifest().ok_or_else(|| {
+            TransferError::Invalid(format!("{} has no config", manifest_desc.digest))
         })?;
-        let mut labels: HashMap<String, String> = [(
-            "containerd.io/gc.ref.content.config".to_string(),
-            config.digest.clone(),
-        )]
-        .into();
+        let config = manifest.config.clone();
+        let mut labels: HashMap<String, String> =
+            [(api::labels::ref_config(), config.digest.clone())].into();
         for (i, l) in manifest.layers.iter().enumerate() {
-            labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
+            labels.insert(api::labels::ref_layer(i), l.digest.clone());
         }
         labels.extend(source.clone());
         self.label_blob(&manifest_desc.digest, labels).await?;
@@ -596,7 +499,7 @@ impl Client {
         let unpacked = self
             .unpack_manifest(
                 &manifest_desc.digest,
-                &as_manifest(&manifest, &manifest_desc)?,
+                &manifest,
                 &mut arrivals,
                 move |layer: &str, state: &str| progress_unpack(layer, state, 0, 0),
             )
@@ -607,18 +510,17 @@ impl Client {
         pulled.unpacked = unpacked?;
         pulled.downloaded += arrivals.count;
         pulled.bytes += arrivals.bytes;
-        for desc in manifest.config.iter().chain(&manifest.layers) {
+        for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
             self.label_blob(&desc.digest, source.clone()).await?;
         }
         self.put_image(reference, &root_desc).await?;
-        self.release_lease().await?;
         Ok(pulled)
     }
 
     /// Stores a small blob already in memory, counting it.
     async fn store_bytes(
         &self,
-        desc: &JsonDescriptor,
+        desc: &Descriptor,
         bytes: Vec<u8>,
         pulled: &mut Pulled,
     ) -> Result<()> {

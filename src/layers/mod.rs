@@ -7,6 +7,8 @@
 //! service; for the latter the namespace is the request's, else the one in the snapshot key
 //! (`<ns>/<n>/...`, how containerd names backend snapshots), else the configured default.
 
+pub mod content;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +21,8 @@ use snapshotter::{Kind, Mount, OwnedSnapshot};
 use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
+use self::content::{BlobStore, ContainerdContent, OwnContent};
 use crate::config::DifferConfig;
-use crate::content::{BlobStore, ContainerdContent, OwnContent};
 use crate::instances::Instances;
 use crate::metrics::METRICS;
 use imagestore::ImageStore;

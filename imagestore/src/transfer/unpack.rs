@@ -1,0 +1,244 @@
+//! Unpacking an image into snapshots as containerd's unpacker does, so that `ctr` and Strata
+//! see the same thing: the image's target (an index picks a platform's manifest) gives the
+//! manifest and its config, the config's diff IDs the layers' chain IDs, and for each layer
+//! whose chain ID is not a committed snapshot yet: Prepare `extract-<time>-<n> <chain>` on
+//! the previous chain, apply the blob, Commit as the chain ID (labelled
+//! `containerd.io/snapshot.ref`), label the blob `containerd.io/uncompressed`. Then the
+//! config is labelled `containerd.io/gc.ref.snapshot.<snapshotter>` with the top chain ID,
+//! which keeps the snapshots while the image lives. Asked again, every chain exists:
+//! nothing is applied. A pull unpacks a layer as soon as its blob's write is open and the
+//! layers below are committed ([`Arrivals`]): the apply follows the write.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use super::{Result, Transfer, TransferError, unique_suffix};
+use crate::StoreError;
+use crate::oci::{self, Descriptor, Manifest};
+
+/// What an unpack did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Layers applied now.
+    pub applied: usize,
+    /// Layers already committed.
+    pub existed: usize,
+    /// The top chain ID (the snapshot a root filesystem is prepared on).
+    pub chain: String,
+}
+
+/// Blobs still on their way into the store (a pull's downloads), by digest: each says once
+/// its write is open (readable as it comes), and then its size once stored, or why it
+/// failed.
+#[derive(Default)]
+pub struct Arrivals {
+    pending: HashMap<String, oneshot::Receiver<Result<u64>>>,
+    opening: HashMap<String, oneshot::Receiver<()>>,
+    /// Blobs arrived, and their bytes.
+    pub count: usize,
+    pub bytes: u64,
+}
+
+impl Arrivals {
+    /// Expects blob `digest`: its download says on the first sender when its write is open,
+    /// and on the second when it is done.
+    pub fn expect(&mut self, digest: &str) -> (oneshot::Sender<()>, oneshot::Sender<Result<u64>>) {
+        let (opened, opening) = oneshot::channel();
+        self.opening.insert(digest.to_string(), opening);
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(digest.to_string(), rx);
+        (opened, tx)
+    }
+
+    /// Waits until blob `digest` can be read, as it comes if its write is open (or, if the
+    /// write never opened, until it is done).
+    pub async fn wait_readable(&mut self, digest: &str) -> Result<()> {
+        match self.opening.remove(digest) {
+            None => Ok(()),
+            Some(opening) => match opening.await {
+                Ok(()) => Ok(()),
+                Err(_) => self.wait(digest).await,
+            },
+        }
+    }
+
+    /// Waits for blob `digest` if it is expected (at once otherwise).
+    pub async fn wait(&mut self, digest: &str) -> Result<()> {
+        let Some(rx) = self.pending.remove(digest) else {
+            return Ok(());
+        };
+        let bytes = rx
+            .await
+            .map_err(|_| TransferError::Invalid(format!("download of {digest} vanished")))??;
+        self.count += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Waits for every blob still expected.
+    pub async fn wait_all(&mut self) -> Result<()> {
+        let digests: Vec<String> = self.pending.keys().cloned().collect();
+        for d in digests {
+            self.wait(&d).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Transfer {
+    /// Unpacks image `name` for `platform` (this machine's if `None`); `progress` hears of
+    /// each layer's state (exists, unpacking, applied).
+    pub async fn unpack(
+        &self,
+        name: &str,
+        platform: Option<&str>,
+        progress: impl FnMut(&str, &str),
+    ) -> Result<Unpacked> {
+        let target = self.image_target(name).await?;
+        let manifest_desc = self.platform_manifest(&target, platform).await?;
+        let document: oci::Document = oci::parse(
+            &self.read_blob(&manifest_desc.digest).await?,
+            &manifest_desc.digest,
+        )
+        .map_err(TransferError::Invalid)?;
+        let manifest = document.manifest().ok_or_else(|| {
+            TransferError::Invalid(format!("{} has no config", manifest_desc.digest))
+        })?;
+        self.unpack_manifest(
+            &manifest_desc.digest,
+            &manifest,
+            &mut Arrivals::default(),
+            progress,
+        )
+        .await
+    }
+
+    /// Unpacks the layers of `manifest` (named `what` in errors), each once `arrivals` says
+    /// its blob can be read.
+    pub async fn unpack_manifest(
+        &self,
+        what: &str,
+        manifest: &Manifest,
+        arrivals: &mut Arrivals,
+        mut progress: impl FnMut(&str, &str),
+    ) -> Result<Unpacked> {
+        arrivals.wait(&manifest.config.digest).await?;
+        let config: oci::Config = oci::parse(
+            &self.read_blob(&manifest.config.digest).await?,
+            &manifest.config.digest,
+        )
+        .map_err(TransferError::Invalid)?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(TransferError::Invalid(format!(
+                "{what}: {} layers but {} diff IDs",
+                manifest.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let chains = oci::chain_ids(diff_ids);
+        let mut done = Unpacked::default();
+        let mut parent = String::new();
+        for ((layer, diff_id), chain) in manifest.layers.iter().zip(diff_ids).zip(&chains) {
+            if self.snapshot_exists(chain).await? {
+                done.existed += 1;
+                progress(&layer.digest, "exists");
+                parent = chain.clone();
+                continue;
+            }
+            // Applied as it downloads: the apply reads the write in progress, which checks
+            // the digest before it lets the reader reach the end.
+            arrivals.wait_readable(&layer.digest).await?;
+            progress(&layer.digest, "unpacking");
+            match self.apply_layer(layer, diff_id, chain, &parent).await? {
+                Applied::New => done.applied += 1,
+                Applied::Existed => done.existed += 1,
+            }
+            arrivals.wait(&layer.digest).await?;
+            let uncompressed = [(api::labels::UNCOMPRESSED.to_string(), diff_id.clone())];
+            self.label_blob(&layer.digest, uncompressed.into()).await?;
+            progress(&layer.digest, "applied");
+            parent = chain.clone();
+        }
+        if let Some(top) = chains.last() {
+            let label = api::labels::ref_snapshot(&self.snapshotter);
+            self.label_blob(&manifest.config.digest, [(label, top.clone())].into())
+                .await?;
+            done.chain = top.clone();
+        }
+        Ok(done)
+    }
+
+    /// Whether snapshot `key` exists.
+    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+        let (snapshots, snapshotter, key) = (
+            self.snapshots.clone(),
+            self.snapshotter.clone(),
+            key.to_string(),
+        );
+        self.blocking(move |_| {
+            let (_, s) = snapshots.snapshotter(&snapshotter)?;
+            match s.stat(&key) {
+                Ok(_) => Ok(true),
+                Err(snapshotter::Error::NotFound(_)) => Ok(false),
+                Err(e) => Err(StoreError::Snapshot(e)),
+            }
+        })
+        .await
+    }
+
+    /// Prepares a snapshot on `parent`, applies `layer` into it and commits it as `chain`.
+    async fn apply_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        chain: &str,
+        parent: &str,
+    ) -> Result<Applied> {
+        let (snapshots, applier, caller) =
+            (self.snapshots.clone(), self.applier.clone(), self.caller());
+        let snapshotter = self.snapshotter.clone();
+        let (chain, parent) = (chain.to_string(), parent.to_string());
+        let mut layer = layer.clone();
+        layer
+            .annotations
+            .insert(api::labels::UNCOMPRESSED.to_string(), diff_id.to_string());
+        self.blocking(move |_| {
+            let key = format!("extract-{} {chain}", unique_suffix());
+            let labels: snapshotter::Labels =
+                [(api::labels::SNAPSHOT_REF.to_string(), chain.clone())].into();
+            let mounts =
+                match snapshots.prepare(&caller, &snapshotter, &key, &parent, labels.clone()) {
+                    Ok(m) => m,
+                    // Committed meanwhile (another unpack, or the snapshotter's layer reuse):
+                    // take it as it is.
+                    Err(StoreError::Snapshot(
+                        snapshotter::Error::AlreadyExists(_)
+                        | snapshotter::Error::LayerCommitted { .. },
+                    )) => return Ok(Applied::Existed),
+                    Err(e) => return Err(e),
+                };
+            if let Err(e) = applier.apply(&layer, mounts, &caller) {
+                let _ = snapshots.remove(&snapshotter, &key);
+                return Err(e);
+            }
+            match snapshots.commit(&caller, &snapshotter, &chain, &key, labels, "") {
+                Ok(()) => Ok(Applied::New),
+                Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
+                    let _ = snapshots.remove(&snapshotter, &key);
+                    Ok(Applied::Existed)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+}
+
+/// What applying one layer came to.
+enum Applied {
+    New,
+    /// Another unpack committed the layer first.
+    Existed,
+}

@@ -1,0 +1,211 @@
+//! The daemon's life: opening the configured snapshotter instances and the image store,
+//! settling what a crash left, binding (or taking) the socket, serving every service until
+//! SIGINT or SIGTERM, then draining the calls in flight.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+
+use crate::collector::Collector;
+use crate::config::{Config, ConfigError};
+use crate::instances::{InstanceError, Instances};
+use crate::layers::Layers;
+use crate::server::Services;
+use crate::status::chain;
+use imagestore::ImageStore;
+
+/// How long a shutdown waits for the calls in flight.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A snapshotter instance could not be opened.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The image store could not be opened.
+    #[error("open the image store under {root}")]
+    ImageStore {
+        /// The daemon root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: imagestore::StoreError,
+    },
+    /// The socket could not be set up.
+    #[error("socket {0}")]
+    Socket(PathBuf, #[source] io::Error),
+    /// The metrics endpoint could not be set up.
+    #[error("metrics address {0}")]
+    Metrics(String, #[source] io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds the daemon's socket: parent directory created, a stale socket (no one answering)
+/// replaced, a live one refused, and the socket made 0600.
+pub async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |e| DaemonError::Socket(path.to_path_buf(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another daemon is serving on this socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "path exists and is not a socket",
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Runs the daemon with `config` until SIGINT or SIGTERM, on `activated` (the socket
+/// systemd passed) if given, else on a socket it binds at the configured address. Tells
+/// systemd when it serves and when it stops.
+pub async fn run(
+    config: Config,
+    activated: Option<std::os::unix::net::UnixListener>,
+) -> Result<(), DaemonError> {
+    let instances = tokio::task::block_in_place(|| Instances::open(&config))?;
+    let store =
+        tokio::task::block_in_place(|| ImageStore::open(&config.root)).map_err(|source| {
+            DaemonError::ImageStore {
+                root: config.root.clone(),
+                source,
+            }
+        })?;
+    let settled = tokio::task::block_in_place(|| store.settle_snapshot_intents(&instances))
+        .map_err(|source| DaemonError::ImageStore {
+            root: config.root.clone(),
+            source,
+        })?;
+    if settled > 0 {
+        tracing::info!(
+            settled,
+            "snapshots made before a crash recorded as the image store's"
+        );
+    }
+    let store = Arc::new(store);
+    let (listener, owns_socket) = match activated {
+        Some(l) => (
+            UnixListener::from_std(l)
+                .map_err(|e| DaemonError::Socket(config.address.clone(), e))?,
+            false,
+        ),
+        None => (bind_socket(&config.address).await?, true),
+    };
+    tracing::info!(
+        address = %config.address.display(),
+        socket_activated = !owns_socket,
+        "serving"
+    );
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        crate::systemd::notify_stopping();
+        let _ = stopping.send(());
+    };
+    let instances = Arc::new(instances);
+    let scratch = config.root.join("tmp");
+    std::fs::create_dir_all(&scratch).map_err(|e| DaemonError::Socket(scratch.clone(), e))?;
+    if let Err(e) = mountutil::mount::reclaim_temp_mounts(&scratch) {
+        tracing::warn!(error = %chain(&e), "could not reclaim temporary mounts");
+    }
+    let layers = Arc::new(Layers::new(
+        Arc::clone(&instances),
+        Arc::clone(&store),
+        &config.differ,
+        scratch,
+    ));
+    let collector = Collector::new(Arc::clone(&store), Arc::clone(&instances));
+    if let Some(address) = &config.metrics_address {
+        let bound = crate::metrics::serve(address, Arc::clone(&instances))
+            .await
+            .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
+        tracing::info!(address = %bound, "serving metrics");
+    }
+    // The socket is listening: connections queue until the server accepts them.
+    crate::systemd::notify_ready();
+    // Shutting down lets the calls in flight finish, but an idle client may keep its
+    // connection open (containerd does): once no call is in flight, or after DRAIN, the
+    // daemon exits without waiting for connections to close.
+    let routes = crate::server::routes(Services {
+        instances,
+        layers,
+        store,
+        collector,
+        root: config.root.clone(),
+        insecure_registries: config.insecure_registries.clone(),
+    })
+    .map_err(|source| DaemonError::ImageStore {
+        root: config.root.clone(),
+        source: imagestore::StoreError::Io {
+            op: "make the server's uuid",
+            path: config.root.join("uuid"),
+            source,
+        },
+    })?;
+    let serving = async {
+        tonic::transport::Server::builder()
+            .layer(crate::metrics::GrpcMetricsLayer)
+            .layer(crate::transport::NamespaceCheckLayer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(crate::transport::incoming(listener), shutdown)
+            .await
+            .map_err(DaemonError::from)
+    };
+    let drained = async {
+        if stopped.await.is_err() {
+            return std::future::pending::<bool>().await;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while tokio::time::Instant::now() < deadline {
+            if crate::metrics::calls_in_flight() == 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        idle = drained => {
+            if !idle {
+                tracing::warn!(after = ?DRAIN, "calls still in flight: stopping without them");
+            }
+            Ok(())
+        }
+    };
+    // An activated socket is systemd's: it stays for the next start.
+    if owns_socket {
+        let _ = std::fs::remove_file(&config.address);
+    }
+    result
+}
