@@ -14,6 +14,13 @@ const PROTOS: &[&str] = &[
     "containerd/services/namespaces/v1/namespace.proto",
     "containerd/services/introspection/v1/introspection.proto",
     "containerd/services/version/v1/version.proto",
+    "containerd/services/transfer/v1/transfer.proto",
+    "containerd/services/streaming/v1/streaming.proto",
+    "containerd/types/transfer/registry.proto",
+    "containerd/types/transfer/imagestore.proto",
+    "containerd/types/transfer/importexport.proto",
+    "containerd/types/transfer/progress.proto",
+    "containerd/types/transfer/streaming.proto",
     "strata/admin/v1/admin.proto",
 ];
 

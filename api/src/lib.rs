@@ -9,6 +9,7 @@
 pub mod headers;
 pub mod labels;
 pub mod media_types;
+pub mod resources;
 pub mod time;
 
 #[cfg(feature = "grpc")]
@@ -34,6 +35,10 @@ mod generated {
         /// `containerd.types`.
         pub mod types {
             tonic::include_proto!("containerd.types");
+            /// `containerd.types.transfer`: what the Transfer service moves between.
+            pub mod transfer {
+                tonic::include_proto!("containerd.types.transfer");
+            }
         }
         /// `containerd.services.*`.
         pub mod services {
@@ -94,6 +99,20 @@ mod generated {
                 }
             }
             /// `containerd.services.snapshots`.
+            /// `containerd.services.transfer`.
+            pub mod transfer {
+                /// `containerd.services.transfer.v1`.
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.transfer.v1");
+                }
+            }
+            /// `containerd.services.streaming`.
+            pub mod streaming {
+                /// `containerd.services.streaming.v1`.
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.streaming.v1");
+                }
+            }
             pub mod snapshots {
                 /// `containerd.services.snapshots.v1`.
                 pub mod v1 {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use differ::Digest;
 use snapshotter::Filters;
@@ -14,15 +14,14 @@ use snapshotter::filter::Adaptor;
 use crate::labels::Fields;
 
 use super::blobs::RefLock;
-use super::gc::graph::INGEST_EXPIRY;
 use super::meta::{Kind, Read, Writer, key};
 use super::{Blobs, ImageStore, Ingest, IngestStatus, Result, StoreError, labels, timestamp};
 use api::services::content::v1 as pb;
 
-/// Lease resource type of a blob.
-pub const RESOURCE_CONTENT: &str = "content";
-/// Lease resource type of a write in progress.
-pub const RESOURCE_INGEST: &str = "ingests";
+use api::resources::{CONTENT as RESOURCE_CONTENT, INGESTS as RESOURCE_INGEST};
+
+/// How long a write made without a lease is kept after it was last opened or written.
+pub const INGEST_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// A write's record in the index: containerd's `Status` fields (what a client set at the
 /// start), and how the write is kept: by a lease, or until a time refreshed whenever it is

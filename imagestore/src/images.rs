@@ -8,9 +8,9 @@ use snapshotter::filter::Adaptor;
 
 use crate::labels::Fields;
 
-use super::leases::RESOURCE_IMAGES;
 use super::meta::{Kind, Read, Writer, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
+use api::resources::IMAGES as RESOURCE_IMAGES;
 use api::services::images::v1::Image;
 use api::types::Descriptor;
 

@@ -10,15 +10,12 @@ use snapshotter::filter::Adaptor;
 
 use crate::labels::Fields;
 
-use super::content::{RESOURCE_CONTENT, RESOURCE_INGEST};
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels, timestamp};
+use api::resources::{CONTENT as RESOURCE_CONTENT, INGESTS as RESOURCE_INGEST};
 use api::services::leases::v1::{Lease, Resource};
 
-/// Prefix of the lease resource type of a snapshot: `snapshots/<snapshotter>`.
-pub const RESOURCE_SNAPSHOTS: &str = "snapshots/";
-/// Lease resource type of an image (containerd 2.x).
-pub const RESOURCE_IMAGES: &str = "images";
+use api::resources::{IMAGES as RESOURCE_IMAGES, SNAPSHOTS as RESOURCE_SNAPSHOTS};
 
 impl Adaptor for Fields<'_, Lease> {
     fn field(&self, path: &[String]) -> Option<Cow<'_, str>> {

@@ -16,9 +16,9 @@ use api::services::leases::v1::{Lease, Resource};
 use snapshotter::{Labels, Mount, Snapshotter};
 
 use super::gc::graph::SnapshotId;
-use super::leases::RESOURCE_SNAPSHOTS;
 use super::meta::{Kind, Read, Writer, key};
 use super::{ImageStore, Result, StoreError};
+use api::resources::SNAPSHOTS as RESOURCE_SNAPSHOTS;
 
 /// The snapshotter instances a daemon serves, as the store reaches them.
 pub trait Snapshotters: Send + Sync {

@@ -13,8 +13,7 @@ use tonic::Request;
 
 use crate::containerd::env::build_image;
 use crate::containerd::registry::{FlakyProxy, Registry};
-use crate::imagestore::{strata_ok, strata_run};
-use crate::util::{Daemon, TempDir, assert_root};
+use crate::util::{Daemon, TempDir, assert_root, strata_ok, strata_run};
 
 const IMAGE: &str = "strata.test/collect:1";
 

@@ -13,9 +13,8 @@ use serde_json::Value;
 
 use crate::containerd::env::build_image;
 use crate::containerd::registry::{FlakyProxy, Registry};
-use crate::imagestore::{strata_ok, strata_run};
 use crate::tree::capture as tree_capture;
-use crate::util::{Daemon, TempDir, assert_root};
+use crate::util::{Daemon, TempDir, assert_root, strata_ok, strata_run};
 
 fn rich_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e/rich-image.py")
@@ -408,7 +407,7 @@ fn pull_selects_platform() {
     assert!(default.contains("6 blobs downloaded"), "{default}");
     assert!(content().contains(&manifest_of(host)));
     let tree = rootfs_capture(&daemon, &image, "host-root", tmp.path());
-    let sha = crate::imagestore::sha256(format!("{host}\n").as_bytes());
+    let sha = crate::util::sha256(format!("{host}\n").as_bytes());
     assert_eq!(
         tree["/arch"]["sha256"],
         sha.trim_start_matches("sha256:"),

@@ -570,3 +570,37 @@ pub fn assert_no_subvolume_qgroups(mnt: &Path) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `strata --address SOCKET ARGS...`, finished.
+pub fn strata_run(socket: &Path, args: &[&str]) -> std::process::Output {
+    strata_command()
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `strata --address SOCKET ARGS...`, which must succeed; its stdout.
+pub fn strata_ok(socket: &Path, args: &[&str]) -> String {
+    let out = strata_run(socket, args);
+    assert!(out.status.success(), "strata {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Bytes written so far into the content store's writes in progress under `root`.
+pub fn ingest_bytes(root: &Path) -> u64 {
+    let Ok(dirs) = std::fs::read_dir(root.join("content/ingest")) else {
+        return 0;
+    };
+    dirs.filter_map(|d| std::fs::metadata(d.ok()?.path().join("data")).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The sha256 digest of `data`, as containerd writes it.
+pub fn sha256(data: &[u8]) -> String {
+    let mut h = differ::digest::Hasher::default();
+    h.update(data);
+    h.finish().0.to_string()
+}

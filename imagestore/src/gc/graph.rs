@@ -10,7 +10,7 @@
 //! back-reference; reaching an object flat or not keeps it all the same.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use api::labels::{
     GC_BREF_CONTAINER, GC_BREF_CONTENT, GC_BREF_IMAGE, GC_BREF_SNAPSHOT, GC_EXPIRE, GC_FLAT,
@@ -21,8 +21,10 @@ use api::services::content::v1 as content_pb;
 use api::services::images::v1::Image;
 use api::services::leases::v1::Lease;
 
-use crate::content::{RESOURCE_CONTENT, RESOURCE_INGEST};
-use crate::leases::{RESOURCE_IMAGES, RESOURCE_SNAPSHOTS};
+use api::resources::{
+    CONTENT as RESOURCE_CONTENT, IMAGES as RESOURCE_IMAGES, INGESTS as RESOURCE_INGEST,
+    SNAPSHOTS as RESOURCE_SNAPSHOTS,
+};
 
 type Labels = HashMap<String, String>;
 
@@ -105,9 +107,6 @@ pub fn expired(labels: &Labels, now: SystemTime) -> bool {
         .and_then(|t| api::time::parse_rfc3339(t))
         .is_some_and(|t| t < now)
 }
-
-/// How long a write made without a lease is kept after it was last opened or written.
-pub const INGEST_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// A write in progress as the collector sees it.
 pub struct IngestState {

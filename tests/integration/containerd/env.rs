@@ -1,16 +1,20 @@
 //! The end-to-end harness: a Strata daemon and a private containerd (Debian 12's 1.6, or
 //! 1.7.24 or 2.1.9 from `scripts/e2e/containerd.sh`) using it, driven with that
-//! release's `ctr`; image import, container run and image removal with the checks every test
-//! shares; both daemons' logs printed when a test fails.
+//! release's `ctr`; both daemons' logs printed when a test fails. containerd's
+//! configuration is made in [`config`]; image import, container run and image removal with
+//! the checks every test shares are in [`checks`].
+
+mod checks;
+mod config;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use api::services::snapshots::v1 as pb;
-
-use crate::util::{self, Daemon, Snap, TempDir};
+pub use self::config::CriSetup;
+use self::config::containerd_config;
+use crate::util::{self, Daemon, TempDir};
 
 /// The containerd namespace every `ctr` call uses.
 pub const NAMESPACE: &str = "e2e";
@@ -20,33 +24,8 @@ pub const SNAPSHOTTER: &str = "strata";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long containerd may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long garbage collection may take to empty Strata after the last reference is gone.
-const GC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Layers of the base test image (see `build-image.sh`).
 pub const BASE_LAYERS: usize = 3;
-/// What Strata's Diff service logs for each layer it applies.
-const APPLIED_LINE: &str = "applied layer";
-
-/// Every path in the container's root filesystem (`find / -xdev`), apart from the busybox
-/// applets under `/bin` and the extra layers' `/extra`, once the base image's three layers are
-/// applied: `/etc/b` and `/data/gone` are whited out, `/data/old` is opaque and holds only `new`.
-const BASE_TREE: &[&str] = &[
-    "/",
-    "/bin",
-    "/data",
-    "/data/keep",
-    "/data/keep/x",
-    "/data/old",
-    "/data/old/new",
-    "/dev",
-    "/etc",
-    "/etc/a",
-    "/etc/c",
-    "/proc",
-    "/run",
-    "/sys",
-    "/tmp",
-];
 
 /// Which containerd runs, and so who applies image layers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -183,135 +162,6 @@ pub fn build_image(archive: &Path, name: &str, extra: usize, vars: &[(&str, &str
     build.arg(archive).arg(name).arg(extra.to_string());
     build.envs(vars.iter().copied());
     run(&mut build, archive.parent().expect("a directory")).check(&"build-image.sh");
-}
-
-/// A TOML string holding `path`.
-fn toml_path(path: &Path) -> String {
-    toml::Value::String(path.to_str().expect("UTF-8 path").to_owned()).to_string()
-}
-
-/// What a containerd's CRI plugin needs on this machine beyond the documented configuration.
-pub struct CriSetup {
-    /// `config_path`: a `hosts.toml` per registry host (plain HTTP on loopback).
-    pub hosts_dir: PathBuf,
-    /// The pod sandbox ("pause") image.
-    pub sandbox_image: String,
-}
-
-/// The documented configuration for `release` (docs/containerd.md): the TOML block after
-/// the line `<!-- e2e: containerd <release> -->`, with its socket, root and platform
-/// replaced by this test's.
-fn readme_config(release: Containerd, strata: &Path, strata_root: &Path) -> String {
-    const DOC: &str = include_str!("../../../docs/containerd.md");
-    let marker = format!("<!-- e2e: containerd {} -->", release.readme_name());
-    let after = DOC
-        .split_once(&marker)
-        .unwrap_or_else(|| panic!("docs/containerd.md has no {marker}"))
-        .1;
-    let block = after
-        .trim_start()
-        .strip_prefix("```toml\n")
-        .and_then(|b| b.split_once("```"))
-        .unwrap_or_else(|| panic!("no TOML block after {marker}"))
-        .0;
-    block
-        .replace("\"/run/strata/strata.sock\"", &toml_path(strata))
-        .replace("\"/var/lib/strata\"", &toml_path(strata_root))
-        .replace(
-            "\"linux/amd64\"",
-            &format!("\"linux/{}\"", imagestore::oci::architecture()),
-        )
-}
-
-/// The configuration of a containerd under `dir` using the Strata daemon serving `strata`
-/// (its socket) for `strata_root`: this test's paths, then the documented configuration for
-/// the release as it is, then (with `cri`) what the CRI plugin needs on this machine.
-fn containerd_config(
-    release: Containerd,
-    dir: &Path,
-    socket: &Path,
-    strata: &Path,
-    strata_root: &Path,
-    cri: Option<&CriSetup>,
-) -> String {
-    let v3 = release == Containerd::V2_1;
-    let q = |name: &str| {
-        if v3 {
-            format!("'{name}'")
-        } else {
-            format!("\"{name}\"")
-        }
-    };
-    let mut disabled = vec![
-        "io.containerd.snapshotter.v1.aufs",
-        "io.containerd.snapshotter.v1.blockfile",
-        "io.containerd.snapshotter.v1.btrfs",
-        "io.containerd.snapshotter.v1.devmapper",
-        "io.containerd.snapshotter.v1.erofs",
-        "io.containerd.snapshotter.v1.zfs",
-    ];
-    if cri.is_none() {
-        // Slow to start, and unused.
-        disabled.push("io.containerd.grpc.v1.cri");
-    }
-    let disabled: Vec<String> = disabled.iter().map(|p| format!("\"{p}\"")).collect();
-    let readme = readme_config(release, strata, strata_root);
-    let (header, readme) = readme
-        .split_once('\n')
-        .expect("the documented configuration starts with its version");
-    let mut config = format!(
-        r#"{header}
-root = {root}
-state = {state}
-disabled_plugins = [{disabled}]
-
-[grpc]
-  address = {socket}
-
-# No collection at startup, so none runs before the test's first removal (a late startup
-# collection could take `ctr snapshots view`'s snapshot before the test labels it a GC root).
-[plugins.{gc}]
-  startup_delay = "0s"
-
-[plugins.{opt}]
-  path = {opt_path}
-{readme}"#,
-        root = toml_path(&dir.join("root")),
-        state = toml_path(&dir.join("state")),
-        disabled = disabled.join(", "),
-        socket = toml_path(socket),
-        gc = q("io.containerd.gc.v1.scheduler"),
-        opt = q("io.containerd.internal.v1.opt"),
-        opt_path = toml_path(&dir.join("opt")),
-    );
-    if let Some(cri) = cri {
-        // runc here cannot lower oom_score_adj; pulls find the test registries through
-        // hosts.toml files; the sandbox image comes from a test registry too.
-        let (hosts, sandbox) = (toml_path(&cri.hosts_dir), &cri.sandbox_image);
-        config += &if v3 {
-            format!(
-                r#"
-[plugins.'io.containerd.cri.v1.runtime']
-  restrict_oom_score_adj = true
-[plugins.'io.containerd.cri.v1.images'.registry]
-  config_path = {hosts}
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = "{sandbox}"
-"#
-            )
-        } else {
-            format!(
-                r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  sandbox_image = "{sandbox}"
-[plugins."io.containerd.grpc.v1.cri".registry]
-  config_path = {hosts}
-"#
-            )
-        };
-    }
-    config
 }
 
 /// A Strata daemon and a private containerd using it, both under one temporary directory.
@@ -576,189 +426,6 @@ impl Env {
             out.stdout
         );
         out.stderr
-    }
-
-    /// Builds the test image with `extra` layers beyond the base ones and imports it as
-    /// `name` into an empty Strata, unpacked as `unpack` says. Then Strata must hold exactly
-    /// the image's layer chain, and its Diff service must have applied each of those layers
-    /// straight into its own snapshots (1.7) or none at all (1.6).
-    pub fn import(&self, name: &str, extra: usize, unpack: Unpack<'_>) {
-        assert_eq!(self.strata_snapshots(), [], "Strata must be empty first");
-        let archive = self.tmp.path().join("image.tar");
-        build_image(&archive, name, extra, &[]);
-        let applied_before = self.applied_lines().len();
-
-        let listed = match unpack {
-            Unpack::Pull(registry) => {
-                let reference = registry.push(&archive, name);
-                self.ctr_ok(&[
-                    "images",
-                    "pull",
-                    "--plain-http",
-                    "--snapshotter",
-                    SNAPSHOTTER,
-                    &reference,
-                ]);
-                reference
-            }
-            Unpack::Client | Unpack::Transfer => {
-                let archive = archive.to_str().expect("UTF-8 path");
-                let mut args = vec!["images", "import", "--snapshotter", SNAPSHOTTER];
-                if let Unpack::Transfer = unpack {
-                    args.push("--local=false");
-                }
-                args.push(archive);
-                self.ctr_ok(&args);
-                name.to_string()
-            }
-        };
-        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), format!("{listed}\n"));
-
-        let layers = BASE_LAYERS + extra;
-        self.check_layer_chain(layers);
-        let applied = &self.applied_lines()[applied_before..];
-        let expected = match self.release {
-            Containerd::V1_6 => 0,
-            Containerd::V1_7 | Containerd::V2_1 => layers,
-        };
-        assert_eq!(applied.len(), expected, "Strata's applies: {applied:#?}");
-        // The snapshot field holds the extraction's backend key, "e2e/<seq>/extract-...",
-        // or "(foreign mounts)" if Strata did not recognize the mounts as its own.
-        for line in applied {
-            let snapshot = line
-                .split_once(" snapshot=")
-                .map(|(_, field)| field.trim_start_matches('"'));
-            assert!(
-                !line.contains("(foreign mounts)")
-                    && snapshot.is_some_and(|s| s.starts_with(&format!("{NAMESPACE}/"))),
-                "not applied into a snapshot of ours: {line}"
-            );
-        }
-    }
-
-    /// Strata's log lines for the layers its Diff service applied.
-    pub fn applied_lines(&self) -> Vec<String> {
-        self.strata
-            .log_text()
-            .lines()
-            .filter(|l| l.contains(APPLIED_LINE))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Strata holds exactly one committed chain of `layers` snapshots, each named by
-    /// containerd after the chain ID it stands for. (`ctr images import` in 1.6 sets no
-    /// `containerd.io/snapshot.ref` label; only the pull unpacker does.)
-    fn check_layer_chain(&self, layers: usize) {
-        let stored = self.strata_snapshots();
-        assert_eq!(stored.len(), layers, "{stored:?}");
-        let mut parent = String::new();
-        for depth in 0..layers {
-            let child = stored
-                .iter()
-                .find(|i| i.parent == parent)
-                .unwrap_or_else(|| panic!("no layer {depth} (parent {parent:?}) in {stored:?}"));
-            assert_eq!(child.kind(), pb::Kind::Committed, "{child:?}");
-            // "e2e/<seq>/sha256:<chain ID>"
-            let chain_id = child.name.rsplit_once("/sha256:").map(|(_, hex)| hex);
-            assert!(
-                child.name.starts_with(&format!("{NAMESPACE}/"))
-                    && chain_id.is_some_and(|h| h.len() == 64),
-                "{child:?}"
-            );
-            parent = child.name.clone();
-        }
-    }
-
-    /// Runs container `id` on `image` (the test image with `extra` layers) with `--rm`: it
-    /// lists its root filesystem, reads the files, then writes to it. Checks all three and
-    /// that no container or task is left.
-    pub fn run_container(&self, image: &str, id: &str, extra: usize) {
-        let extras: Vec<String> = (1..=extra).map(|n| format!("/extra/f{n}")).collect();
-        let script = format!(
-            "find / -xdev; echo ---; cat /etc/a /etc/c /data/keep/x /data/old/new {}; \
-             echo ---; echo written >/data/old/mine && rm /etc/c && cat /data/old/mine && \
-             test ! -e /etc/c && echo removed",
-            extras.join(" ")
-        );
-        let out = self.ctr_run(
-            &["--rm", "--snapshotter", SNAPSHOTTER],
-            image,
-            id,
-            &["/bin/sh", "-c", &script],
-        );
-        let sections: Vec<&str> = out.split("---\n").collect();
-        assert_eq!(sections.len(), 3, "container output:\n{out}");
-
-        let mut tree: Vec<&str> = sections[0].lines().collect();
-        tree.sort_unstable();
-        for applet in ["/bin/busybox", "/bin/sh"] {
-            assert!(tree.contains(&applet), "{applet} missing from {tree:?}");
-        }
-        tree.retain(|p| !p.starts_with("/bin/"));
-        let mut expected: Vec<&str> = BASE_TREE.to_vec();
-        if extra > 0 {
-            expected.push("/extra");
-            expected.extend(extras.iter().map(String::as_str));
-        }
-        expected.sort_unstable();
-        assert_eq!(tree, expected);
-
-        let contents: String = (1..=extra).map(|n| format!("extra {n}\n")).collect();
-        assert_eq!(sections[1], format!("a2\nc2\nx1\nnew3\n{contents}"));
-        assert_eq!(sections[2], "written\nremoved\n");
-
-        assert_eq!(self.ctr_ok(&["containers", "ls", "-q"]), "");
-        assert_eq!(self.ctr_ok(&["tasks", "ls", "-q"]), "");
-    }
-
-    /// Removes the image with synchronous garbage collection, then checks that nothing is
-    /// left in Strata, neither snapshots nor their directories.
-    pub fn remove_image(&self, name: &str) {
-        self.ctr_ok(&["images", "rm", "--sync", name]);
-        assert_eq!(self.ctr_ok(&["images", "ls", "-q"]), "");
-        self.wait_strata_empty();
-        let left = self.ctr_ok(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
-        assert_eq!(table(&left), [vec!["KEY", "PARENT", "KIND"]]);
-    }
-
-    /// Runs containerd's garbage collection now and waits for it, by deleting a lease with
-    /// `--sync`. Needed after `ctr snapshots rm`: 1.6's scheduler ignores removals made while
-    /// a collection is still cleaning up the snapshotter (it drops events older than the end
-    /// of the last collection), so no further collection may ever come on its own.
-    pub fn collect_garbage(&self) {
-        self.ctr_ok(&["leases", "create", "--id", "e2e-gc"]);
-        self.ctr_ok(&["leases", "rm", "--sync", "e2e-gc"]);
-    }
-
-    /// Waits for containerd's garbage collection to remove every snapshot from Strata and
-    /// Strata to delete their directories.
-    pub fn wait_strata_empty(&self) {
-        let deadline = Instant::now() + GC_TIMEOUT;
-        loop {
-            let stored = self.strata_snapshots();
-            let dirs = util::snapshot_dirs(&self.strata.root);
-            if stored.is_empty() && dirs.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{GC_TIMEOUT:?} after the last reference went, Strata still holds {:?} in dirs {dirs:?}",
-                stored.iter().map(|i| &i.name).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Every snapshot Strata holds, listed over its own socket.
-    pub fn strata_snapshots(&self) -> Vec<pb::Info> {
-        self.runtime.block_on(async {
-            Snap::new(&self.strata)
-                .await
-                .list(&[])
-                .await
-                .expect("list Strata's snapshots")
-        })
     }
 }
 

@@ -33,10 +33,12 @@ use differ::digest::HashingWriter;
 use super::kills_and_seed;
 use crate::containerd::env::build_image;
 use crate::containerd::registry::{FlakyProxy, Registry};
-use crate::imagestore::{ingest_bytes, strata_ok, strata_run};
 use crate::pull::{rich_image, rootfs_with};
 use crate::tree::{Entry, capture};
-use crate::util::{Daemon, Rng, TempDir, assert_root, mounts_under, snapshot_dirs, strata_command};
+use crate::util::{
+    Daemon, Rng, TempDir, assert_root, ingest_bytes, mounts_under, snapshot_dirs, strata_command,
+    strata_ok, strata_run,
+};
 
 /// Clients at once.
 const CLIENTS: usize = 3;

@@ -1,0 +1,229 @@
+//! What entries do to the tree: parent directories a layer does not declare (metadata from
+//! the lower layers), hard links, entries through dangling symlinks (kept inside the root),
+//! setgid groups, modes, owners and times.
+
+use std::fs::{self, Permissions};
+use std::io::Cursor;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+
+use differ::{WhiteoutMode, apply_layer};
+
+use crate::common::*;
+
+#[test]
+#[ignore = "needs root"]
+fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
+    assert_root("undeclared_parent_directories_take_their_metadata_from_the_lower_layers");
+    // As containerd's overlay applier (archive.Apply WithParents): a directory missing from
+    // the upper directory is created with the nearest lower layer's owner, mode, times and
+    // non-trusted xattrs, following symlinks inside that layer; a whiteout stops the search.
+    let tmp = tempdir();
+    let [near, far, upper] = mkdirs(tmp.path(), ["near", "far", "upper"]);
+    let [home, lib, gone_far] = [far.join("home/user"), far.join("usr/lib"), far.join("gone")];
+    for d in [&home, &lib, &gone_far] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::set_permissions(&home, Permissions::from_mode(0o700)).unwrap();
+    chown(&home, Some(1000), Some(1001)).unwrap();
+    mountutil::fs::set_xattr(&home, "user.note".as_ref(), b"kept").unwrap();
+    mountutil::fs::set_xattr(&home, "trusted.private".as_ref(), b"not copied").unwrap();
+    mountutil::fs::set_times_nofollow(&home, (1_500_000_000, 0), (1_500_000_000, 7)).unwrap();
+    fs::set_permissions(&lib, Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(&gone_far, Permissions::from_mode(0o700)).unwrap();
+    // A usrmerge base: /lib -> usr/lib in the same layer (each layer resolves its own
+    // symlinks, as containerd's RootPath in each parent does).
+    std::os::unix::fs::symlink("usr/lib", far.join("lib")).unwrap();
+    // The nearer layer whites out /gone.
+    mountutil::fs::mknod(&near.join("gone"), mountutil::fs::NodeKind::Char, 0, 0, 0).unwrap();
+
+    let blob = RawTar::default()
+        .file("home/user/.profile", b"x")
+        .file("lib/tool", b"y")
+        .file("gone/again", b"z")
+        .file("new/dir/file", b"w")
+        .finish();
+    apply_layer(
+        Box::new(Cursor::new(blob)),
+        None,
+        &upper,
+        WhiteoutMode::Overlay { userxattr: false },
+        &[near.clone(), far.clone()],
+        &differ::LayerLimits::default(),
+    )
+    .unwrap();
+
+    let md = |p: &str| fs::symlink_metadata(upper.join(p)).unwrap();
+    let home_md = md("home/user");
+    assert_eq!(
+        (home_md.mode() & 0o7777, home_md.uid(), home_md.gid()),
+        (0o700, 1000, 1001),
+        "home/user"
+    );
+    assert_eq!(
+        xattr(&upper.join("home/user"), "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(xattr(&upper.join("home/user"), "trusted.private"), None);
+    // Its own time was copied, then creating .profile in it moved the mtime on (containerd
+    // does the same); the parent `home` kept the lower's time untouched by children other
+    // than `user`, so check the access time, which creating entries does not change.
+    assert_eq!((home_md.atime(), home_md.atime_nsec()), (1_500_000_000, 0));
+    assert!(
+        md("lib").is_dir(),
+        "lib is created as a directory in the upper layer"
+    );
+    assert_eq!(
+        md("lib").mode() & 0o7777,
+        0o750,
+        "lib takes usr/lib's mode via the symlink"
+    );
+    assert_eq!(
+        md("gone").mode() & 0o7777,
+        0o755,
+        "a whiteout stops the search"
+    );
+    assert_eq!(
+        md("new/dir").mode() & 0o7777,
+        0o755,
+        "defaults where no layer has it"
+    );
+    assert_eq!(fs::read(upper.join("lib/tool")).unwrap(), b"y");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_hard_link_header_applies_to_the_shared_inode() {
+    // As containerd's applier: after linking, the link entry's owner, mode and times go
+    // to the inode both names share; a link to a symlink changes no mode (and follows
+    // nothing).
+    assert_root("a_hard_link_header_applies_to_the_shared_inode");
+    let tmp = tempdir();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    std::fs::write(tmp.path().join("outside"), b"o").unwrap();
+    let mut link = Header::new(b'1', "l");
+    link.link = b"f".to_vec();
+    (link.mode, link.uid, link.gid, link.mtime) = (0o600, 7, 8, 1_000_000);
+    let mut to_symlink = Header::new(b'1', "s2");
+    to_symlink.link = b"s".to_vec();
+    (to_symlink.mode, to_symlink.uid, to_symlink.gid) = (0o600, 9, 9);
+    let blob = RawTar::default()
+        .file("f", b"data")
+        .entry(link, b"")
+        .symlink("s", "../outside")
+        .entry(to_symlink, b"")
+        .finish();
+    apply(&blob, &root, WhiteoutMode::Native).unwrap();
+    let (f, l) = (
+        fs::metadata(root.join("f")).unwrap(),
+        fs::metadata(root.join("l")).unwrap(),
+    );
+    assert_eq!(f.ino(), l.ino());
+    assert_eq!(
+        (f.mode() & 0o7777, f.uid(), f.gid(), f.mtime()),
+        (0o600, 7, 8, 1_000_000)
+    );
+    let s2 = fs::symlink_metadata(root.join("s2")).unwrap();
+    assert!(s2.is_symlink());
+    assert_eq!((s2.uid(), s2.gid()), (9, 9));
+    let outside = fs::metadata(tmp.path().join("outside")).unwrap();
+    assert_eq!(
+        outside.mode() & 0o777,
+        0o644,
+        "the symlink's target was not touched"
+    );
+}
+
+#[test]
+fn entries_through_dangling_symlinks_create_the_targets_inside_the_root() {
+    // As containerd (RootPath, then mkparent): the parent path is resolved through the
+    // symlinks that exist, even when their targets do not yet, and the targets are created,
+    // absolute and `..` targets staying inside the root.
+    let tmp = tempdir();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink("b/c", root.join("rel")).unwrap();
+    std::os::unix::fs::symlink("/x/d", root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../y", root.join("up")).unwrap();
+    let blob = RawTar::default()
+        .file("rel/f", b"1")
+        .file("abs/f", b"2")
+        .file("up/f", b"3")
+        .finish();
+    apply(&blob, &root, WhiteoutMode::Native).unwrap();
+    assert_eq!(fs::read(root.join("b/c/f")).unwrap(), b"1");
+    assert_eq!(fs::read(root.join("x/d/f")).unwrap(), b"2");
+    assert_eq!(fs::read(root.join("y/f")).unwrap(), b"3");
+    assert!(!tmp.path().join("y").exists(), "nothing outside the root");
+    for link in ["rel", "abs", "up"] {
+        assert!(fs::symlink_metadata(root.join(link)).unwrap().is_symlink());
+    }
+
+    // A loop is refused.
+    std::os::unix::fs::symlink("l2", root.join("l1")).unwrap();
+    std::os::unix::fs::symlink("l1", root.join("l2")).unwrap();
+    let blob = RawTar::default().file("l1/f", b"x").finish();
+    assert!(matches!(
+        apply(&blob, &root, WhiteoutMode::Native),
+        Err(differ::Error::InvalidLayer(_))
+    ));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn file_replacing_a_directory_in_a_setgid_directory_keeps_its_group() {
+    assert_root("file_replacing_a_directory_in_a_setgid_directory_keeps_its_group");
+    // The file's group (0, the applier's own) differs from the setgid parent's (1000), so
+    // it must be set explicitly, also when the file replaced a directory.
+    let tmp = tempdir();
+    let sg = tmp.path().join("sg");
+    fs::create_dir_all(sg.join("was-dir/child")).unwrap();
+    chown(&sg, Some(0), Some(1000)).unwrap();
+    fs::set_permissions(&sg, Permissions::from_mode(0o2775)).unwrap();
+    let mut h = Header::new(b'0', "sg/was-dir");
+    (h.uid, h.gid) = (0, 0);
+    let mut fresh = h.clone();
+    fresh.path = b"sg/fresh".to_vec();
+    let blob = RawTar::default()
+        .entry(fresh, b"f")
+        .entry(h, b"file")
+        .finish();
+    apply(&blob, tmp.path(), WhiteoutMode::Native).unwrap();
+    let gid = |p: &str| fs::symlink_metadata(tmp.path().join(p)).unwrap().gid();
+    assert_eq!(gid("sg/fresh"), 0, "new file");
+    assert!(tmp.path().join("sg/was-dir").is_file());
+    assert_eq!(gid("sg/was-dir"), 0, "file that replaced a directory");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn modes_owners_and_times_are_applied() {
+    assert_root("modes_owners_and_times_are_applied");
+    let tmp = tempdir();
+    let mut t = RawTar::default();
+    for (path, kind, mode, uid) in [
+        ("d", b'5', 0o1777, 1000),
+        ("d/suid", b'0', 0o4755, 0),
+        ("d/private", b'0', 0o600, 1000),
+        ("d/link", b'2', 0o777, 1000),
+    ] {
+        let mut h = Header::new(kind, path);
+        (h.mode, h.uid, h.gid, h.mtime) = (mode, uid, uid + 1, 1_000_000_000 + u64::from(uid));
+        if kind == b'2' {
+            h.link = b"suid".to_vec();
+        }
+        t.entry(h, b"");
+    }
+    apply(&t.finish(), tmp.path(), WhiteoutMode::Native).unwrap();
+    for (path, mode, uid) in [
+        ("d", 0o1777, 1000),
+        ("d/suid", 0o4755, 0),
+        ("d/private", 0o600, 1000),
+        ("d/link", 0o777, 1000),
+    ] {
+        let md = fs::symlink_metadata(tmp.path().join(path)).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "{path} mode");
+        assert_eq!((md.uid(), md.gid()), (uid, uid + 1), "{path} owner");
+        assert_eq!(md.mtime(), 1_000_000_000 + i64::from(uid), "{path} mtime");
+    }
+}
