@@ -62,9 +62,15 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
+        // A user's own base, so that a test run without root never meets root's files.
+        let uid = mountutil::at::effective_ids().0;
+        let default = match uid {
+            0 => PathBuf::from("/var/tmp/strata-tests"),
+            uid => std::env::temp_dir().join(format!("strata-tests-{uid}")),
+        };
         let base = std::env::var_os("STRATA_TEST_TMP")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/strata-tests"));
+            .unwrap_or(default);
         std::fs::create_dir_all(&base).unwrap();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{tag}-"))
