@@ -80,6 +80,16 @@ impl Instances {
             .ok_or_else(|| snapshotter::Error::NotFound(format!("snapshotter {name:?}")))
     }
 
+    /// The name an unpack that names no snapshotter uses: containerd's default,
+    /// `overlayfs`, if an instance answers to it (the only one answers to any name), else
+    /// the first instance's.
+    pub fn default_name(&self) -> &str {
+        match self.get("overlayfs") {
+            Ok(_) => "overlayfs",
+            Err(_) => self.by_name.keys().next().map_or("", String::as_str),
+        }
+    }
+
     /// Every instance.
     pub fn all(&self) -> impl Iterator<Item = &Instance> {
         self.by_name.values()

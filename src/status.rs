@@ -123,6 +123,8 @@ impl Classify for imagestore::transfer::TransferError {
         match self {
             T::Store(e) => e.code(),
             T::Registry(_) => Code::Unavailable,
+            T::NotFound(_) => Code::NotFound,
+            T::Unauthenticated(_) => Code::Unauthenticated,
             T::Invalid(_) => Code::FailedPrecondition,
             T::Io { .. } => Code::Internal,
         }

@@ -6,3 +6,6 @@ pub const NAMESPACE: &str = "containerd-namespace";
 pub const LEASE: &str = "containerd-lease";
 /// gRPC message size limit, as containerd's (16 MiB both ways).
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Strata's: a Transfer call made with it (by Strata's CLI) also hears Strata's own progress
+/// events (the unpack's layers), which containerd's clients are not sent.
+pub const TRANSFER_DETAIL: &str = "strata-transfer-detail";

@@ -13,6 +13,8 @@ pub mod resources;
 pub mod time;
 
 #[cfg(feature = "grpc")]
+pub mod any;
+#[cfg(feature = "grpc")]
 pub mod channel;
 
 #[cfg(feature = "grpc")]

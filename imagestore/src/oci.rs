@@ -47,7 +47,7 @@ impl Platform {
 
 /// An index (or Docker manifest list), and a single-platform manifest, as one document may
 /// be either.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Document {
     #[serde(default)]
@@ -155,20 +155,36 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// A docker image name as containerd normalizes it: `busybox:1` →
-/// `docker.io/library/busybox:1`, `user/app:2` → `docker.io/user/app:2`; names with a
-/// registry host (a dot, a port, or `localhost`) stay.
+/// A docker image name as containerd normalizes it (`ParseDockerRef`): `busybox:1` →
+/// `docker.io/library/busybox:1`, `user/app:2` → `docker.io/user/app:2`, a name without a
+/// tag or digest gets `:latest`; names with a registry host (a dot, a port, or `localhost`)
+/// keep it.
 pub fn docker_name(tag: &str) -> String {
     let first = tag.split('/').next().unwrap_or(tag);
     let has_host =
         tag.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_host {
+    let full = if has_host {
         tag.to_string()
     } else if tag.contains('/') {
         format!("docker.io/{tag}")
     } else {
         format!("docker.io/library/{tag}")
+    };
+    let last = full.rsplit('/').next().unwrap_or(&full);
+    if last.contains([':', '@']) {
+        full
+    } else {
+        format!("{full}:latest")
     }
+}
+
+/// A full docker image name as `docker` shows it (`FamiliarString`): `docker.io/library/`
+/// and `docker.io/` left out.
+pub fn familiar_name(name: &str) -> String {
+    name.strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name)
+        .to_string()
 }
 
 /// The sha256 digest of `bytes`, `sha256:<hex>`.
@@ -189,6 +205,11 @@ mod tests {
         assert_eq!(docker_name("127.0.0.1:5000/a/b:3"), "127.0.0.1:5000/a/b:3");
         assert_eq!(docker_name("localhost/x:1"), "localhost/x:1");
         assert_eq!(docker_name("quay.io/a/b:1"), "quay.io/a/b:1");
+        assert_eq!(docker_name("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(docker_name("127.0.0.1:5000/a"), "127.0.0.1:5000/a:latest");
+        assert_eq!(familiar_name("docker.io/library/busybox:1"), "busybox:1");
+        assert_eq!(familiar_name("docker.io/user/app:2"), "user/app:2");
+        assert_eq!(familiar_name("quay.io/a/b:1"), "quay.io/a/b:1");
     }
 
     #[test]

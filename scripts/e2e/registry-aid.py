@@ -18,6 +18,7 @@
         chaos:SEED     each blob response, at random (seeded): passed (70%), cut (15%), or
                        a byte flipped (15%); each manifest request fails with 503 one time
                        in five; once a file LOG.off exists, everything passes
+        slow:KBPS      passes everything, blob bodies at KBPS kilobytes a second
 
 Signing uses the openssl command, so nothing beyond the standard library is imported.
 """
@@ -93,6 +94,7 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
     lock = threading.Lock()
     log = open(log_path, "a", buffering=1)
     chaos = random.Random(int(mode.split(":", 1)[1])) if mode.startswith("chaos:") else None
+    rate = int(mode.split(":", 1)[1]) * 1000 if mode.startswith("slow:") else None
 
     def draw(n):
         with lock:
@@ -120,6 +122,8 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
                 fail_manifest = not calm() and draw(5) == 0
             else:
                 fail_manifest = mode == "cut" and self.first_time(("manifest", path))
+            if rate:
+                fail_manifest = False
             if is_manifest and fail_manifest:
                 log.write(f"{self.command} {path} {rng} 503\n")
                 self.send_response(503)
@@ -137,7 +141,7 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
             if chaos:
                 roll = draw(100) if damageable and not calm() else 0
                 fate = "cut" if 70 <= roll < 85 else "flip" if roll >= 85 else "pass"
-            elif damageable and self.first_time(("blob", path)):
+            elif damageable and not rate and self.first_time(("blob", path)):
                 fate = "cut" if mode == "cut" else "flip"
             else:
                 fate = "pass"
@@ -154,7 +158,15 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
             if cut:
                 self.send_header("Connection", "close")
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command != "HEAD" and rate and is_blob:
+                step = 64 * 1024
+                try:
+                    for at in range(0, len(data), step):
+                        self.wfile.write(data[at:at + step])
+                        time.sleep(step / rate)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # The client went away.
+            elif self.command != "HEAD":
                 self.wfile.write(data[: len(data) // 2] if cut else data)
             if cut:
                 self.wfile.flush()

@@ -5,13 +5,6 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-/// The registry part (`host[:port]`) of image reference `reference`.
-pub fn registry_of(reference: &str) -> Result<String, String> {
-    let image = oci_client::Reference::try_from(reference)
-        .map_err(|e| format!("reference {reference:?}: {e}"))?;
-    Ok(image.resolve_registry().to_string())
-}
-
 /// Credentials for `registry`: `user` if given (asking nothing: `user:password`), else the
 /// docker config file's (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else
 /// none (anonymous).

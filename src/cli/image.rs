@@ -1,17 +1,23 @@
-//! `strata image ...`: pulls, imports and unpacks run in the daemon (Strata's admin API);
-//! listing, inspecting and removing images through containerd's Images service.
+//! `strata image ...`: pulls, pushes, imports, exports and tags through containerd's
+//! Transfer service (run in the daemon, as for ctr 2.x: [`super::transfer`]); unpacking
+//! through Strata's admin API; listing, inspecting and removing images through containerd's
+//! Images service.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use clap::Subcommand;
 use tonic::transport::Channel;
 
+use super::transfer::{self, Session, image_store, platform};
 use super::{Error, StoreArgs, request};
 use api::admin::v1 as admin;
-use api::admin::v1::admin_client::AdminClient;
+use api::any;
 use api::services::images::v1 as ipb;
 use api::services::images::v1::images_client::ImagesClient;
+use api::types::transfer as t;
 
 /// `strata image ...`.
 #[derive(Debug, Subcommand)]
@@ -33,13 +39,52 @@ pub enum ImageCommand {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Import an OCI image layout (directory or tar archive) and unpack its images.
+    /// Push an image to a registry (the blobs it lacks, then the manifests).
+    Push {
+        /// Where to, `registry/repository[:tag]`.
+        reference: String,
+        /// The image to push (default: the reference).
+        local: Option<String>,
+        /// Platforms of an index to push (default: all).
+        #[arg(long)]
+        platform: Vec<String>,
+        /// Plain HTTP (always for registries on loopback).
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials, `user[:password]` (default: the docker config file's, or none).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Import an image archive (an OCI layout, as a directory or a tar; or a docker
+    /// archive; compressed or not) and unpack its images.
     Import {
         path: PathBuf,
         /// Only store the content.
         #[arg(long)]
         no_unpack: bool,
+        /// Names for images the archive names by tag only: `<base>:<tag>` (default:
+        /// `import-<date>`, as ctr).
+        #[arg(long)]
+        base_name: Option<String>,
     },
+    /// Export images as an OCI layout tar (with docker's manifest.json).
+    Export {
+        /// The archive to write (`-`: standard output).
+        out: PathBuf,
+        names: Vec<String>,
+        /// Platforms to include (default: this machine's).
+        #[arg(long)]
+        platform: Vec<String>,
+        /// Every platform.
+        #[arg(long)]
+        all_platforms: bool,
+    },
+    /// Name an image's target again.
+    Tag {
+        source: String,
+        targets: Vec<String>,
+    },
+
     /// List images.
     #[command(alias = "list")]
     Ls {
@@ -59,22 +104,6 @@ pub enum ImageCommand {
     Unpack { name: String },
 }
 
-/// Runs a pull in the daemon, showing its progress on `display`; its summary.
-async fn follow_pull(
-    channel: Channel,
-    pull: tonic::Request<admin::PullRequest>,
-    display: &super::progress::PullDisplay,
-) -> Result<admin::PullSummary, Error> {
-    let mut events = AdminClient::new(channel).pull(pull).await?.into_inner();
-    while let Some(event) = events.message().await? {
-        if let Some(summary) = event.summary {
-            return Ok(summary);
-        }
-        display.event(&event.item, &event.state, event.done, event.total);
-    }
-    Err("the daemon ended the pull without a summary".into())
-}
-
 /// Runs an image command.
 pub async fn image(
     channel: Channel,
@@ -87,46 +116,101 @@ pub async fn image(
     match command {
         ImageCommand::Pull {
             reference,
-            platform,
+            platform: wanted,
             plain_http,
             user,
             quiet,
         } => {
-            let registry = super::credentials::registry_of(&reference)?;
-            let (username, password) =
-                super::credentials::credentials(&registry, user.as_deref()).unwrap_or_default();
-            let pull = request(
-                ns,
-                admin::PullRequest {
-                    reference: reference.clone(),
-                    platform: platform.unwrap_or_default(),
-                    plain_http,
-                    username,
-                    password,
+            let platform = platform(&wanted.unwrap_or_else(imagestore::oci::this_platform))?;
+            let store = t::ImageStore {
+                name: reference.clone(),
+                platforms: vec![platform.clone()],
+                unpacks: vec![t::UnpackConfiguration {
+                    platform: Some(platform),
                     snapshotter: args.snapshotter.clone(),
-                },
-            );
+                }],
+                ..Default::default()
+            };
             let display = super::progress::PullDisplay::new(quiet);
-            let pulled = follow_pull(channel, pull, &display).await;
+            let tally = registry_transfer(
+                channel, args, &reference, plain_http, user, store, &display, true,
+            )
+            .await;
             display.finish();
-            let summary = pulled?;
+            let tally = tally?;
             writeln!(
                 out,
                 "pulled {reference}: {} blobs downloaded ({} bytes), {} present; {} layers applied, {} already present",
-                summary.downloaded,
-                summary.bytes,
-                summary.present,
-                summary.applied,
-                summary.existed
+                tally.downloaded.len(),
+                tally.downloaded.values().sum::<i64>(),
+                tally.present.len(),
+                tally.applied,
+                tally.existed
             )?;
         }
-        ImageCommand::Import { path, no_unpack } => {
-            let images = import(channel, args, &path, no_unpack).await?;
-            for image in images {
-                writeln!(out, "imported {}", image.name)?;
-                if !no_unpack {
-                    report_unpack(&image, out)?;
-                }
+        ImageCommand::Push {
+            reference,
+            local,
+            platform: wanted,
+            plain_http,
+            user,
+        } => {
+            let mut store = image_store(local.as_deref().unwrap_or(&reference), Default::default());
+            store.platforms = wanted
+                .iter()
+                .map(|p| platform(p))
+                .collect::<Result<_, _>>()?;
+            let display = super::progress::PullDisplay::new(false);
+            let pushed = registry_transfer(
+                channel, args, &reference, plain_http, user, store, &display, false,
+            )
+            .await;
+            display.finish();
+            let tally = pushed?;
+            writeln!(
+                out,
+                "pushed {reference}: {} blobs uploaded, {} present",
+                tally.downloaded.len(),
+                tally.present.len()
+            )?;
+        }
+        ImageCommand::Import {
+            path,
+            no_unpack,
+            base_name,
+        } => {
+            let tally = import(channel, args, &path, no_unpack, base_name).await?;
+            for name in &tally.saved {
+                writeln!(out, "imported {name}")?;
+            }
+            if !no_unpack {
+                writeln!(
+                    out,
+                    "unpacked {}: {} layers applied, {} already present",
+                    tally.saved.join(", "),
+                    tally.applied,
+                    tally.existed
+                )?;
+            }
+        }
+        ImageCommand::Export {
+            out: path,
+            names,
+            platform: wanted,
+            all_platforms,
+        } => {
+            let written = export(channel, args, &path, names, wanted, all_platforms).await?;
+            if path.as_os_str() != "-" {
+                writeln!(out, "exported {} ({written} bytes)", path.display())?;
+            }
+        }
+        ImageCommand::Tag { source, targets } => {
+            for target in targets {
+                let session = Session::begin(channel.clone(), &args.namespace).await?;
+                let from = any::pack(&image_store(&source, Default::default()));
+                let to = any::pack(&image_store(&target, Default::default()));
+                session.transfer(from, to, None).await?;
+                writeln!(out, "{target}")?;
             }
         }
         ImageCommand::Ls { filters } => {
@@ -193,35 +277,201 @@ fn report_unpack(image: &admin::Unpacked, out: &mut impl Write) -> Result<(), Er
     Ok(())
 }
 
-/// Streams the archive (or the directory, packed as one) at `path` to the daemon, which
-/// imports it (and unpacks its images unless `no_unpack`); the images.
+/// What a transfer's progress said: blobs transferred (with their sizes) and present,
+/// images saved, layers applied and found.
+#[derive(Default)]
+struct Tally {
+    downloaded: BTreeMap<String, i64>,
+    present: BTreeMap<String, i64>,
+    saved: Vec<String>,
+    applied: usize,
+    existed: usize,
+}
+
+impl Tally {
+    fn note(&mut self, p: &t::Progress) {
+        match p.event.as_str() {
+            "complete" if p.desc.is_some() => {
+                self.downloaded.insert(p.name.clone(), p.total);
+            }
+            "already exists" => {
+                self.present.insert(p.name.clone(), p.total);
+            }
+            "saved" => self.saved.push(p.name.clone()),
+            "applied" => self.applied += 1,
+            "exists" => self.existed += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Runs a transfer between the daemon's store and the registry of `reference` (a pull
+/// into `store`, or a push from it), showing its progress; what it said.
+#[allow(clippy::too_many_arguments)]
+async fn registry_transfer(
+    channel: Channel,
+    args: &StoreArgs,
+    reference: &str,
+    plain_http: bool,
+    user: Option<String>,
+    store: t::ImageStore,
+    display: &super::progress::PullDisplay,
+    pull: bool,
+) -> Result<Tally, Error> {
+    let session = Session::begin(channel, &args.namespace).await?;
+    let progress = session.open("progress").await?;
+    let creds = session.open("creds").await?;
+    let registry = t::OciRegistry {
+        reference: reference.to_string(),
+        resolver: Some(t::RegistryResolver {
+            auth_stream: creds.id.clone(),
+            default_scheme: if plain_http {
+                "http".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        }),
+    };
+    transfer::answer_credentials(creds, move |host| {
+        super::credentials::credentials(host, user.as_deref())
+    });
+    let progress_id = progress.id.clone();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let following = {
+        let (tally, display) = (Arc::clone(&tally), display.clone());
+        transfer::follow_progress(progress, move |p| {
+            display.event(&p);
+            tally.lock().expect("tally").note(&p);
+        })
+    };
+    let (source, destination) = match pull {
+        true => (any::pack(&registry), any::pack(&store)),
+        false => (any::pack(&store), any::pack(&registry)),
+    };
+    let done = session
+        .transfer(source, destination, Some(progress_id))
+        .await;
+    transfer::progress_done(following).await;
+    done?;
+    Ok(std::mem::take(&mut *tally.lock().expect("tally")))
+}
+
+/// Streams the archive (or the directory, packed as one as it goes) at `path` to the
+/// daemon, which imports it (and unpacks its images for this machine unless `no_unpack`);
+/// what its progress said.
 async fn import(
     channel: Channel,
     args: &StoreArgs,
     path: &std::path::Path,
     no_unpack: bool,
-) -> Result<Vec<admin::Unpacked>, Error> {
-    let archive = if path.is_dir() {
-        let mut packed = tar::Builder::new(Vec::new());
-        packed.append_dir_all(".", path)?;
-        std::io::Cursor::new(packed.into_inner()?).into_inner()
+    base_name: Option<String>,
+) -> Result<Tally, Error> {
+    let reader: Box<dyn std::io::Read + Send> = if path.is_dir() {
+        let (reader, writer) = std::io::pipe()?;
+        let dir = path.to_path_buf();
+        std::thread::spawn(move || {
+            let mut packed = tar::Builder::new(writer);
+            let _ = packed
+                .append_dir_all(".", &dir)
+                .and_then(|()| packed.finish());
+        });
+        Box::new(reader)
     } else {
-        std::fs::read(path)?
+        Box::new(std::fs::File::open(path)?)
     };
-    const CHUNK: usize = 1 << 20;
-    let mut requests = vec![admin::ImportRequest {
-        snapshotter: args.snapshotter.clone(),
-        no_unpack,
-        data: Vec::new(),
-    }];
-    requests.extend(archive.chunks(CHUNK).map(|c| admin::ImportRequest {
-        data: c.to_vec(),
+    let here = platform(&imagestore::oci::this_platform())?;
+    let (prefix, overwrite) = match base_name {
+        Some(base) => (base, false),
+        None => (
+            format!(
+                "import-{}",
+                &api::time::rfc3339_utc(std::time::SystemTime::now())[..10]
+            ),
+            true,
+        ),
+    };
+    let store = t::ImageStore {
+        platforms: vec![here.clone()],
+        unpacks: if no_unpack {
+            Vec::new()
+        } else {
+            vec![t::UnpackConfiguration {
+                platform: Some(here),
+                snapshotter: args.snapshotter.clone(),
+            }]
+        },
+        extra_references: vec![t::ImageReference {
+            name: prefix,
+            is_prefix: true,
+            allow_overwrite: overwrite,
+            ..Default::default()
+        }],
         ..Default::default()
-    }));
-    let answer = AdminClient::new(channel)
-        .max_encoding_message_size(api::headers::MAX_MESSAGE_SIZE)
-        .import(request(&args.namespace, tokio_stream::iter(requests)))
-        .await?
-        .into_inner();
-    Ok(answer.images)
+    };
+    let session = Session::begin(channel, &args.namespace).await?;
+    let progress = session.open("progress").await?;
+    let bytes = session.open("import").await?;
+    let source = t::ImageImportStream {
+        stream: bytes.id.clone(),
+        ..Default::default()
+    };
+    let sending = transfer::send_bytes(bytes, reader);
+    let progress_id = progress.id.clone();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let following = {
+        let tally = Arc::clone(&tally);
+        transfer::follow_progress(progress, move |p| tally.lock().expect("tally").note(&p))
+    };
+    let done = session
+        .transfer(any::pack(&source), any::pack(&store), Some(progress_id))
+        .await;
+    transfer::progress_done(following).await;
+    let sent = sending.await?;
+    done?;
+    sent?;
+    Ok(std::mem::take(&mut *tally.lock().expect("tally")))
+}
+
+/// Has the daemon export images `names` into `path` (`-`: standard output); the bytes
+/// written.
+async fn export(
+    channel: Channel,
+    args: &StoreArgs,
+    path: &std::path::Path,
+    names: Vec<String>,
+    platforms: Vec<String>,
+    all_platforms: bool,
+) -> Result<u64, Error> {
+    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(path)?))
+    };
+    let mut store = image_store("", Default::default());
+    store.extra_references = names
+        .into_iter()
+        .map(|name| t::ImageReference {
+            name,
+            ..Default::default()
+        })
+        .collect();
+    let session = Session::begin(channel, &args.namespace).await?;
+    let bytes = session.open("export").await?;
+    let destination = t::ImageExportStream {
+        stream: bytes.id.clone(),
+        platforms: platforms
+            .iter()
+            .map(|p| platform(p))
+            .collect::<Result<_, _>>()?,
+        all_platforms,
+        ..Default::default()
+    };
+    let receiving = transfer::receive_bytes(bytes, out);
+    let done = session
+        .transfer(any::pack(&store), any::pack(&destination), None)
+        .await;
+    let received = receiving.await?;
+    done?;
+    Ok(received?)
 }

@@ -9,6 +9,7 @@ pub mod layer;
 pub mod progress;
 pub mod rootfs;
 pub mod snapshot;
+pub mod transfer;
 
 use tonic::transport::Channel;
 

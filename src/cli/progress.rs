@@ -1,15 +1,21 @@
-//! What a pull shows while it runs: on a terminal, a row per blob (state, bytes, rate and
-//! time left while it downloads) and a total line, as ctr and nerdctl show them; otherwise
-//! a plain line per change of state; nothing with `--quiet`.
+//! What a pull or push shows while it runs, from the Transfer service's progress events: on
+//! a terminal, a row per blob (state, bytes, rate and time left while it moves; a layer's
+//! unpack on its row) and a total line, as ctr and nerdctl show them; otherwise a plain line
+//! per change of state; nothing with `--quiet`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A pull's display.
-pub enum PullDisplay {
+use api::types::transfer::Progress;
+
+/// A transfer's display (shared by the task that follows the progress).
+#[derive(Clone)]
+pub struct PullDisplay(Arc<Display>);
+
+enum Display {
     Quiet,
     /// Plain lines on stderr, one per blob and state.
     Lines(Mutex<HashMap<String, String>>),
@@ -23,19 +29,21 @@ pub struct Bars {
     total: ProgressBar,
 }
 
-fn short(what: &str) -> &str {
-    let hex = what.strip_prefix("sha256:").unwrap_or(what);
-    &hex[..hex.len().min(12)]
+/// A blob's row: `<kind> <12 hex digits>`.
+fn short(row: &str) -> String {
+    let (kind, digest) = row.split_once('-').unwrap_or(("", row));
+    let hex = digest.rsplit(':').next().unwrap_or(digest);
+    format!("{kind} {}", &hex[..hex.len().min(12)])
 }
 
 impl PullDisplay {
     /// Bars if stderr is a terminal, lines if not, nothing if `quiet`.
     pub fn new(quiet: bool) -> Self {
         if quiet {
-            return PullDisplay::Quiet;
+            return PullDisplay(Arc::new(Display::Quiet));
         }
         if !std::io::stderr().is_terminal() {
-            return PullDisplay::Lines(Mutex::default());
+            return PullDisplay(Arc::new(Display::Lines(Mutex::default())));
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let total = multi.add(ProgressBar::new(0));
@@ -45,31 +53,44 @@ impl PullDisplay {
             )
             .expect("template"),
         );
-        PullDisplay::Bars(Bars {
+        PullDisplay(Arc::new(Display::Bars(Bars {
             multi,
             rows: Mutex::default(),
             total,
-        })
+        })))
     }
 
-    /// One event of the pull: blob `what` is in `state`, `done` of `total` bytes.
-    pub fn event(&self, what: &str, state: &str, done: u64, total: u64) {
-        match self {
-            PullDisplay::Quiet => {}
-            PullDisplay::Lines(last) => {
+    /// One progress event. A status line (no name) and an image's show nothing; a layer's
+    /// unpack shows on the layer's row.
+    pub fn event(&self, p: &Progress) {
+        if p.name.is_empty() || p.desc.is_none() && !p.name.starts_with("unpack-") {
+            return;
+        }
+        let row = match p.name.strip_prefix("unpack-") {
+            Some(digest) => format!("layer-{digest}"),
+            None => p.name.clone(),
+        };
+        let (state, done, total) = (
+            p.event.as_str(),
+            p.progress.max(0) as u64,
+            p.total.max(0) as u64,
+        );
+        match &*self.0 {
+            Display::Quiet => {}
+            Display::Lines(last) => {
                 let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                if last.get(what).map(String::as_str) != Some(state) {
-                    last.insert(what.to_string(), state.to_string());
-                    eprintln!("{what}\t{state}");
+                if last.get(&row).map(String::as_str) != Some(state) {
+                    last.insert(row.clone(), state.to_string());
+                    eprintln!("{row}\t{state}");
                 }
             }
-            PullDisplay::Bars(bars) => bars.event(what, state, done, total),
+            Display::Bars(bars) => bars.event(&row, state, done, total),
         }
     }
 
     /// Clears the bars (the summary line follows).
     pub fn finish(&self) {
-        if let PullDisplay::Bars(bars) = self {
+        if let Display::Bars(bars) = &*self.0 {
             for bar in bars.rows.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 bar.finish();
             }
@@ -85,14 +106,15 @@ impl Bars {
             let bar = self.multi.insert_before(&self.total, ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:14} {msg:12} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>4}",
+                    "{prefix:19} {msg:12} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>4}",
                 )
                 .expect("template")
                 .progress_chars("=> "),
             );
-            bar.set_prefix(short(what).to_string());
-            // A download is announced waiting (queued) or downloading: counted once.
-            if state == "waiting" || state == "downloading" {
+            bar.set_prefix(short(what));
+            // A transfer is announced waiting (queued), downloading or uploading: counted
+            // once.
+            if matches!(state, "waiting" | "downloading" | "uploading") {
                 self.total.inc_length(total);
             }
             bar
@@ -100,7 +122,7 @@ impl Bars {
         if total > 0 {
             bar.set_length(total);
         }
-        if state == "downloading" {
+        if matches!(state, "downloading" | "uploading") {
             let before = bar.position();
             self.total.inc(done.saturating_sub(before));
         }

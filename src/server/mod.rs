@@ -11,6 +11,8 @@ mod introspection;
 mod leases;
 mod namespaces;
 mod snapshots;
+mod streaming;
+mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use api::services::introspection::v1::introspection_server::IntrospectionServer;
 use api::services::leases::v1::leases_server::LeasesServer;
 use api::services::namespaces::v1::namespaces_server::NamespacesServer;
 use api::services::snapshots::v1::snapshots_server::SnapshotsServer;
+use api::services::streaming::v1::streaming_server::StreamingServer;
+use api::services::transfer::v1::transfer_server::TransferServer;
 use api::services::version::v1::version_server::VersionServer;
 use imagestore::{ImageStore, StoreSnapshots};
 
@@ -96,7 +100,7 @@ pub struct Services {
     pub collector: Arc<Collector>,
     /// The daemon's root (the server's identity is kept there).
     pub root: PathBuf,
-    /// Registries pulled from over plain HTTP.
+    /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
 }
 
@@ -118,6 +122,7 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
     );
     let applier = Arc::new(crate::applier::DaemonApplier(Arc::clone(&s.layers)));
     let (store, collector) = (&s.store, &s.collector);
+    let streams = Arc::new(streaming::Streams::default());
     let routes = Routes::new(limited!(
         NamespacesServer,
         namespaces::NamespacesService::new(Arc::clone(store), Arc::clone(&s.instances))
@@ -147,14 +152,24 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
         leases::LeasesService::new(Arc::clone(store), Arc::clone(collector))
     ))
     .add_service(limited!(
-        AdminServer,
-        admin::AdminService::new(
-            Arc::clone(collector),
-            snapshots,
-            applier,
+        TransferServer,
+        transfer::TransferService::new(
+            Arc::clone(store),
+            snapshots.clone(),
+            Arc::clone(&s.instances) as Arc<dyn imagestore::Snapshotters>,
+            Arc::clone(&applier) as Arc<dyn imagestore::transfer::Applier>,
+            Arc::clone(&streams),
             s.insecure_registries,
-            s.root.join("tmp"),
+            s.instances.default_name().to_string(),
         )
+    ))
+    .add_service(limited!(
+        StreamingServer,
+        streaming::StreamingService::new(streams)
+    ))
+    .add_service(limited!(
+        AdminServer,
+        admin::AdminService::new(Arc::clone(collector), snapshots, applier)
     ))
     .add_service(limited!(IntrospectionServer, introspection))
     .add_service(limited!(VersionServer, introspection::VersionService));

@@ -19,6 +19,7 @@ pub mod env;
 mod layer_creation;
 mod quota;
 pub mod registry;
+mod transfer;
 mod userns;
 
 use std::path::Path;

@@ -8,9 +8,14 @@
 //!
 //! Store calls block (they wait for the disk): each runs on the blocking pool.
 
-mod import;
-mod layout;
+mod download;
+pub mod events;
+pub mod export;
+pub mod import;
+pub mod naming;
 pub mod pull;
+pub mod push;
+pub mod registry;
 pub mod unpack;
 
 use std::collections::HashMap;
@@ -20,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use snapshotter::Mount;
 
+use self::naming::ImageDestination;
 use crate::oci::{self, Descriptor};
 use crate::{Caller, ImageStore, StoreError, StoreSnapshots};
 
@@ -32,6 +38,12 @@ pub enum TransferError {
     /// The registry refused, failed, or could not be reached.
     #[error("{0}")]
     Registry(String),
+    /// The registry has no such image (or blob).
+    #[error("{0}: not found")]
+    NotFound(String),
+    /// The registry wanted credentials the client did not have, or refused them.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The image's JSON is not what OCI says, or it lacks what was asked.
     #[error("{0}")]
     Invalid(String),
@@ -59,8 +71,10 @@ pub trait Applier: Send + Sync {
     ) -> std::result::Result<(), StoreError>;
 }
 
-/// Lease label naming the process a transfer's lease is held for: `<boot id>/<pid>`.
-const HOLDER_LABEL: &str = "strata.io/client";
+/// Lease label naming the process a lease is held for, `<boot id>/<pid>` ([`this_process`]):
+/// a transfer's own, and the lease Strata's CLI makes for a transfer. A transfer beginning
+/// deletes those of processes that are gone.
+pub const HOLDER_LABEL: &str = "strata.io/client";
 /// How long a transfer's lease lives if nobody releases it (containerd's clients: a day).
 const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
@@ -142,8 +156,9 @@ impl Transfer {
     }
 
     /// Deletes the leases of transfers whose process died holding them (a daemon killed
-    /// during a pull): what only they held (a half-written blob, a half-applied layer) is
-    /// then collected, instead of lingering until the leases expire a day later.
+    /// during a pull, a CLI killed during its transfer): what only they held (a half-written
+    /// blob, a half-applied layer) is then collected, instead of lingering until the leases
+    /// expire a day later.
     async fn drop_stale_leases(&self) -> Result<()> {
         let ns = self.namespace.clone();
         self.blocking(move |s| {
@@ -276,24 +291,49 @@ impl Transfer {
         Ok(())
     }
 
-    /// Creates (or points again) image `name` at `target`.
-    pub async fn put_image(&self, name: &str, target: &Descriptor) -> Result<()> {
-        let image = api::services::images::v1::Image {
-            name: name.to_string(),
-            target: Some(target.to_pb()),
-            ..Default::default()
-        };
-        let (ns, lease) = (self.namespace.clone(), self.lease.clone());
-        self.blocking(
-            move |s| match s.image_create(&ns, image.clone(), lease.as_deref()) {
-                Err(StoreError::AlreadyExists(_)) => {
-                    s.image_update(&ns, image, &[], lease.as_deref())
-                }
-                other => other,
-            },
-        )
-        .await?;
-        Ok(())
+    /// Records image `target` in `destination` under every name it gets there
+    /// ([`naming::names`]), each created or pointed again at it with the destination's labels
+    /// (replacing the record's, as containerd's transfers do); the names. NotFound if it
+    /// gets none.
+    pub async fn store_image(
+        &self,
+        target: &Descriptor,
+        destination: &ImageDestination,
+    ) -> Result<Vec<String>> {
+        let names = naming::names(target, destination);
+        if names.is_empty() {
+            return Err(TransferError::Store(StoreError::NotFound(
+                "no image name found".into(),
+            )));
+        }
+        let mut target = target.clone();
+        target.annotations.remove(naming::REF_SOURCE);
+        for name in &names {
+            let image = api::services::images::v1::Image {
+                name: name.clone(),
+                target: Some(target.to_pb()),
+                labels: destination.labels.clone(),
+                ..Default::default()
+            };
+            let (ns, lease) = (self.namespace.clone(), self.lease.clone());
+            self.blocking(
+                move |s| match s.image_create(&ns, image.clone(), lease.as_deref()) {
+                    Err(StoreError::AlreadyExists(_)) => {
+                        s.image_update(&ns, image, &[], lease.as_deref())
+                    }
+                    other => other,
+                },
+            )
+            .await?;
+        }
+        Ok(names)
+    }
+
+    /// Records image `src`'s target in `destination` (with the destination's labels, not
+    /// `src`'s), as containerd's tag transfer does; the names.
+    pub async fn tag(&self, src: &str, destination: &ImageDestination) -> Result<Vec<String>> {
+        let target = self.image_target(src).await?;
+        self.store_image(&target, destination).await
     }
 
     /// The target of image `name`.
@@ -363,7 +403,7 @@ fn lock_wait(attempt: u32) -> Duration {
 }
 
 /// This process, as [`HOLDER_LABEL`] names it.
-fn this_process() -> String {
+pub fn this_process() -> String {
     format!("{}/{}", boot_id(), std::process::id())
 }
 

@@ -76,13 +76,19 @@ impl Arrivals {
         Ok(())
     }
 
-    /// Waits for every blob still expected.
+    /// Waits for every blob still expected, all of them even if one fails (a failed pull
+    /// has then stored every blob it could, and its retry fetches only what failed); the
+    /// first failure.
     pub async fn wait_all(&mut self) -> Result<()> {
         let digests: Vec<String> = self.pending.keys().cloned().collect();
+        let mut first = Ok(());
         for d in digests {
-            self.wait(&d).await?;
+            let waited = self.wait(&d).await;
+            if first.is_ok() {
+                first = waited;
+            }
         }
-        Ok(())
+        first
     }
 }
 

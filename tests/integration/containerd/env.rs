@@ -335,6 +335,32 @@ impl Env {
         .stdout
     }
 
+    /// A `ctr` call on Strata's own socket that must fail; its stderr.
+    pub fn ctr_strata_err(&self, args: &[&str]) -> String {
+        let out = run(
+            self.ctr_command_at(&self.strata.socket).args(args),
+            self.tmp.path(),
+        );
+        assert!(
+            !out.status.success(),
+            "ctr {args:?} succeeded:\n{}",
+            out.stdout
+        );
+        out.stderr
+    }
+
+    /// `ctr` on Strata's own socket, started with its output (both streams) to `out`.
+    pub fn ctr_strata_spawn(&self, args: &[&str], out: &Path) -> Child {
+        let file = File::create(out).expect("output file");
+        self.ctr_command_at(&self.strata.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("output handle"))
+            .stderr(file)
+            .spawn()
+            .expect("start ctr")
+    }
+
     /// containerd's socket.
     pub fn socket(&self) -> &Path {
         &self.socket
