@@ -190,7 +190,7 @@ impl Blobs {
     }
 
     /// Whether a writer holds `reference`'s lock.
-    fn is_locked(&self, reference: &str) -> bool {
+    pub(crate) fn is_locked(&self, reference: &str) -> bool {
         self.locked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

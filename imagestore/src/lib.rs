@@ -11,6 +11,7 @@ mod containers;
 mod content;
 mod gc;
 mod images;
+mod ingests;
 mod labels;
 mod leases;
 mod live;
@@ -27,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use blobs::{Blobs, Ingest, IngestStatus};
-pub use content::ContentWriter;
 pub use gc::Report;
+pub use ingests::ContentWriter;
 pub use labels::validate_identifier;
 pub use live::LiveReader;
 pub use snapshots::{Caller, Snapshotters, StoreSnapshots};
@@ -89,6 +90,10 @@ pub enum StoreError {
 pub struct ImageStore {
     meta: Meta,
     blobs: Blobs,
+    /// Snapshotters a snapshot was removed from through the store since the last
+    /// collection: their directories are reclaimed (Cleanup) by the next one, as
+    /// containerd's collector cleans up the snapshotters it marked dirty.
+    dirty: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ImageStore {
@@ -97,6 +102,7 @@ impl ImageStore {
         Ok(ImageStore {
             meta: Meta::open(&root.join("images"))?,
             blobs: Blobs::open(&root.join("content"))?,
+            dirty: Default::default(),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::content::{IngestRecord, tree_ref};
+use super::ingests::{IngestRecord, tree_ref};
 use super::meta::{Kind, Read, key};
 use super::{ImageStore, Result, StoreError, labels};
 use api::services::leases::v1::Lease;

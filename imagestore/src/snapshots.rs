@@ -133,6 +133,7 @@ impl StoreSnapshots {
     pub fn remove(&self, snapshotter: &str, key: &str) -> Result<()> {
         let (name, s) = self.snapshotter(snapshotter)?;
         s.remove(key)?;
+        self.store.mark_dirty(&name);
         if self.store.owns_snapshot(&name, key)? {
             self.store.snapshot_released(&name, key)?;
         }

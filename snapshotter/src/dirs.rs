@@ -6,6 +6,11 @@
 //! its index entry; removal deletes the index entry first. A crash therefore leaves at worst
 //! an orphan directory, which [`Snapshotter::cleanup`] (also run at open) renames to
 //! `rm-<name>` and deletes.
+//!
+//! One file, past the usual size, because it is one idea: every operation follows the same
+//! ordering (a directory built aside, renamed in the transaction that records it; records
+//! removed before directories) through the same few helpers, and the invariant is read
+//! whole here rather than across files.
 
 use std::collections::HashSet;
 use std::fs;

@@ -132,10 +132,12 @@ pub async fn image(
                 ..Default::default()
             };
             let display = super::progress::PullDisplay::new(quiet);
-            let tally = registry_transfer(
-                channel, args, &reference, plain_http, user, store, &display, true,
-            )
-            .await;
+            let remote = Remote {
+                reference: &reference,
+                plain_http,
+                user,
+            };
+            let tally = registry_transfer(channel, args, remote, store, &display, Way::Pull).await;
             display.finish();
             let tally = tally?;
             writeln!(
@@ -161,10 +163,12 @@ pub async fn image(
                 .map(|p| platform(p))
                 .collect::<Result<_, _>>()?;
             let display = super::progress::PullDisplay::new(false);
-            let pushed = registry_transfer(
-                channel, args, &reference, plain_http, user, store, &display, false,
-            )
-            .await;
+            let remote = Remote {
+                reference: &reference,
+                plain_http,
+                user,
+            };
+            let pushed = registry_transfer(channel, args, remote, store, &display, Way::Push).await;
             display.finish();
             let tally = pushed?;
             writeln!(
@@ -305,27 +309,38 @@ impl Tally {
     }
 }
 
-/// Runs a transfer between the daemon's store and the registry of `reference` (a pull
-/// into `store`, or a push from it), showing its progress; what it said.
-#[allow(clippy::too_many_arguments)]
+/// A registry reference and how to reach it.
+struct Remote<'a> {
+    reference: &'a str,
+    plain_http: bool,
+    /// `user[:password]`, else the docker config file's credentials, else none.
+    user: Option<String>,
+}
+
+/// Which way an image goes between the registry and the store.
+enum Way {
+    Pull,
+    Push,
+}
+
+/// Runs a transfer between the daemon's image store (`store`) and `remote`, showing its
+/// progress; what it said.
 async fn registry_transfer(
     channel: Channel,
     args: &StoreArgs,
-    reference: &str,
-    plain_http: bool,
-    user: Option<String>,
+    remote: Remote<'_>,
     store: t::ImageStore,
     display: &super::progress::PullDisplay,
-    pull: bool,
+    way: Way,
 ) -> Result<Tally, Error> {
     let session = Session::begin(channel, &args.namespace).await?;
     let progress = session.open("progress").await?;
     let creds = session.open("creds").await?;
     let registry = t::OciRegistry {
-        reference: reference.to_string(),
+        reference: remote.reference.to_string(),
         resolver: Some(t::RegistryResolver {
             auth_stream: creds.id.clone(),
-            default_scheme: if plain_http {
+            default_scheme: if remote.plain_http {
                 "http".into()
             } else {
                 String::new()
@@ -333,6 +348,7 @@ async fn registry_transfer(
             ..Default::default()
         }),
     };
+    let user = remote.user;
     transfer::answer_credentials(creds, move |host| {
         super::credentials::credentials(host, user.as_deref())
     });
@@ -345,9 +361,9 @@ async fn registry_transfer(
             tally.lock().expect("tally").note(&p);
         })
     };
-    let (source, destination) = match pull {
-        true => (any::pack(&registry), any::pack(&store)),
-        false => (any::pack(&store), any::pack(&registry)),
+    let (source, destination) = match way {
+        Way::Pull => (any::pack(&registry), any::pack(&store)),
+        Way::Push => (any::pack(&store), any::pack(&registry)),
     };
     let done = session
         .transfer(source, destination, Some(progress_id))

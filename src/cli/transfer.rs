@@ -63,7 +63,7 @@ impl Session {
         // transfer deletes it.
         let holder = imagestore::transfer::this_process();
         let create = lpb::CreateRequest {
-            id: format!("{id}-{}", nanos()),
+            id: format!("{id}-{}", imagestore::transfer::unique_suffix()),
             labels: [
                 (api::labels::GC_EXPIRE.to_string(), expires),
                 (imagestore::transfer::HOLDER_LABEL.to_string(), holder),
@@ -94,7 +94,7 @@ impl Session {
 
     /// Opens a stream named `<prefix>-<unique>` and waits for the daemon's acknowledgement.
     pub async fn open(&self, prefix: &str) -> Result<SideStream, Error> {
-        let id = format!("{prefix}-{}", nanos());
+        let id = format!("{prefix}-{}", imagestore::transfer::unique_suffix());
         let (outbound, rx) = mpsc::channel(16);
         outbound
             .send(any::pack(&StreamInit { id: id.clone() }))
@@ -147,17 +147,6 @@ impl Session {
         answer?;
         Ok(())
     }
-}
-
-/// A suffix no other stream of this process has.
-fn nanos() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{now}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Hands each progress event of `stream` to `each` until the daemon ends it; the task

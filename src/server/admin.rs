@@ -10,46 +10,22 @@ use super::namespace_of;
 use crate::collector::Collector;
 use crate::status::{join_error, to_status};
 use api::admin::v1 as admin;
+use imagestore::Report;
 use imagestore::transfer::unpack::Unpacked;
-use imagestore::transfer::{Applier, Transfer};
-use imagestore::{ImageStore, Report, StoreSnapshots};
+use imagestore::transfer::{Transfer, Transfers};
 
 /// The Admin service.
 pub struct AdminService {
     collector: Arc<Collector>,
-    store: Arc<ImageStore>,
-    snapshots: StoreSnapshots,
-    applier: Arc<dyn Applier>,
+    transfers: Transfers,
 }
 
 impl AdminService {
-    pub fn new(
-        collector: Arc<Collector>,
-        snapshots: StoreSnapshots,
-        applier: Arc<dyn Applier>,
-    ) -> Self {
+    pub fn new(collector: Arc<Collector>, transfers: Transfers) -> Self {
         AdminService {
-            store: Arc::clone(collector.store()),
             collector,
-            snapshots,
-            applier,
+            transfers,
         }
-    }
-
-    /// A transfer in `namespace` into `snapshotter`.
-    async fn begin(&self, namespace: &str, snapshotter: &str) -> Result<Transfer, Status> {
-        if snapshotter.is_empty() {
-            return Err(Status::invalid_argument("a transfer needs a snapshotter"));
-        }
-        Transfer::begin(
-            Arc::clone(&self.store),
-            self.snapshots.clone(),
-            Arc::clone(&self.applier),
-            namespace,
-            snapshotter,
-        )
-        .await
-        .map_err(to_status)
     }
 }
 
@@ -129,7 +105,14 @@ impl admin::admin_server::Admin for AdminService {
     ) -> Result<Response<admin::UnpackResponse>, Status> {
         let namespace = namespace_of(&request)?;
         let req = request.into_inner();
-        let transfer = self.begin(&namespace, &req.snapshotter).await?;
+        if req.snapshotter.is_empty() {
+            return Err(Status::invalid_argument("an unpack needs a snapshotter"));
+        }
+        let transfer = self
+            .transfers
+            .begin(&namespace, &req.snapshotter)
+            .await
+            .map_err(to_status)?;
         let image = unpack(&transfer, &req.name).await?;
         transfer.finish().await.map_err(to_status)?;
         Ok(Response::new(admin::UnpackResponse { image: Some(image) }))

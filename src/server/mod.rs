@@ -120,9 +120,15 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
         Arc::clone(&s.store),
         Arc::clone(&s.instances) as Arc<dyn imagestore::Snapshotters>,
     );
-    let applier = Arc::new(crate::applier::DaemonApplier(Arc::clone(&s.layers)));
+    let applier: Arc<dyn imagestore::transfer::Applier> =
+        Arc::new(crate::applier::DaemonApplier(Arc::clone(&s.layers)));
     let (store, collector) = (&s.store, &s.collector);
     let streams = Arc::new(streaming::Streams::default());
+    let transfers = imagestore::transfer::Transfers {
+        store: Arc::clone(store),
+        snapshots: snapshots.clone(),
+        applier,
+    };
     let routes = Routes::new(limited!(
         NamespacesServer,
         namespaces::NamespacesService::new(Arc::clone(store), Arc::clone(&s.instances))
@@ -154,10 +160,8 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
     .add_service(limited!(
         TransferServer,
         transfer::TransferService::new(
-            Arc::clone(store),
-            snapshots.clone(),
+            transfers.clone(),
             Arc::clone(&s.instances) as Arc<dyn imagestore::Snapshotters>,
-            Arc::clone(&applier) as Arc<dyn imagestore::transfer::Applier>,
             Arc::clone(&streams),
             s.insecure_registries,
             s.instances.default_name().to_string(),
@@ -169,7 +173,7 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
     ))
     .add_service(limited!(
         AdminServer,
-        admin::AdminService::new(Arc::clone(collector), snapshots, applier)
+        admin::AdminService::new(Arc::clone(collector), transfers)
     ))
     .add_service(limited!(IntrospectionServer, introspection))
     .add_service(limited!(VersionServer, introspection::VersionService));

@@ -25,7 +25,7 @@ use differ::Digest;
 use snapshotter::Filters;
 
 use self::graph::{IngestState, Namespace, SnapshotId, SnapshotInfo, Snapshots};
-use crate::content::IngestRecord;
+use crate::ingests::IngestRecord;
 use crate::meta::{Kind, Read, key};
 use crate::snapshots::Snapshotters;
 use crate::{ImageStore, Result, StoreError};
@@ -86,7 +86,7 @@ fn read_namespace(
     for (reference, record) in r.list::<IngestRecord>(Kind::Ingest, ns)? {
         let written = store
             .blobs
-            .written(&crate::content::tree_ref(ns, &reference));
+            .written(&crate::ingests::tree_ref(ns, &reference));
         n.ingests.push(IngestState {
             expected: (!record.expected.is_empty()).then(|| record.expected.clone()),
             expires: record.expires(written),
@@ -159,7 +159,7 @@ fn plan(
         for ingest in &n.ingests {
             if marked.ingests.contains(&ingest.reference) {
                 kept_blobs.extend(ingest.expected.clone());
-                kept_ingests.insert(crate::content::tree_ref(&ns, &ingest.reference));
+                kept_ingests.insert(crate::ingests::tree_ref(&ns, &ingest.reference));
             } else {
                 report.ingests.push((ns.clone(), ingest.reference.clone()));
                 released.extend(ingest.expected.clone());
@@ -241,6 +241,18 @@ impl ImageStore {
             Ok(plan)
         })?;
         let mut report = plan.report;
+        // The collected writes' data goes with their records, unless a writer still holds
+        // the ref (its directory goes as an orphan later).
+        for (ns, reference) in &report.ingests {
+            let tree_ref = crate::ingests::tree_ref(ns, reference);
+            if self.blobs.is_locked(&tree_ref) {
+                continue;
+            }
+            match self.blobs.abort(&tree_ref) {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         report.blobs = self.unneeded_blobs(&plan.released, &plan.kept_blobs, now)?;
         for digest in &report.blobs {
             if let Ok(d) = Digest::parse(digest) {
@@ -283,6 +295,14 @@ impl ImageStore {
         Ok(out.into_iter().collect())
     }
 
+    /// Notes that a snapshot of `snapshotter` was removed (see [`ImageStore::dirty`]).
+    pub(crate) fn mark_dirty(&self, snapshotter: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(snapshotter.to_string());
+    }
+
     /// Removes the unreachable snapshots, children before parents.
     fn remove_snapshots(
         &self,
@@ -307,7 +327,11 @@ impl ImageStore {
                 .cloned()
                 .collect();
             if round.is_empty() {
-                // As containerd after pruning a snapshotter: reclaim the directories now.
+                // As containerd after pruning a snapshotter: reclaim the directories now,
+                // also those of removals made through the store since the last collection.
+                touched.extend(std::mem::take(
+                    &mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()),
+                ));
                 for name in touched {
                     if let Some((_, s)) = snapshotters.resolve(&name) {
                         s.cleanup()?;

@@ -23,19 +23,31 @@ const WRITE_BATCH: usize = 1 << 20;
 /// Bytes between two "downloading" progress reports of a blob.
 const REPORT_EVERY: u64 = 1 << 20;
 
-/// Where a pull's downloads write: the store, the namespace and the pull's lease.
+/// Where a pull's downloads write: the store, the namespace and the pull's lease, and the
+/// pull's token of work in progress (`Transfer::busy`).
 #[derive(Clone)]
 pub(super) struct Destination {
     pub store: Arc<ImageStore>,
     pub namespace: String,
     pub lease: String,
+    pub busy: Arc<()>,
 }
 
-/// Starts `work` on the blocking pool at once; its result, awaited.
-fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    let task = tokio::task::spawn_blocking(work);
+/// Starts `work` on the blocking pool at once, holding the pull's token `busy`; its result,
+/// awaited.
+fn blocking<T, F>(
+    busy: &Arc<()>,
+    work: F,
+) -> impl std::future::Future<Output = Result<T>> + use<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+{
+    let busy = Arc::clone(busy);
+    let task = tokio::task::spawn_blocking(move || {
+        let _busy = busy;
+        work()
+    });
     async move {
         task.await
             .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
@@ -69,7 +81,7 @@ impl Download {
         let reference = format!("pull-{}", desc.digest);
         let mut attempt = 0;
         let writer = loop {
-            let writer = blocking({
+            let writer = blocking(&to.busy, {
                 let (to, reference, digest) = (to.clone(), reference.clone(), desc.digest.clone());
                 move || {
                     to.store.content_writer(
@@ -105,7 +117,7 @@ impl Download {
         let start = writer.status().offset;
         let _ = opened.send(());
         let (chunks, received) = tokio::sync::mpsc::channel(16);
-        let writing = blocking(move || write_chunks(writer, start, received));
+        let writing = blocking(&to.busy, move || write_chunks(writer, start, received));
         let mut offset = start;
         let mut failures = 0;
         let mut reported = 0;
@@ -163,7 +175,7 @@ impl Download {
         drop(chunks);
         let writer = writing.await?;
         let digest = desc.digest.clone();
-        let committed = blocking(move || {
+        let committed = blocking(&to.busy, move || {
             let committed =
                 to.store
                     .content_commit(writer, &reference, size, Some(&digest), HashMap::new());

@@ -78,6 +78,30 @@ pub const HOLDER_LABEL: &str = "strata.io/client";
 /// How long a transfer's lease lives if nobody releases it (containerd's clients: a day).
 const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
+/// What transfers are made of: the store, its snapshots and the applier. Each
+/// [`Transfers::begin`] is one transfer.
+#[derive(Clone)]
+pub struct Transfers {
+    pub store: Arc<ImageStore>,
+    pub snapshots: StoreSnapshots,
+    pub applier: Arc<dyn Applier>,
+}
+
+impl Transfers {
+    /// A transfer in `namespace` unpacking into `snapshotter`, under a lease of its own
+    /// labelled with this process (leases of processes that died holding them go first).
+    pub async fn begin(&self, namespace: &str, snapshotter: &str) -> Result<Transfer> {
+        Transfer::begin(
+            Arc::clone(&self.store),
+            self.snapshots.clone(),
+            Arc::clone(&self.applier),
+            namespace,
+            snapshotter,
+        )
+        .await
+    }
+}
+
 /// One transfer's view of the store (see the module doc). Its lease goes when it is
 /// finished or dropped (a client that went away cancels its transfer).
 pub struct Transfer {
@@ -87,12 +111,16 @@ pub struct Transfer {
     namespace: String,
     snapshotter: String,
     lease: Option<String>,
+    /// Held by every piece of the transfer's work on the blocking pool: a cancelled
+    /// transfer's lease goes only once none is left (work under a lease already gone would
+    /// leave what no lease or collection accounts for, such as a snapshot prepared or a
+    /// write still open).
+    busy: Arc<()>,
 }
 
 impl Transfer {
-    /// A transfer in `namespace` unpacking into `snapshotter`, under a lease of its own
-    /// labelled with this process (leases of processes that died holding them go first).
-    pub async fn begin(
+    /// See [`Transfers::begin`].
+    async fn begin(
         store: Arc<ImageStore>,
         snapshots: StoreSnapshots,
         applier: Arc<dyn Applier>,
@@ -106,6 +134,7 @@ impl Transfer {
             namespace: namespace.to_string(),
             snapshotter: snapshotter.to_string(),
             lease: None,
+            busy: Arc::default(),
         };
         t.drop_stale_leases().await?;
         let id = format!("strata-{}", unique_suffix());
@@ -148,11 +177,14 @@ impl Transfer {
         T: Send + 'static,
         F: FnOnce(&ImageStore) -> std::result::Result<T, StoreError> + Send + 'static,
     {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
-            .map_err(TransferError::Store)
+        let (store, busy) = (Arc::clone(&self.store), Arc::clone(&self.busy));
+        tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            f(&store)
+        })
+        .await
+        .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
+        .map_err(TransferError::Store)
     }
 
     /// Deletes the leases of transfers whose process died holding them (a daemon killed
@@ -368,19 +400,28 @@ impl Transfer {
 }
 
 impl Drop for Transfer {
-    /// A transfer dropped unfinished (cancelled) lets go of its lease.
+    /// A transfer dropped unfinished (cancelled) lets go of its lease, once the work it
+    /// left on the blocking pool has ended (see [`Transfer::busy`]; a minute at most).
     fn drop(&mut self) {
-        if let Some(id) = self.lease.take() {
-            let (store, ns) = (Arc::clone(&self.store), self.namespace.clone());
-            let release = move || {
-                if let Err(e) = store.lease_delete(&ns, &id) {
-                    tracing::warn!(lease = id, error = %e, "a cancelled transfer's lease stays");
-                }
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(release)),
-                Err(_) => release(),
+        let Some(id) = self.lease.take() else {
+            return;
+        };
+        let (store, ns) = (Arc::clone(&self.store), self.namespace.clone());
+        let release = move || {
+            if let Err(e) = store.lease_delete(&ns, &id) {
+                tracing::warn!(lease = id, error = %e, "a cancelled transfer's lease stays");
             }
+        };
+        let busy = std::mem::take(&mut self.busy);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while Arc::strong_count(&busy) > 1 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = tokio::task::spawn_blocking(release).await;
+            })),
+            Err(_) => release(),
         }
     }
 }

@@ -198,6 +198,7 @@ impl Transfer {
             store: Arc::clone(&self.store),
             namespace: self.namespace.clone(),
             lease: self.lease.clone().unwrap_or_default(),
+            busy: Arc::clone(&self.busy),
         };
         let limit = Arc::new(Semaphore::new(DOWNLOADS));
         let mut arrivals = Arrivals::default();

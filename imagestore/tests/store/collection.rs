@@ -243,3 +243,34 @@ fn an_image_leases_and_roots_over_two_namespaces() {
     assert_eq!(sorted(report.blobs), sorted(vec![layer, config, manifest]));
     assert_eq!(s.digests("a"), sorted(vec![pinned, d(b"leased")]));
 }
+
+/// A write whose lease went is collected with its data at once (a cancelled pull's
+/// partial blob, say), unless its writer still holds the ref: then its directory stays
+/// for that writer, and the data goes as an orphan later.
+#[test]
+fn a_collected_write_takes_its_data() {
+    let s = Store::new();
+    s.lease_create("a", "pull", HashMap::new()).unwrap();
+    for reference in ["dropped", "held"] {
+        let mut w = s
+            .content_writer("a", reference, 0, None, Some("pull"))
+            .unwrap();
+        w.write_at(0, b"partial").unwrap();
+        if reference == "dropped" {
+            drop(w);
+        } else {
+            std::mem::forget(w);
+        }
+    }
+    assert_eq!(s.ingest_dirs(), 2);
+    s.lease_delete("a", "pull").unwrap();
+    let report = s.collect(false);
+    assert_eq!(
+        sorted(report.ingests),
+        [
+            ("a".to_string(), "dropped".to_string()),
+            ("a".to_string(), "held".to_string())
+        ]
+    );
+    assert_eq!(s.ingest_dirs(), 1, "only the held write's directory stays");
+}

@@ -28,14 +28,14 @@ use api::any;
 use api::services::transfer::v1::TransferRequest;
 use api::services::transfer::v1::transfer_server::Transfer as TransferApi;
 use api::types::transfer as t;
+use imagestore::Snapshotters;
 use imagestore::transfer::events::{Event, Progress};
 use imagestore::transfer::export::ExportOptions;
 use imagestore::transfer::import::ImportOptions;
 use imagestore::transfer::naming::{ImageDestination, ImageReference};
 use imagestore::transfer::pull::PullOptions;
 use imagestore::transfer::registry::{Credentials, RegistryAuth, RegistryOptions};
-use imagestore::transfer::{Applier, Transfer};
-use imagestore::{ImageStore, Snapshotters, StoreSnapshots};
+use imagestore::transfer::{Transfer, Transfers};
 
 /// How long a credential request waits for the client's answer.
 const AUTH_WAIT: Duration = Duration::from_secs(60);
@@ -82,10 +82,8 @@ impl Endpoint {
 
 /// The Transfer service.
 pub struct TransferService {
-    store: Arc<ImageStore>,
-    snapshots: StoreSnapshots,
+    transfers: Transfers,
     snapshotters: Arc<dyn Snapshotters>,
-    applier: Arc<dyn Applier>,
     streams: Arc<Streams>,
     /// Registries reached over plain HTTP.
     insecure_registries: Vec<String>,
@@ -95,19 +93,15 @@ pub struct TransferService {
 
 impl TransferService {
     pub fn new(
-        store: Arc<ImageStore>,
-        snapshots: StoreSnapshots,
+        transfers: Transfers,
         snapshotters: Arc<dyn Snapshotters>,
-        applier: Arc<dyn Applier>,
         streams: Arc<Streams>,
         insecure_registries: Vec<String>,
         default_snapshotter: String,
     ) -> Self {
         TransferService {
-            store,
-            snapshots,
+            transfers,
             snapshotters,
-            applier,
             streams,
             insecure_registries,
             default_snapshotter,
@@ -116,15 +110,10 @@ impl TransferService {
 
     /// A transfer in `namespace` unpacking into `snapshotter`.
     async fn begin(&self, namespace: &str, snapshotter: &str) -> Result<Transfer, Status> {
-        Transfer::begin(
-            Arc::clone(&self.store),
-            self.snapshots.clone(),
-            Arc::clone(&self.applier),
-            namespace,
-            snapshotter,
-        )
-        .await
-        .map_err(to_status)
+        self.transfers
+            .begin(namespace, snapshotter)
+            .await
+            .map_err(to_status)
     }
 
     /// Claims stream `id`; NotFound if the client opened none by that name.
@@ -453,7 +442,8 @@ impl TransferApi for TransferService {
         let req = request.into_inner();
         let (source, source_url) = Endpoint::decode(req.source, "source")?;
         let (target, target_url) = Endpoint::decode(req.destination, "destination")?;
-        let mut departure = Departure::new(Arc::clone(&self.store), &namespace, client_lease);
+        let mut departure =
+            Departure::new(Arc::clone(&self.transfers.store), &namespace, client_lease);
         let progress_id = req.options.map(|o| o.progress_stream).unwrap_or_default();
         let progress_stream = match progress_id.as_str() {
             "" => None,

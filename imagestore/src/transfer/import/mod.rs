@@ -49,12 +49,14 @@ impl Transfer {
         progress: Progress,
     ) -> Result<Imported> {
         progress(Event::status("Importing"));
-        let (store, ns, lease) = (
+        let (store, ns, lease, busy) = (
             std::sync::Arc::clone(&self.store),
             self.namespace.clone(),
             self.lease.clone(),
+            std::sync::Arc::clone(&self.busy),
         );
         let index = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             archive::read(&store, &ns, lease.as_deref(), reader)
         })
         .await
