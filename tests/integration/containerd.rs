@@ -433,6 +433,52 @@ fn ctr_on_strata_1_7() {
     env.ctr_ok(&["images", "rm", "--sync", image]);
 }
 
+/// ctr 1.7.24's content commands on Strata's socket, client-side through its Content
+/// service: `content ingest` (a blob from standard input, size and digest given), `content
+/// fetch` (an image's blobs from a registry, written by ref with progress polls), and
+/// `content get` reading each back byte for byte; no write is left in progress.
+#[test]
+#[ignore = "needs root"]
+fn ctr_content_commands_1_7() {
+    let env = Env::start("containerd::ctr_content_1_7", "native", Containerd::V1_7);
+    let blob = env.scratch().join("blob.bin");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(&blob, &data).unwrap();
+    let digest = util::sha256(&data);
+    let size = data.len().to_string();
+    env.ctr_strata_bytes(
+        &[
+            "content",
+            "ingest",
+            "--expected-size",
+            &size,
+            "--expected-digest",
+            &digest,
+            "ingested",
+        ],
+        Some(&blob),
+    );
+    let got = env.ctr_strata_bytes(&["content", "get", &digest], None);
+    assert_eq!(
+        util::sha256(&got),
+        digest,
+        "content get of the ingested blob"
+    );
+
+    let archive = env.scratch().join("fetched.tar");
+    env::build_image(&archive, "strata.test/e2e/fetched:1", 1, &[]);
+    let registry = registry::Registry::start(&env.scratch().join("registry"));
+    let image = registry.push(&archive, "e2e/fetched:1");
+    env.ctr_strata(&["content", "fetch", "--plain-http", &image]);
+    let listed = env.ctr_strata(&["content", "ls", "-q"]);
+    for (layer, _) in archive_layers(&archive) {
+        assert!(listed.contains(&layer), "{layer} not fetched: {listed}");
+        let got = env.ctr_strata_bytes(&["content", "get", &layer], None);
+        assert_eq!(util::sha256(&got), layer);
+    }
+    assert_eq!(env.ctr_strata(&["content", "active"]).lines().count(), 1);
+}
+
 /// `ctr images mount` of `image` from `snapshotter` at `dir` (created), what `capture` sees
 /// there, then `ctr images unmount --rm`.
 fn mounted_view<T>(

@@ -12,7 +12,8 @@
 #       DIR (builtin overlayfs, CRI off; its socket DIR/containerd.sock)
 #   pull_loop: for each image and run, calls time_strata DIR REF and time_containerd DIR
 #       REF (functions the script defines, printing seconds), the first of them alternating
-#       run by run; prints every run and the table (medians, containerd/strata ratio)
+#       run by run, each after a `sync` (untimed: a run does not pay for the writeback of
+#       the one before); prints every run and the table (medians, containerd/strata ratio)
 # Needs $runs, $images, lib/settle.sh and ratio_line (lib/contenders.sh).
 
 pull_workdir() {
@@ -68,6 +69,7 @@ pull_loop() {
     for ((i = 1; i <= runs; i++)); do
       if ((i % 2)); then order="strata containerd"; else order="containerd strata"; fi
       for who in $order; do
+        sync
         t=$("time_$who" "$work/$name-$who-$i" "$ref")
         results[$name-$who]+="$t "
         echo "pull-bench: $name run $i: $who ${t}s" >&2

@@ -349,6 +349,27 @@ impl Env {
         out.stderr
     }
 
+    /// A `ctr` call on Strata's own socket, reading `input`, that must succeed; its stdout
+    /// as bytes.
+    pub fn ctr_strata_bytes(&self, args: &[&str], input: Option<&Path>) -> Vec<u8> {
+        let stdin = match input {
+            Some(path) => Stdio::from(File::open(path).expect("input")),
+            None => Stdio::null(),
+        };
+        let out = self
+            .ctr_command_at(&self.strata.socket)
+            .args(args)
+            .stdin(stdin)
+            .output()
+            .expect("run ctr");
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// `ctr` on Strata's own socket, started with its output (both streams) to `out`.
     pub fn ctr_strata_spawn(&self, args: &[&str], out: &Path) -> Child {
         let file = File::create(out).expect("output file");
