@@ -4,7 +4,7 @@
 //! ([`Classify`]); wrapping variants ask the error they wrap, so no code here looks inside
 //! another crate's nested variants. containerd branches on these codes (AlreadyExists after
 //! Prepare, NotFound, ...). Incoming: statuses from containerd's Content and Leases services
-//! become differ errors of the matching class ([`remote_error`]), with Unavailable and
+//! become differ errors of the matching class (`layers::content::remote_error`), with Unavailable and
 //! DeadlineExceeded kept apart from Internal.
 
 use tonic::{Code, Status};

@@ -6,7 +6,7 @@
 //! manifests of the platforms asked for are fetched (all when none is), with only their
 //! configs for the others when every platform's metadata is wanted, as containerd's
 //! `all_metadata`. Only the blobs the namespace lacks are downloaded, several at a time
-//! ([`super::download`]). Blobs are labelled as containerd labels them (gc references from
+//! (`download`). Blobs are labelled as containerd labels them (gc references from
 //! index to manifests and from a manifest to its config and layers,
 //! `containerd.io/distribution.source.<host>`), the image is recorded, and the manifest of
 //! the platform to unpack is unpacked as its layers arrive: layers already committed are not
