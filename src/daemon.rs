@@ -145,6 +145,8 @@ pub async fn run(
         scratch,
     ));
     let collector = Collector::new(Arc::clone(&store), Arc::clone(&instances));
+    // The first pull need not wait for a registry client to be built.
+    imagestore::transfer::clients::warm();
     if let Some(address) = &config.metrics_address {
         let bound = crate::metrics::serve(address, Arc::clone(&instances))
             .await

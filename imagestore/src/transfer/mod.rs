@@ -8,6 +8,7 @@
 //!
 //! Store calls block (they wait for the disk): each runs on the blocking pool.
 
+pub mod clients;
 mod download;
 pub mod events;
 pub mod export;
@@ -401,7 +402,7 @@ impl Transfer {
 
 impl Drop for Transfer {
     /// A transfer dropped unfinished (cancelled) lets go of its lease, once the work it
-    /// left on the blocking pool has ended (see [`Transfer::busy`]; a minute at most).
+    /// left on the blocking pool has ended (see `Transfer::busy`; a minute at most).
     fn drop(&mut self) {
         let Some(id) = self.lease.take() else {
             return;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oci_client::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 pub use oci_client::secrets::RegistryAuth;
 
@@ -50,7 +49,8 @@ struct Session {
 pub struct Registry {
     image: Reference,
     host: String,
-    protocol: ClientProtocol,
+    /// Plain HTTP to the registry.
+    plain_http: bool,
     credentials: Option<Credentials>,
     session: tokio::sync::Mutex<Session>,
 }
@@ -97,19 +97,12 @@ impl Registry {
         let image = Reference::from_str(reference)
             .map_err(|e| TransferError::Invalid(format!("reference {reference:?}: {e}")))?;
         let host = image.resolve_registry().to_string();
-        let protocol = if options.plain_http || loopback(&host) {
-            ClientProtocol::HttpsExcept(vec![host.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Arc::new(oci_client::Client::new(ClientConfig {
-            protocol: protocol.clone(),
-            ..Default::default()
-        }));
+        let plain_http = options.plain_http || loopback(&host);
+        let client = Arc::new(super::clients::take(plain_http));
         Ok(Registry {
             image,
             host,
-            protocol,
+            plain_http,
             credentials: options.credentials.clone(),
             session: tokio::sync::Mutex::new(Session {
                 client,
@@ -191,10 +184,7 @@ impl Registry {
             Some(auth) => auth,
         };
         // A new client: the old one keeps the authentication it first saw per registry.
-        s.client = Arc::new(oci_client::Client::new(ClientConfig {
-            protocol: self.protocol.clone(),
-            ..Default::default()
-        }));
+        s.client = Arc::new(super::clients::take(self.plain_http));
         s.auth = auth;
         true
     }

@@ -12,8 +12,12 @@
 #       DIR (builtin overlayfs, CRI off; its socket DIR/containerd.sock)
 #   pull_loop: for each image and run, calls time_strata DIR REF and time_containerd DIR
 #       REF (functions the script defines, printing seconds), the first of them alternating
-#       run by run, each after a `sync` (untimed: a run does not pay for the writeback of
-#       the one before); prints every run and the table (medians, containerd/strata ratio)
+#       run by run, each from the same memory state (untimed: `sync`, the page cache
+#       dropped, then the registry's files and the contenders' programs read back in), so a
+#       run neither pays for the one before's writeback nor finds memory filled by the
+#       trees of the runs before (on this machine both contenders slowed 1.5-2x once the
+#       page cache had filled); prints every run and the table (medians, containerd/strata
+#       ratio). Needs $warm: the programs to read in.
 # Needs $runs, $images, lib/settle.sh and ratio_line (lib/contenders.sh).
 
 pull_workdir() {
@@ -61,6 +65,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 TOML
 }
 
+pull_same_start() {
+  sync
+  echo 1 >/proc/sys/vm/drop_caches
+  find "$work/registry" -type f -exec cat {} + >/dev/null
+  cat "${warm[@]}" >/dev/null
+}
+
 pull_loop() {
   declare -A results
   local name ref i order who t
@@ -69,7 +80,7 @@ pull_loop() {
     for ((i = 1; i <= runs; i++)); do
       if ((i % 2)); then order="strata containerd"; else order="containerd strata"; fi
       for who in $order; do
-        sync
+        pull_same_start
         t=$("time_$who" "$work/$name-$who-$i" "$ref")
         results[$name-$who]+="$t "
         echo "pull-bench: $name run $i: $who ${t}s" >&2
