@@ -107,6 +107,16 @@ pub async fn run(
         );
     }
     let store = Arc::new(store);
+    let instances = Arc::new(instances);
+    // The first pull need not wait for a registry client to be built.
+    imagestore::transfer::clients::warm();
+    // Metrics are served before the socket exists, so whoever sees the socket finds them.
+    if let Some(address) = &config.metrics_address {
+        let bound = crate::metrics::serve(address, Arc::clone(&instances))
+            .await
+            .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
+        tracing::info!(address = %bound, "serving metrics");
+    }
     let (listener, owns_socket) = match activated {
         Some(l) => (
             UnixListener::from_std(l)
@@ -132,7 +142,6 @@ pub async fn run(
         crate::systemd::notify_stopping();
         let _ = stopping.send(());
     };
-    let instances = Arc::new(instances);
     let scratch = config.root.join("tmp");
     std::fs::create_dir_all(&scratch).map_err(|e| DaemonError::Socket(scratch.clone(), e))?;
     if let Err(e) = mountutil::mount::reclaim_temp_mounts(&scratch) {
@@ -145,14 +154,6 @@ pub async fn run(
         scratch,
     ));
     let collector = Collector::new(Arc::clone(&store), Arc::clone(&instances));
-    // The first pull need not wait for a registry client to be built.
-    imagestore::transfer::clients::warm();
-    if let Some(address) = &config.metrics_address {
-        let bound = crate::metrics::serve(address, Arc::clone(&instances))
-            .await
-            .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
-        tracing::info!(address = %bound, "serving metrics");
-    }
     // The socket is listening: connections queue until the server accepts them.
     crate::systemd::notify_ready();
     // Shutting down lets the calls in flight finish, but an idle client may keep its
