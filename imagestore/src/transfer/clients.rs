@@ -1,26 +1,32 @@
 //! Registry clients built before they are needed. Building one (`oci_client::Client::new`)
-//! loads the system's CA certificates through OpenSSL: about 100 ms on this machine, which
-//! a pull would otherwise spend before its first request. A couple of fresh clients of each
-//! kind (HTTPS, plain HTTP) are kept ready, built on threads of their own; a transfer takes
-//! one for itself and never shares it (a client keeps the credentials and tokens it was
-//! given), and its place is filled again in the background.
+//! loads the system's CA certificates through OpenSSL twice: about 100 ms of a core on this
+//! machine, which a pull would otherwise spend before its first request. One fresh client of
+//! each kind (HTTPS, plain HTTP) is kept ready, each built on a thread of its own when the daemon
+//! starts and again when a transfer has ended (not when it takes its client, where the build
+//! would take a core from its download). A transfer takes a client for itself and
+//! never shares it: a client keeps the credentials and tokens it was given.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
 
-/// Fresh clients kept ready per kind.
-const SPARES: usize = 2;
+/// The ready clients and the builds under way, per kind (index: `plain_http as usize`).
+struct Pool {
+    ready: [Option<Client>; 2],
+    /// A build of that kind is under way (on a thread of [`fill`], or by a taker).
+    building: [bool; 2],
+}
 
-/// The ready clients: plain HTTP ones first, HTTPS ones second.
-static READY: Mutex<[Vec<Client>; 2]> = Mutex::new([Vec::new(), Vec::new()]);
-/// Whether a thread is building clients of each kind.
-static FILLING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    ready: [None, None],
+    building: [false, false],
+});
+/// Signalled when a build ends.
+static BUILT: Condvar = Condvar::new();
 
-fn kind(plain_http: bool) -> usize {
-    if plain_http { 0 } else { 1 }
+fn lock() -> MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A new client: plain HTTP to the registry, or HTTPS.
@@ -36,41 +42,58 @@ fn build(plain_http: bool) -> Client {
     })
 }
 
-/// Fills the ready clients of that kind, on a thread of its own, unless one is at it.
-fn refill(plain_http: bool) {
-    let k = kind(plain_http);
-    if FILLING[k].swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let started = std::thread::Builder::new()
-        .name("registry-clients".into())
-        .spawn(move || {
-            loop {
-                let missing = READY.lock().unwrap_or_else(|e| e.into_inner())[k].len() < SPARES;
-                if !missing {
-                    break;
-                }
-                let client = build(plain_http);
-                READY.lock().unwrap_or_else(|e| e.into_inner())[k].push(client);
+/// Builds each missing ready client on a thread of its own, but no kind that is being built
+/// already (by such a thread or a taker).
+pub fn fill() {
+    for plain_http in [false, true] {
+        let k = usize::from(plain_http);
+        {
+            let mut pool = lock();
+            if pool.ready[k].is_some() || pool.building[k] {
+                continue;
             }
-            FILLING[k].store(false, Ordering::Release);
-        });
-    if started.is_err() {
-        FILLING[k].store(false, Ordering::Release);
+            pool.building[k] = true;
+        }
+        let started = std::thread::Builder::new()
+            .name("registry-client".into())
+            .spawn(move || {
+                let client = build(plain_http);
+                let mut pool = lock();
+                pool.ready[k] = Some(client);
+                pool.building[k] = false;
+                BUILT.notify_all();
+            });
+        if started.is_err() {
+            lock().building[k] = false;
+        }
     }
 }
 
-/// Starts building the ready clients of both kinds (at the daemon's start), and parses a
-/// reference once (compiling the reference grammar).
+/// Starts building the ready clients (at the daemon's start), and parses a reference once
+/// (compiling the reference grammar).
 pub fn warm() {
-    refill(true);
-    refill(false);
+    fill();
     let _ = "docker.io/library/busybox:latest".parse::<oci_client::Reference>();
 }
 
-/// A fresh client of that kind, ready-made if one is (else built now).
+/// A fresh client of that kind: the ready one, or the one being built (waited for), or one
+/// built now. The taker calls [`fill`] when its transfer has ended.
 pub fn take(plain_http: bool) -> Client {
-    let ready = READY.lock().unwrap_or_else(|e| e.into_inner())[kind(plain_http)].pop();
-    refill(plain_http);
-    ready.unwrap_or_else(|| build(plain_http))
+    let k = usize::from(plain_http);
+    let mut pool = lock();
+    loop {
+        if let Some(client) = pool.ready[k].take() {
+            return client;
+        }
+        if !pool.building[k] {
+            break;
+        }
+        pool = BUILT.wait(pool).unwrap_or_else(|e| e.into_inner());
+    }
+    pool.building[k] = true;
+    drop(pool);
+    let client = build(plain_http);
+    lock().building[k] = false;
+    BUILT.notify_all();
+    client
 }

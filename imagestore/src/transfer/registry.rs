@@ -91,6 +91,13 @@ fn missing(e: &OciDistributionError) -> bool {
     }
 }
 
+/// The transfer has ended: the ready clients are made up again.
+impl Drop for Registry {
+    fn drop(&mut self) {
+        super::clients::fill();
+    }
+}
+
 impl Registry {
     /// A session for `reference`.
     pub fn new(reference: &str, options: &RegistryOptions) -> Result<Self> {
