@@ -94,6 +94,11 @@ pub struct ImageStore {
     /// collection: their directories are reclaimed (Cleanup) by the next one, as
     /// containerd's collector cleans up the snapshotters it marked dirty.
     dirty: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Held shared while a client takes hold of a snapshot that exists (an unpack's layer
+    /// already there, a Prepare reusing a committed layer), and exclusively while the
+    /// collector checks once more that no lease holds a snapshot it planned to remove and
+    /// removes it: a snapshot is never removed from under a client that has just found it.
+    snapshot_holds: std::sync::RwLock<()>,
 }
 
 impl ImageStore {
@@ -103,6 +108,7 @@ impl ImageStore {
             meta: Meta::open(&root.join("images"))?,
             blobs: Blobs::open(&root.join("content"))?,
             dirty: Default::default(),
+            snapshot_holds: Default::default(),
         })
     }
 

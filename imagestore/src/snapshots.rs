@@ -88,13 +88,33 @@ impl StoreSnapshots {
     ) -> Result<Vec<Mount>> {
         let (name, s) = self.snapshotter(snapshotter)?;
         let intended = self.intend(caller, &name, s.as_ref(), key, None)?;
+        let held = self.store.holding_snapshots();
         let result = s.prepare(key, parent, labels);
         if let Err(snapshotter::Error::LayerCommitted { name: layer, .. }) = &result
             && self.store.owns_snapshot(&name, layer)?
         {
             self.store.snapshot_reused(&name, layer, caller.lease())?;
         }
+        drop(held);
         self.settle(intended, &name, key, result)
+    }
+
+    /// Whether snapshot `key` exists. If it does and is the store's, the caller's lease
+    /// holds it from now on, so no collection removes it before the caller builds on it or
+    /// records it (an unpack finding a layer already there; containerd's unpacker only
+    /// Stats, and a collection between its Stat and its next Prepare fails the pull).
+    pub fn hold(&self, caller: &Caller, snapshotter: &str, key: &str) -> Result<bool> {
+        let (name, s) = self.snapshotter(snapshotter)?;
+        let _held = self.store.holding_snapshots();
+        match s.stat(key) {
+            Ok(_) => {}
+            Err(snapshotter::Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(StoreError::Snapshot(e)),
+        }
+        if caller.lease().is_some() && self.store.owns_snapshot(&name, key)? {
+            self.store.snapshot_reused(&name, key, caller.lease())?;
+        }
+        Ok(true)
     }
 
     /// View.
@@ -359,6 +379,40 @@ impl ImageStore {
                     Ok(())
                 }
             }
+        })
+    }
+
+    /// Held while a client takes hold of a snapshot that exists (see
+    /// [`ImageStore::snapshot_holds`]).
+    pub(crate) fn holding_snapshots(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.snapshot_holds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a lease of any namespace holds snapshot `id` (its snapshotter named as the
+    /// client named it, resolved by `canonical`).
+    pub(crate) fn snapshot_leased(
+        &self,
+        (snapshotter, snapshot): &SnapshotId,
+        canonical: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<bool> {
+        self.meta.read(|r| {
+            for ns in r.namespaces_of(Kind::Lease)? {
+                for (lease, _) in r.list::<Lease>(Kind::Lease, &ns)? {
+                    let held = r.resources(&ns, &lease)?.into_iter().any(|(kind, id)| {
+                        id == *snapshot
+                            && kind
+                                .strip_prefix(RESOURCE_SNAPSHOTS)
+                                .and_then(canonical)
+                                .is_some_and(|name| name == *snapshotter)
+                    });
+                    if held {
+                        return Ok(true);
+                    }
+                }
+            }
+            Ok(false)
         })
     }
 

@@ -310,6 +310,7 @@ impl ImageStore {
         snapshotters: &dyn Snapshotters,
         listed: &Snapshots,
     ) -> Result<()> {
+        let canonical = |name: &str| snapshotters.resolve(name).map(|(n, _)| n);
         let mut left: BTreeSet<SnapshotId> = report.snapshots.iter().cloned().collect();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         loop {
@@ -344,6 +345,21 @@ impl ImageStore {
                 let Some((_, s)) = snapshotters.resolve(&id.0) else {
                     continue;
                 };
+                // A client may have taken hold of it since the plan (an unpack finding the
+                // layer there): checked again, and removed, with no hold being taken.
+                let _exclusive = self
+                    .snapshot_holds
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if self.snapshot_leased(&id, &canonical)? {
+                    tracing::debug!(
+                        snapshotter = id.0,
+                        snapshot = id.1,
+                        "snapshot kept: leased since the collection planned"
+                    );
+                    report.snapshots.retain(|k| *k != id);
+                    continue;
+                }
                 match s.remove(&id.1) {
                     Ok(()) | Err(snapshotter::Error::NotFound(_)) => {
                         self.snapshot_released(&id.0, &id.1)?;

@@ -147,7 +147,7 @@ impl Transfer {
         let mut done = Unpacked::default();
         let mut parent = String::new();
         for ((layer, diff_id), chain) in manifest.layers.iter().zip(diff_ids).zip(&chains) {
-            if self.snapshot_exists(chain).await? {
+            if self.hold_snapshot(chain).await? {
                 done.existed += 1;
                 progress(&layer.digest, "exists");
                 parent = chain.clone();
@@ -176,22 +176,17 @@ impl Transfer {
         Ok(done)
     }
 
-    /// Whether snapshot `key` exists.
-    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        let (snapshots, snapshotter, key) = (
+    /// Whether snapshot `key` exists; if it does, the transfer's lease holds it from now on
+    /// (see [`StoreSnapshots::hold`](crate::snapshots::StoreSnapshots::hold)).
+    async fn hold_snapshot(&self, key: &str) -> Result<bool> {
+        let (snapshots, snapshotter, caller, key) = (
             self.snapshots.clone(),
             self.snapshotter.clone(),
+            self.caller(),
             key.to_string(),
         );
-        self.blocking(move |_| {
-            let (_, s) = snapshots.snapshotter(&snapshotter)?;
-            match s.stat(&key) {
-                Ok(_) => Ok(true),
-                Err(snapshotter::Error::NotFound(_)) => Ok(false),
-                Err(e) => Err(StoreError::Snapshot(e)),
-            }
-        })
-        .await
+        self.blocking(move |_| snapshots.hold(&caller, &snapshotter, &key))
+            .await
     }
 
     /// Prepares a snapshot on `parent`, applies `layer` into it and commits it as `chain`.
@@ -218,11 +213,14 @@ impl Transfer {
                 match snapshots.prepare(&caller, &snapshotter, &key, &parent, labels.clone()) {
                     Ok(m) => m,
                     // Committed meanwhile (another unpack, or the snapshotter's layer reuse):
-                    // take it as it is.
+                    // take it as it is, held by this transfer's lease.
                     Err(StoreError::Snapshot(
                         snapshotter::Error::AlreadyExists(_)
                         | snapshotter::Error::LayerCommitted { .. },
-                    )) => return Ok(Applied::Existed),
+                    )) => {
+                        snapshots.hold(&caller, &snapshotter, &chain)?;
+                        return Ok(Applied::Existed);
+                    }
                     Err(e) => return Err(e),
                 };
             if let Err(e) = applier.apply(&layer, mounts, &caller) {
@@ -233,6 +231,7 @@ impl Transfer {
                 Ok(()) => Ok(Applied::New),
                 Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
                     let _ = snapshots.remove(&snapshotter, &key);
+                    snapshots.hold(&caller, &snapshotter, &chain)?;
                     Ok(Applied::Existed)
                 }
                 Err(e) => Err(e),

@@ -232,11 +232,26 @@ impl FlakyProxy {
 }
 
 impl FlakyProxy {
-    /// From now on the proxy passes everything (its chaos mode reads `<log>.off`).
-    pub fn calm(&self) {
+    /// The chaos mode's off switch: while `<log>.off` exists, the proxy passes everything.
+    fn off_switch(&self) -> std::path::PathBuf {
         let mut off = self.log.clone().into_os_string();
         off.push(".off");
-        std::fs::write(off, b"").expect("write the proxy's off switch");
+        off.into()
+    }
+
+    /// From now on the proxy passes everything.
+    pub fn calm(&self) {
+        std::fs::write(self.off_switch(), b"").expect("write the proxy's off switch");
+    }
+
+    /// From now on the proxy damages transfers again (after [`calm`](Self::calm)).
+    pub fn stir(&self) {
+        match std::fs::remove_file(self.off_switch()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("remove the proxy's off switch: {e}")
+            }
+            _ => {}
+        }
     }
 }
 

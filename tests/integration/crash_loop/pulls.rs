@@ -185,6 +185,10 @@ impl World<'_> {
         let images = self.images;
         let dir = new_dir(self.tmp, &format!("loop-{}", self.kind));
         let mut daemon = Daemon::start(&dir, self.kind);
+        if let Some(proxy) = self.proxy {
+            // The run before (the other snapshotter kind's) calmed it for its last pulls.
+            proxy.stir();
+        }
         let mut present = BTreeSet::new();
         let mut violations = Vec::new();
         let mut tally = Tally::default();
