@@ -15,7 +15,7 @@ use crate::ingests::IngestRecord;
 use crate::labels::Fields;
 
 use super::meta::{Kind, Read, key};
-use super::{ImageStore, Result, StoreError, labels, timestamp};
+use super::{ImageStore, Result, StoreError, labels, parse_digest, timestamp};
 use api::services::content::v1 as pb;
 
 impl Adaptor for Fields<'_, pb::Info> {
@@ -25,10 +25,6 @@ impl Adaptor for Fields<'_, pb::Info> {
             _ => labels::field(&self.0.labels, path).map(Into::into),
         }
     }
-}
-
-pub(crate) fn parse_digest(digest: &str) -> Result<Digest> {
-    Digest::parse(digest).map_err(|e| StoreError::InvalidArgument(e.to_string()))
 }
 
 impl ImageStore {

@@ -10,8 +10,8 @@ use differ::Digest;
 use snapshotter::Filters;
 use snapshotter::filter::Adaptor;
 
-use crate::content::parse_digest;
 use crate::labels::Fields;
+use crate::parse_digest;
 
 use super::blobs::RefLock;
 use super::meta::{Kind, Read, Writer, key};

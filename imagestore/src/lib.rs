@@ -118,6 +118,11 @@ impl ImageStore {
     }
 }
 
+/// The digest a request names, or InvalidArgument.
+pub(crate) fn parse_digest(digest: &str) -> Result<differ::Digest> {
+    differ::Digest::parse(digest).map_err(|e| StoreError::InvalidArgument(e.to_string()))
+}
+
 /// A protobuf timestamp of `t`.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
