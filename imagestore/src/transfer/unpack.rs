@@ -212,12 +212,14 @@ impl Transfer {
             let mounts =
                 match snapshots.prepare(&caller, &snapshotter, &key, &parent, labels.clone()) {
                     Ok(m) => m,
-                    // Committed meanwhile (another unpack, or the snapshotter's layer reuse):
-                    // take it as it is, held by this transfer's lease.
-                    Err(StoreError::Snapshot(
-                        snapshotter::Error::AlreadyExists(_)
-                        | snapshotter::Error::LayerCommitted { .. },
-                    )) => {
+                    // Committed meanwhile by the snapshotter's layer reuse: taken as it is,
+                    // and the Prepare put it in this transfer's lease already.
+                    Err(StoreError::Snapshot(snapshotter::Error::LayerCommitted { .. })) => {
+                        return Ok(Applied::Existed);
+                    }
+                    // Committed meanwhile by another unpack: taken as it is, held by this
+                    // transfer's lease.
+                    Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
                         snapshots.hold(&caller, &snapshotter, &chain)?;
                         return Ok(Applied::Existed);
                     }
