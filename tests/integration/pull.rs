@@ -137,17 +137,7 @@ fn pull_rich_image() {
     assert_same_tree(&expected, &tree);
 
     strata_ok(&daemon.socket, &["image", "rm", "--sync", &image]);
-    assert_eq!(
-        strata_ok(&daemon.socket, &["content", "ls"])
-            .lines()
-            .count(),
-        1,
-        "only the header"
-    );
-    assert_eq!(
-        crate::util::snapshot_dirs(&daemon.root),
-        Vec::<String>::new()
-    );
+    crate::util::assert_nothing_stored(&daemon);
 }
 
 /// Two pulls at once of images with the same layers (one image pushed under two names, a

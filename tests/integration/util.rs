@@ -465,6 +465,16 @@ pub fn snapshot_dirs(root: &Path) -> Vec<String> {
     v
 }
 
+/// Once every image is removed and collected: `daemon` lists no snapshot and no blob, and
+/// no snapshot directory is left under its root.
+pub fn assert_nothing_stored(daemon: &Daemon) {
+    for what in ["snapshot", "content"] {
+        let listed = strata_ok(&daemon.socket, &[what, "ls"]);
+        assert_eq!(listed.lines().count(), 1, "only the header: {listed}");
+    }
+    assert_eq!(snapshot_dirs(&daemon.root), Vec::<String>::new());
+}
+
 /// Mount points at or under `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     mountutil::mount::mount_points_under(dir).expect("read mountinfo")

@@ -12,7 +12,7 @@ use api::services::leases::v1::Resource;
 use api::types::Descriptor;
 use imagestore::{Caller, Report};
 
-use crate::support::{MANIFEST, SNAPSHOTTER, Store, labels, sorted};
+use crate::support::{MANIFEST, SNAPSHOTTER, Store, bare_container, labels, sorted};
 
 const PAST: &str = "2001-01-01T00:00:00Z";
 const FUTURE: &str = "2999-01-01T00:00:00Z";
@@ -56,19 +56,6 @@ fn label(s: &Store, ns: &str, digest: &str, pairs: &[(&str, &str)]) {
     s.content_update(ns, info, &mask).unwrap();
 }
 
-/// A valid container without a snapshot.
-fn container() -> api::services::containers::v1::Container {
-    api::services::containers::v1::Container {
-        id: "c".into(),
-        runtime: Some(api::services::containers::v1::container::Runtime {
-            name: "io.containerd.runc.v2".into(),
-            options: None,
-        }),
-        spec: Some(Default::default()),
-        ..Default::default()
-    }
-}
-
 /// Each row sets up one thing that may keep blob `target` of namespace `a`, in a store of
 /// its own; whether the blob's record and file are there after a collection.
 #[test]
@@ -109,14 +96,14 @@ fn what_keeps_a_blob() {
         }), false),
         ("a container's gc.ref label", Box::new(move |s, d| {
             let (k, v) = gc_ref(d);
-            let mut c = container();
+            let mut c = bare_container();
             c.labels = labels(&[(k, v.as_str())]);
             s.container_create("a", c).unwrap();
         }), true),
         ("a container naming the image (no reference)", Box::new(|s, d| {
             s.image_create("a", image("i", d, &[("containerd.io/gc.expire", PAST)]), None)
                 .unwrap();
-            let mut c = container();
+            let mut c = bare_container();
             c.image = "i".into();
             s.container_create("a", c).unwrap();
         }), false),

@@ -7,7 +7,8 @@
 use imagestore::{StoreError, WriteAction, WriteRequest, WriteSession};
 
 use crate::support::{
-    Class, Store, error_class, filters, labels, outcome, paths, request, sha256, sorted,
+    Class, LabelUpdateRow, Store, error_class, filters, labels, outcome, paths, request, sha256,
+    sorted,
 };
 
 /// A 3 MiB (and a bit) blob's bytes.
@@ -296,14 +297,8 @@ fn content_labels_updated_by_field_mask() {
     let digest = s.blob("a", b"labelled", &[]);
     let start = labels(&[("x", "1"), ("keep", "k")]);
     let long = "v".repeat(4096);
-    type Row<'a> = (
-        &'a str,
-        Vec<(&'a str, &'a str)>,
-        Vec<&'a str>,
-        Result<Vec<(&'a str, &'a str)>, Class>,
-    );
     #[rustfmt::skip]
-    let rows: Vec<Row> = vec![
+    let rows: Vec<LabelUpdateRow> = vec![
         ("single labels set and removed", vec![("y", "2")], vec!["labels.y", "labels.x"],
             Ok(vec![("y", "2"), ("keep", "k")])),
         ("every label by 'labels'", vec![("z", "3")], vec!["labels"], Ok(vec![("z", "3")])),

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use api::services::namespaces::v1::Namespace;
 
-use crate::support::{Class, Store, error_class, labels, outcome, paths, sha256};
+use crate::support::{
+    Class, LabelUpdateRow, Store, bare_container, error_class, labels, outcome, paths, sha256,
+};
 
 const DEFAULT_SNAPSHOTTER: &str = "containerd.io/defaults/snapshotter";
 
@@ -83,14 +85,8 @@ fn namespace_creation_refusals() {
 fn namespace_labels_updated_by_field_mask() {
     let s = Store::new();
     let start = [("x", "1"), ("keep", "k")];
-    type Row<'a> = (
-        &'a str,
-        Vec<(&'a str, &'a str)>,
-        Vec<&'a str>,
-        Result<Vec<(&'a str, &'a str)>, Class>,
-    );
     #[rustfmt::skip]
-    let rows: Vec<Row> = vec![
+    let rows: Vec<LabelUpdateRow> = vec![
         ("one label set", vec![("y", "2")], vec!["labels.y"],
             Ok(vec![("x", "1"), ("keep", "k"), ("y", "2")])),
         ("one label removed", vec![], vec!["labels.x"], Ok(vec![("keep", "k")])),
@@ -134,16 +130,7 @@ fn a_namespace_holding_anything_is_not_deleted() {
         ..Default::default()
     };
     s.image_create("images", image, None).unwrap();
-    let container = api::services::containers::v1::Container {
-        id: "c".into(),
-        runtime: Some(api::services::containers::v1::container::Runtime {
-            name: "io.containerd.runc.v2".into(),
-            options: None,
-        }),
-        spec: Some(Default::default()),
-        ..Default::default()
-    };
-    s.container_create("containers", container).unwrap();
+    s.container_create("containers", bare_container()).unwrap();
     s.namespace_create(namespace("snapshots", &[])).unwrap();
     type Row<'a> = (&'a str, Option<&'a str>, Result<(), (Class, &'a str)>);
     #[rustfmt::skip]

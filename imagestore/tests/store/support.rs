@@ -1,7 +1,7 @@
 //! What the store's tests share: a store in temporary directories with a native
 //! snapshotter beside it (for collections and the store's snapshots; no mounts, no root),
-//! blobs written in one call, label maps and field masks, Write requests, and an error's
-//! class, so that table rows can say which error they expect.
+//! blobs written in one call, label maps and field masks, Write requests, a bare container,
+//! and an error's class, so that table rows can say which error they expect.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -19,6 +19,28 @@ pub const SNAPSHOTTER: &str = "strata";
 
 /// A manifest's media type, for image targets.
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A valid container `c` without a snapshot (runc's runtime, an empty spec).
+pub fn bare_container() -> api::services::containers::v1::Container {
+    api::services::containers::v1::Container {
+        id: "c".into(),
+        runtime: Some(api::services::containers::v1::container::Runtime {
+            name: "io.containerd.runc.v2".into(),
+            options: None,
+        }),
+        spec: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
+/// A row of a labels-by-field-mask table: what it tries, the labels sent, the field mask,
+/// and the labels stored after it (or the error's class).
+pub type LabelUpdateRow<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<&'a str>,
+    Result<Vec<(&'a str, &'a str)>, Class>,
+);
 
 /// containerd's error classes, as the gRPC adapter maps the store's errors to codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -262,20 +262,7 @@ fn cli_import_unpack_rootfs() {
         strata(&["gc"]),
         "would remove (run with --force): 0 items\n"
     );
-    assert_eq!(
-        strata(&["snapshot", "ls"]).lines().count(),
-        1,
-        "only the header"
-    );
-    assert_eq!(
-        strata(&["content", "ls"]).lines().count(),
-        1,
-        "only the header"
-    );
-    assert_eq!(
-        crate::util::snapshot_dirs(&daemon.root),
-        Vec::<String>::new()
-    );
+    crate::util::assert_nothing_stored(&daemon);
 }
 
 /// `strata image pull` from a registry (Debian's docker-registry, filled by skopeo): the
@@ -351,16 +338,7 @@ fn pull_from_registry() {
     ok(&["image", "rm", &one, &two]);
     ok(&["image", "rm", "--sync", &private]);
     assert_eq!(ok(&["gc"]), "would remove (run with --force): 0 items\n");
-    assert_eq!(
-        ok(&["snapshot", "ls"]).lines().count(),
-        1,
-        "only the header"
-    );
-    assert_eq!(ok(&["content", "ls"]).lines().count(), 1, "only the header");
-    assert_eq!(
-        crate::util::snapshot_dirs(&daemon.root),
-        Vec::<String>::new()
-    );
+    crate::util::assert_nothing_stored(&daemon);
 }
 
 /// kill -9 during a pull, of the client and then of the daemon, and pull again: the pull
