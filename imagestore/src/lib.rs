@@ -118,6 +118,17 @@ impl ImageStore {
     }
 }
 
+/// A suffix that no other id of this process has: the time in nanoseconds and a counter.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
 /// The digest a request names, or InvalidArgument.
 pub(crate) fn parse_digest(digest: &str) -> Result<differ::Digest> {
     differ::Digest::parse(digest).map_err(|e| StoreError::InvalidArgument(e.to_string()))

@@ -96,7 +96,7 @@ impl StoreSnapshots {
             self.store.snapshot_reused(&name, layer, caller.lease())?;
         }
         drop(held);
-        self.settle(intended, &name, key, result)
+        self.settle(intended, result)
     }
 
     /// Whether snapshot `key` exists. If it does and is the store's, the caller's lease
@@ -129,7 +129,7 @@ impl StoreSnapshots {
         let (name, s) = self.snapshotter(snapshotter)?;
         let intended = self.intend(caller, &name, s.as_ref(), key, None)?;
         let result = s.view(key, parent, labels);
-        self.settle(intended, &name, key, result)
+        self.settle(intended, result)
     }
 
     /// Commit: the committed snapshot is the store's if the active one was, or the caller
@@ -146,7 +146,7 @@ impl StoreSnapshots {
         let (instance, s) = self.snapshotter(snapshotter)?;
         let intended = self.intend(caller, &instance, s.as_ref(), name, Some(key))?;
         let result = s.commit(name, key, labels, parent);
-        self.settle(intended, &instance, name, result)
+        self.settle(intended, result)
     }
 
     /// Remove: a snapshot of the store's is no longer its.
@@ -170,13 +170,13 @@ impl StoreSnapshots {
         s: &dyn Snapshotter,
         snapshot: &str,
         from: Option<&str>,
-    ) -> Result<bool> {
+    ) -> Result<Option<IntentId>> {
         let from_owned = match from {
             Some(f) => self.store.owns_snapshot(instance, f)?,
             None => false,
         };
         if caller.lease().is_none() && !from_owned {
-            return Ok(false);
+            return Ok(None);
         }
         let is_new = || match s.stat(snapshot) {
             Ok(_) => Ok(false),
@@ -189,18 +189,12 @@ impl StoreSnapshots {
 
     /// After the snapshotter call an intent was recorded for: the snapshot is recorded as
     /// the store's if the call made it, and the intent goes either way. The call's result.
-    fn settle<T>(
-        &self,
-        intended: bool,
-        instance: &str,
-        snapshot: &str,
-        result: snapshotter::Result<T>,
-    ) -> Result<T> {
-        if intended {
+    fn settle<T>(&self, intended: Option<IntentId>, result: snapshotter::Result<T>) -> Result<T> {
+        if let Some(intent) = intended {
             if result.is_ok() {
-                self.store.snapshot_intent_done(instance, snapshot)?;
+                self.store.snapshot_intent_done(&intent)?;
             } else {
-                self.store.snapshot_intent_dropped(instance, snapshot)?;
+                self.store.snapshot_intent_dropped(&intent)?;
             }
         }
         Ok(result?)
@@ -212,7 +206,8 @@ impl StoreSnapshots {
 /// index and this store's are two databases: a crash after the snapshotter's change and
 /// before this store's record of it would leave a snapshot that nobody collects. The next
 /// start settles each intent from what the snapshotter has
-/// ([`ImageStore::settle_snapshot_intents`]).
+/// ([`ImageStore::settle_snapshot_intents`]). Each call's intent is its own record
+/// ([`IntentId`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SnapshotIntent {
     /// The lease's namespace.
@@ -226,12 +221,40 @@ pub struct SnapshotIntent {
     pub from: String,
 }
 
+/// One call's intent record: `<snapshotter>\0<snapshot>\0<call>`. Two clients may make the
+/// same snapshot at once (two unpacks committing one layer: one commit succeeds, the other
+/// fails AlreadyExists); keyed by the snapshot alone, the loser's settlement would drop the
+/// winner's intent, and the winner's snapshot would be recorded as nobody's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentId {
+    snapshotter: String,
+    snapshot: String,
+    /// Unique among the calls of this store, across restarts.
+    call: String,
+}
+
+impl IntentId {
+    fn key(&self) -> Vec<u8> {
+        key(&self.snapshotter, &[&self.snapshot, &self.call])
+    }
+
+    /// The intent listed as `id` (`<snapshot>\0<call>`) under `snapshotter`.
+    fn listed(snapshotter: &str, id: &str) -> Self {
+        let (snapshot, call) = id.split_once('\0').unwrap_or((id, ""));
+        IntentId {
+            snapshotter: snapshotter.to_string(),
+            snapshot: snapshot.to_string(),
+            call: call.to_string(),
+        }
+    }
+}
+
 impl ImageStore {
     /// Before `snapshotter` makes `snapshot` (a Prepare or View, or with `from` a Commit):
     /// records the intent if this store will own the result, that is if `lease` (namespace,
     /// id) is one of its leases or `from` one of its snapshots, and `is_new` says `snapshot`
-    /// does not exist yet (one that does is someone else's, and the call will fail); whether
-    /// it did. A read only for everyone else's calls.
+    /// does not exist yet (one that does is someone else's, and the call will fail); the
+    /// intent if it did. A read only for everyone else's calls.
     pub fn intend_snapshot(
         &self,
         snapshotter: &str,
@@ -239,7 +262,7 @@ impl ImageStore {
         lease: Option<(&str, &str)>,
         from: Option<&str>,
         is_new: impl FnOnce() -> Result<bool>,
-    ) -> Result<bool> {
+    ) -> Result<Option<IntentId>> {
         let lease = match lease {
             Some((ns, id)) if self.lease_exists(ns, id)? => Some((ns, id)),
             _ => None,
@@ -249,7 +272,7 @@ impl ImageStore {
             _ => "",
         };
         if (lease.is_none() && from.is_empty()) || !is_new()? {
-            return Ok(false);
+            return Ok(None);
         }
         let (namespace, lease) = lease.unwrap_or_default();
         let intent = SnapshotIntent {
@@ -257,26 +280,29 @@ impl ImageStore {
             lease: lease.to_string(),
             from: from.to_string(),
         };
+        let id = IntentId {
+            snapshotter: snapshotter.to_string(),
+            snapshot: snapshot.to_string(),
+            call: crate::unique_suffix(),
+        };
         self.meta.write(|w| {
-            w.put(
-                Kind::SnapshotIntent,
-                &key(snapshotter, &[snapshot]),
-                &intent,
-            )?;
-            Ok(true)
+            w.put(Kind::SnapshotIntent, &id.key(), &intent)?;
+            Ok(Some(id))
         })
     }
 
-    /// The snapshotter made `snapshot` as intended ([`intend_snapshot`](Self::intend_snapshot)):
-    /// records it as this store's (moving a committed `from`'s record to it, adding it to
-    /// the lease) and drops the intent, in one transaction.
-    pub fn snapshot_intent_done(&self, snapshotter: &str, snapshot: &str) -> Result<()> {
+    /// The snapshotter made the snapshot as intended
+    /// ([`intend_snapshot`](Self::intend_snapshot)): records it as this store's (moving a
+    /// committed `from`'s record to it, adding it to the lease) and drops the intent, in one
+    /// transaction.
+    pub fn snapshot_intent_done(&self, id: &IntentId) -> Result<()> {
+        let (snapshotter, snapshot) = (id.snapshotter.as_str(), id.snapshot.as_str());
         self.meta.write(|w| {
-            let k = key(snapshotter, &[snapshot]);
-            let Some(intent) = w.get::<SnapshotIntent>(Kind::SnapshotIntent, &k)? else {
+            let Some(intent) = w.get::<SnapshotIntent>(Kind::SnapshotIntent, &id.key())? else {
                 return Ok(());
             };
-            w.delete(Kind::SnapshotIntent, &k)?;
+            w.delete(Kind::SnapshotIntent, &id.key())?;
+            let k = key(snapshotter, &[snapshot]);
             if !intent.from.is_empty() {
                 let from = key(snapshotter, &[&intent.from]);
                 if let Some(record) = w.get::<Resource>(Kind::Snapshot, &from)? {
@@ -292,10 +318,10 @@ impl ImageStore {
         })
     }
 
-    /// The snapshotter did not make `snapshot`: its intent goes.
-    pub fn snapshot_intent_dropped(&self, snapshotter: &str, snapshot: &str) -> Result<()> {
+    /// The snapshotter did not make the snapshot: the intent goes.
+    pub fn snapshot_intent_dropped(&self, id: &IntentId) -> Result<()> {
         self.meta.write(|w| {
-            w.delete(Kind::SnapshotIntent, &key(snapshotter, &[snapshot]))?;
+            w.delete(Kind::SnapshotIntent, &id.key())?;
             Ok(())
         })
     }
@@ -325,19 +351,20 @@ impl ImageStore {
                     continue;
                 }
             };
-            for (snapshot, intent) in intents {
-                let done = existing.contains(&snapshot)
+            for (listed, intent) in intents {
+                let id = IntentId::listed(&snapshotter, &listed);
+                let done = existing.contains(&id.snapshot)
                     && (intent.from.is_empty() || !existing.contains(&intent.from));
                 if done {
                     tracing::info!(
                         snapshotter,
-                        snapshot,
+                        snapshot = id.snapshot,
                         "snapshot made before a crash recorded"
                     );
-                    self.snapshot_intent_done(&snapshotter, &snapshot)?;
+                    self.snapshot_intent_done(&id)?;
                     made += 1;
                 } else {
-                    self.snapshot_intent_dropped(&snapshotter, &snapshot)?;
+                    self.snapshot_intent_dropped(&id)?;
                 }
             }
         }
@@ -470,43 +497,35 @@ mod tests {
         store.lease_create("ns", "pull", HashMap::new()).unwrap();
         let new = || Ok(true);
         let leased = Some(("ns", "pull"));
+        let intend = |snapshot: &str, lease, from| {
+            store
+                .intend_snapshot("s", snapshot, lease, from, new)
+                .unwrap()
+        };
         // Nobody's lease, no owned parent: nothing recorded (containerd's calls).
-        assert!(
-            !store
-                .intend_snapshot("s", "theirs", None, Some("x"), new)
-                .unwrap()
-        );
-        assert!(
-            !store
-                .intend_snapshot("s", "other", Some(("ns", "gone")), None, new)
-                .unwrap()
-        );
+        assert!(intend("theirs", None, Some("x")).is_none());
+        assert!(intend("other", Some(("ns", "gone")), None).is_none());
         // An existing key is someone else's: not claimed.
         assert!(
-            !store
+            store
                 .intend_snapshot("s", "taken", leased, None, || Ok(false))
                 .unwrap()
+                .is_none()
         );
 
         // Prepared, then the crash: "a" was made, "b" was not.
-        assert!(store.intend_snapshot("s", "a", leased, None, new).unwrap());
-        assert!(store.intend_snapshot("s", "b", leased, None, new).unwrap());
+        assert!(intend("a", leased, None).is_some());
+        assert!(intend("b", leased, None).is_some());
         // "c" was made and recorded, then committed as "d" (made) and "e" (not made: "c2"
         // still exists, the commit did not happen).
-        assert!(store.intend_snapshot("s", "c", leased, None, new).unwrap());
-        store.snapshot_intent_done("s", "c").unwrap();
-        assert!(store.intend_snapshot("s", "c2", leased, None, new).unwrap());
-        store.snapshot_intent_done("s", "c2").unwrap();
-        assert!(
-            store
-                .intend_snapshot("s", "d", None, Some("c"), new)
-                .unwrap()
-        );
-        assert!(
-            store
-                .intend_snapshot("s", "e", None, Some("c2"), new)
-                .unwrap()
-        );
+        store
+            .snapshot_intent_done(&intend("c", leased, None).unwrap())
+            .unwrap();
+        store
+            .snapshot_intent_done(&intend("c2", leased, None).unwrap())
+            .unwrap();
+        assert!(intend("d", None, Some("c")).is_some());
+        assert!(intend("e", None, Some("c2")).is_some());
 
         // The snapshotter has what was made: "a", "c2", "d" and "e".
         let sdir = tempfile::tempdir().unwrap();
@@ -535,5 +554,40 @@ mod tests {
             .read(|r| r.namespaces_of(Kind::SnapshotIntent))
             .unwrap();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Two unpacks commit the same layer at once: the loser's failed commit is settled
+    /// first, and the winner's layer is still recorded as the store's (with one intent
+    /// record per snapshot, the loser's settlement dropped the winner's intent, and the
+    /// layer was nobody's: the collector never removed it).
+    #[test]
+    fn a_losing_commit_settled_first_leaves_the_winners_layer_owned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        for lease in ["a", "b"] {
+            store.lease_create("ns", lease, HashMap::new()).unwrap();
+        }
+        let new = || Ok(true);
+        let active = |key: &str, lease: &str| {
+            let id = store
+                .intend_snapshot("s", key, Some(("ns", lease)), None, new)
+                .unwrap();
+            store.snapshot_intent_done(&id.unwrap()).unwrap();
+        };
+        active("extract-a", "a");
+        active("extract-b", "b");
+        let winner = store
+            .intend_snapshot("s", "layer", Some(("ns", "a")), Some("extract-a"), new)
+            .unwrap()
+            .unwrap();
+        let loser = store
+            .intend_snapshot("s", "layer", Some(("ns", "b")), Some("extract-b"), new)
+            .unwrap()
+            .unwrap();
+        store.snapshot_intent_dropped(&loser).unwrap();
+        store.snapshot_intent_done(&winner).unwrap();
+        assert!(store.owns_snapshot("s", "layer").unwrap());
+        assert!(store.owns_snapshot("s", "extract-b").unwrap());
+        assert!(!store.owns_snapshot("s", "extract-a").unwrap());
     }
 }

@@ -63,7 +63,7 @@ impl Session {
         // transfer deletes it.
         let holder = imagestore::transfer::this_process();
         let create = lpb::CreateRequest {
-            id: format!("{id}-{}", imagestore::transfer::unique_suffix()),
+            id: format!("{id}-{}", imagestore::unique_suffix()),
             labels: [
                 (api::labels::GC_EXPIRE.to_string(), expires),
                 (imagestore::transfer::HOLDER_LABEL.to_string(), holder),
@@ -94,7 +94,7 @@ impl Session {
 
     /// Opens a stream named `<prefix>-<unique>` and waits for the daemon's acknowledgement.
     pub async fn open(&self, prefix: &str) -> Result<SideStream, Error> {
-        let id = format!("{prefix}-{}", imagestore::transfer::unique_suffix());
+        let id = format!("{prefix}-{}", imagestore::unique_suffix());
         let (outbound, rx) = mpsc::channel(16);
         outbound
             .send(any::pack(&StreamInit { id: id.clone() }))

@@ -198,7 +198,7 @@ impl ContainerdContent {
     /// `expiry` from now, and makes the calls that follow run under it: a blob written then
     /// is kept at least that long.
     pub fn lease_for(&mut self, expiry: Duration) -> differ::Result<String> {
-        let id = format!("strata-diff-{}", imagestore::transfer::unique_suffix());
+        let id = format!("strata-diff-{}", imagestore::unique_suffix());
         let expires = api::time::rfc3339_utc(SystemTime::now() + expiry);
         let request = self.request(leases::CreateRequest {
             id: id.clone(),
@@ -371,7 +371,7 @@ impl BlobSink for ContainerdContent {
             responses: Some(responses),
             buf: Vec::with_capacity(WRITE_CHUNK),
             offset: 0,
-            reference: format!("strata-diff-{}", imagestore::transfer::unique_suffix()),
+            reference: format!("strata-diff-{}", imagestore::unique_suffix()),
             runtime: self.runtime.clone(),
         }))
     }

@@ -32,7 +32,7 @@ impl Leases for LeasesService {
         let ns = namespace_of(&request)?;
         let r = request.into_inner();
         let id = if r.id.is_empty() {
-            imagestore::transfer::unique_suffix()
+            imagestore::unique_suffix()
         } else {
             r.id
         };

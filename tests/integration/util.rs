@@ -57,7 +57,8 @@ fn prepare_machine() {
     });
 }
 
-/// A private temporary directory, removed on drop (after unmounting anything left in it).
+/// A private temporary directory, removed on drop (after unmounting anything left in it);
+/// kept for a look when the test failed and `STRATA_TEST_KEEP` is set.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
@@ -87,6 +88,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("STRATA_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         // Mounts a test left (a loop-mounted btrfs, a daemon's idmapped layers) would
         // outlive the run, with their loop devices, and hold what remove_dir_all cannot
         // remove.

@@ -28,7 +28,7 @@ use snapshotter::Mount;
 
 use self::naming::ImageDestination;
 use crate::oci::{self, Descriptor};
-use crate::{Caller, ImageStore, StoreError, StoreSnapshots};
+use crate::{Caller, ImageStore, StoreError, StoreSnapshots, unique_suffix};
 
 /// Why a transfer failed.
 #[derive(Debug, thiserror::Error)]
@@ -425,17 +425,6 @@ impl Drop for Transfer {
             Err(_) => release(),
         }
     }
-}
-
-/// A suffix that no other id of this process has: the time in nanoseconds and a counter.
-pub fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{nanos}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// How long to wait before trying again for a blob's ref another write holds: 10 ms,

@@ -13,9 +13,10 @@ use std::collections::HashMap;
 
 use tokio::sync::oneshot;
 
-use super::{Result, Transfer, TransferError, unique_suffix};
+use super::{Result, Transfer, TransferError};
 use crate::StoreError;
 use crate::oci::{self, Descriptor, Manifest};
+use crate::unique_suffix;
 
 /// What an unpack did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
