@@ -88,12 +88,17 @@ impl LiveWrites {
         self.map().contains_key(digest.as_str())
     }
 
-    /// A reader of the write of `digest`, if one is live.
+    /// A reader of the write of `digest`, if one is live. `None` too if the write ended
+    /// between the lookup and the open (its data renamed to the blob's name, or dropped).
     pub fn reader(&self, digest: &Digest) -> io::Result<Option<LiveReader>> {
         let Some(live) = self.map().get(digest.as_str()).cloned() else {
             return Ok(None);
         };
-        let file = File::open(&live.path)?;
+        let file = match File::open(&live.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(Some(LiveReader {
             live,
             file,

@@ -95,18 +95,20 @@ impl OwnContent {
 
 impl OwnContent {
     /// Blob `digest`: from the tree, or, while a write of it runs (a pull that applies as it
-    /// downloads), following that write, which verifies it.
+    /// downloads), following that write, which verifies it. A write ending meanwhile has
+    /// put the blob in the tree: it is looked for there again.
     fn open_layer(&self, digest: &Digest) -> differ::Result<differ::LayerSource> {
         match self.tree.open(digest) {
-            Err(Error::NotFound(what)) => match self.store.blobs().open_live(digest) {
-                Ok(Some(live)) => Ok(differ::LayerSource {
-                    reader: Box::new(live),
-                    verified: Some(digest.clone()),
-                }),
-                Ok(None) => Err(Error::NotFound(what)),
-                Err(e) => Err(Error::Store(format!("open {digest} while written: {e}"))),
-            },
-            other => other.map(differ::LayerSource::from),
+            Err(Error::NotFound(_)) => {}
+            other => return other.map(differ::LayerSource::from),
+        }
+        match self.store.blobs().open_live(digest) {
+            Ok(Some(live)) => Ok(differ::LayerSource {
+                reader: Box::new(live),
+                verified: Some(digest.clone()),
+            }),
+            Ok(None) => self.tree.open(digest).map(differ::LayerSource::from),
+            Err(e) => Err(Error::Store(format!("open {digest} while written: {e}"))),
         }
     }
 }
