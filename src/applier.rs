@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use differ::{Compression, Digest};
+use differ::{Compression, Digest, ImplicitDirs};
 use imagestore::oci::Descriptor;
-use imagestore::transfer::Applier;
+use imagestore::transfer::{Applier, Below};
 use imagestore::{Caller, StoreError};
 use snapshotter::Mount;
 
@@ -21,7 +21,8 @@ impl Applier for DaemonApplier {
         layer: &Descriptor,
         mounts: Vec<Mount>,
         caller: &Caller,
-    ) -> Result<(), StoreError> {
+        below: Below,
+    ) -> Result<ImplicitDirs, StoreError> {
         let invalid = |e: differ::Error| StoreError::Applier(Box::new(LayerError::from(e)));
         let req = ApplyLayer {
             digest: Digest::parse(&layer.digest).map_err(invalid)?,
@@ -30,6 +31,7 @@ impl Applier for DaemonApplier {
             uncompressed: layer.annotations.get(api::labels::UNCOMPRESSED).cloned(),
             mounts,
             sync_fs: false,
+            lowers_later: below == Below::Later,
         };
         let ctx = CallContext {
             namespace: caller.namespace.clone(),
@@ -38,7 +40,7 @@ impl Applier for DaemonApplier {
         };
         self.0
             .apply(req, &ctx)
-            .map(drop)
+            .map(|applied| applied.implicit_dirs)
             .map_err(|e| StoreError::Applier(Box::new(e)))
     }
 }

@@ -17,7 +17,9 @@ pub mod parallel_gzip;
 mod pipeline;
 mod tarstream;
 
-pub use apply::{Applied, LayerLimits, WhiteoutMode, apply_layer};
+pub use apply::{
+    Applied, ImplicitDirs, LayerLimits, Lowers, WhiteoutMode, apply_layer, inherit_implicit_dirs,
+};
 pub use compression::Compression;
 pub use digest::Digest;
 pub use error::{Error, Result};

@@ -189,7 +189,7 @@ fn single_layer_round_trips_for_each_compression_and_whiteout_mode() {
                 hint,
                 &dst,
                 mode,
-                &[],
+                differ::Lowers::Present(&[]),
                 &differ::LayerLimits::default(),
             )
             .unwrap();

@@ -58,7 +58,7 @@ fn no_pipeline_thread_outlives_an_apply() {
                 *compression,
                 tmp.path(),
                 WhiteoutMode::Native,
-                &[],
+                differ::Lowers::Present(&[]),
                 &differ::LayerLimits::default(),
             );
             let left = pipeline_threads_left();

@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         None,
         &root,
         mode,
-        &[],
+        differ::Lowers::Present(&[]),
         &differ::LayerLimits::default(),
     );
     assert_eq!(

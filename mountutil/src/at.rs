@@ -378,6 +378,11 @@ pub fn attrs(fd: impl AsFd) -> io::Result<Attrs> {
     })
 }
 
+/// The inode number of an open file or directory (which file it is, on its filesystem).
+pub fn inode(fd: impl AsFd) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
+}
+
 /// Every extended attribute of an open file or directory, names and values.
 pub fn fxattrs(fd: impl AsFd) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let fd = fd.as_fd();

@@ -14,7 +14,8 @@ owners, user.* xattrs on files and directories, hard links, a character device, 
 whiteout of a file and of a directory, an opaque directory, a file turned into a directory,
 changed modes, owners and xattrs, a hard link whose header differs from its target's (the
 shared inode takes the link header's owner, mode, xattrs and times, as containerd's applier
-does), and a hard link in the last layer. The flattened tree is
+does), and a hard link and files in directories it does not declare (a setgid one among
+them) in the last layer. The flattened tree is
 computed from the tar entries with OCI's rules (a later entry replaces an earlier one,
 `.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory of what lower layers had), not
 by any applier. A tree maps each path ("/" excluded) to its kind, mode, owner, content or
@@ -71,6 +72,7 @@ LAYERS = [
             f("usr/bin/tool", b"#!/bin/sh\necho tool\n", mode=0o4755),
             link("usr/bin/tool-link", "usr/bin/tool", mode=0o4755),
             sym("usr/bin/t", "tool"),
+            d("srv", mode=0o2775, gid=50),
             d("home", mode=0o755),
             d("home/user", mode=0o700, uid=1000, gid=1000),
             f("home/user/notes", b"one\n", mode=0o600, uid=1000, gid=1000,
@@ -128,6 +130,11 @@ LAYERS = [
             d("var/lib"),
             f("var/lib/" + WHITEOUT + "state", b""),
             f("var/lib/state2", b"state 2\n", uid=33, gid=33),
+            # Entries in directories this layer does not declare: the lower layers' copies
+            # give those their owner, mode and xattrs (srv/ is setgid).
+            f("home/user/later", b"later\n", uid=1000, gid=1000),
+            f("opt/more", b"more\n"),
+            f("srv/file", b"in a setgid directory\n"),
         ],
     ),
 ]

@@ -49,6 +49,10 @@ pub trait Driver: Send + Sync + 'static {
     /// How layers are written into a snapshot's `fs` directory.
     fn whiteouts(&self) -> WhiteoutMode;
 
+    /// Whether [`rebase`](Driver::rebase) costs nothing (see
+    /// [`Snapshotter::parallel_unpack`]).
+    fn rebase_is_free(&self) -> bool;
+
     /// Labels the driver adds to every Info it reports (never stored).
     fn info_labels(&self, _dir: &SnapshotDir) -> Vec<(String, String)> {
         Vec::new()
@@ -774,6 +778,22 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 parents: self.parent_dirs(txn, &rec.parent)?,
                 whiteouts: self.driver.whiteouts(),
             }))
+        })
+    }
+
+    fn parallel_unpack(&self) -> bool {
+        self.driver.rebase_is_free()
+    }
+
+    fn layer_dirs(&self, name: &str) -> Result<Vec<PathBuf>> {
+        self.store.read(|txn| {
+            let rec = self.store.require(txn, name)?;
+            if rec.kind != Kind::Committed {
+                return Err(Error::FailedPrecondition(format!(
+                    "snapshot {name} is not committed"
+                )));
+            }
+            self.parent_dirs(txn, name)
         })
     }
 

@@ -158,4 +158,17 @@ pub trait Snapshotter: Send + Sync {
     /// The snapshot whose directory `mounts` (as returned by Prepare, View or Mounts) write
     /// to or show, if it belongs to this snapshotter: lets a differ write straight into it.
     fn recognize(&self, mounts: &[Mount]) -> Result<Option<OwnedSnapshot>>;
+
+    /// Whether the layers of one image may be applied at once: each into a snapshot
+    /// prepared without its parent, committed onto it in order (a [`commit`] with a
+    /// parent), where that rebase costs nothing and leaves what a snapshot prepared on the
+    /// parent would hold (an overlay upper directory; a native snapshot copies its parent
+    /// in at the rebase).
+    ///
+    /// [`commit`]: Snapshotter::commit
+    fn parallel_unpack(&self) -> bool;
+
+    /// The `fs` directories of committed snapshot `name`'s layers, its own first: the lower
+    /// layers of a snapshot prepared on it.
+    fn layer_dirs(&self, name: &str) -> Result<Vec<PathBuf>>;
 }

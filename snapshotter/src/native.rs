@@ -34,6 +34,10 @@ impl Driver for Native {
         WhiteoutMode::Native
     }
 
+    fn rebase_is_free(&self) -> bool {
+        false
+    }
+
     /// A rebased native snapshot holds only its own layer: flatten the parent under it,
     /// honouring overlay-style whiteouts and opaque directories the layer was written with.
     fn rebase(&self, dir: &SnapshotDir, parents: &[PathBuf]) -> Result<()> {

@@ -114,6 +114,10 @@ impl Driver for Overlay {
         }
     }
 
+    fn rebase_is_free(&self) -> bool {
+        true
+    }
+
     /// Nothing to do: the upper directory already holds the layer (with overlay whiteouts),
     /// and the new parent chain is read from the index when mounting.
     fn rebase(&self, _dir: &SnapshotDir, _parents: &[PathBuf]) -> Result<()> {

@@ -94,7 +94,7 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
                 None,
                 &dir,
                 mode,
-                &lowers,
+                differ::Lowers::Present(&lowers),
                 &differ::LayerLimits::default(),
             )?;
             println!("{} {}", applied.diff_id, applied.size);

@@ -85,6 +85,10 @@ pub struct ApplyLayer {
     pub mounts: Vec<Mount>,
     /// Sync the target filesystem before answering.
     pub sync_fs: bool,
+    /// The target was prepared without its parent, whose layers are applied meanwhile:
+    /// the directories made without the layer declaring them are listed in the result
+    /// ([`differ::Lowers::Later`]).
+    pub lowers_later: bool,
 }
 
 /// A layer to create.
@@ -316,7 +320,11 @@ impl Layers {
             req.compression,
             target.path(),
             mode,
-            &lowers,
+            if req.lowers_later {
+                differ::Lowers::Later
+            } else {
+                differ::Lowers::Present(&lowers)
+            },
             &self.limits,
         )?;
         if req.sync_fs {

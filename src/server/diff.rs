@@ -87,6 +87,7 @@ impl Diff for DiffService {
             uncompressed: desc.annotations.get(UNCOMPRESSED_LABEL).cloned(),
             mounts: r.mounts.into_iter().map(mount_from_pb).collect(),
             sync_fs: r.sync_fs,
+            lowers_later: false,
         };
         let applied = self
             .call(&metadata, move |layers, ctx| layers.apply(layer, ctx))

@@ -136,17 +136,25 @@ impl LayerWriter<'_> {
             }
             Err(e) => return Err(Error::io("mkdir", rel, e)),
         }
+        // A directory made implicitly before (the lower layers not there yet) is declared
+        // now: it keeps what the entry gives it.
+        let implicit = self.implicit.as_ref().is_some_and(|i| !i.is_empty());
         let dir = &self.parent(parent)?.dir;
         dir.chown(name, meta.uid, meta.gid)
             .map_err(|e| Error::io("chown", rel, e))?;
         dir.chmod(name, meta.mode)
             .map_err(|e| Error::io("chmod", rel, e))?;
-        if !meta.xattrs.is_empty() {
+        if !meta.xattrs.is_empty() || implicit {
             let sub = dir
                 .open_subdir(name)
                 .map_err(|e| Error::io("open", rel, e))?;
             for (k, v) in &meta.xattrs {
                 at::fsetxattr(&sub, k, v).map_err(|e| Error::io("setxattr", rel, e))?;
+            }
+            if let Some(implicit) = self.implicit.as_mut().filter(|_| implicit) {
+                implicit
+                    .declared(&sub)
+                    .map_err(|e| Error::io("stat", rel, e))?;
             }
         }
         self.dir_times.push((rel.to_path_buf(), meta.mtime));

@@ -18,11 +18,13 @@ use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::NodeKind;
 pub use mountutil::overlay::WhiteoutMode;
 
+pub use self::lowers::{ImplicitDirs, Lowers, inherit_implicit_dirs};
 use crate::pipeline::{self, Decoded, LayerSource};
 use crate::tarstream::{EntryKind, Header, TarStream};
 use crate::{Compression, Digest, Error, Result};
 
 mod entries;
+mod lowers;
 mod resolve;
 mod whiteout;
 
@@ -37,6 +39,8 @@ pub struct Applied {
     pub blob_digest: Digest,
     /// Size of the blob as read.
     pub blob_size: u64,
+    /// With [`Lowers::Later`], the directories created without being declared.
+    pub implicit_dirs: ImplicitDirs,
 }
 
 /// Bounds on one layer, so a hostile layer cannot make Apply work without end: exceeding
@@ -104,28 +108,34 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
 /// directory `target`. Decompression runs on its own thread; this thread writes files.
 ///
-/// `lowers` (overlay mode) are the directories of the layers below `target`, nearest first.
-/// A directory the layer writes into without declaring it, missing from `target`, is
-/// created with the owner, mode, times and non-`trusted.` xattrs of the same path in the
-/// nearest lower layer that has it as a directory, as containerd's overlay applier does,
-/// so the merged view keeps them. A layer beyond `limits` is refused.
+/// `lowers` (overlay mode) are the layers below `target`. A directory the layer writes into
+/// without declaring it, missing from `target`, is created with the owner, mode, times and
+/// non-`trusted.` xattrs of the same path in the nearest lower layer that has it as a
+/// directory, as containerd's overlay applier does, so the merged view keeps them; with
+/// [`Lowers::Later`], it is listed in the result for [`inherit_implicit_dirs`]. A layer
+/// beyond `limits` is refused.
 pub fn apply_layer(
     source: impl Into<LayerSource>,
     compression: Option<Compression>,
     target: &Path,
     mode: WhiteoutMode,
-    lowers: &[PathBuf],
+    lowers: Lowers,
     limits: &LayerLimits,
 ) -> Result<Applied> {
     let root = Root::open(target).map_err(|e| Error::io("open", target, e))?;
+    let (lowers, implicit) = match lowers {
+        Lowers::Present(dirs) => (dirs, None),
+        Lowers::Later => (&[][..], Some(ImplicitDirs::default())),
+    };
     let lowers = lowers
         .iter()
         .map(|p| Root::open(p).map_err(|e| Error::io("open lower layer", p, e)))
         .collect::<Result<Vec<_>>>()?;
     let mut stream = pipeline::decode(source.into(), compression)?;
-    let written = LayerWriter::new(&root, mode, lowers, limits).write_all(stream.reader());
-    let decoded: Decoded = match written {
-        Ok(()) => stream.finish()?,
+    let written =
+        LayerWriter::new(&root, mode, lowers, implicit, limits).write_all(stream.reader());
+    let (decoded, implicit_dirs): (Decoded, _) = match written {
+        Ok(implicit) => (stream.finish()?, implicit.unwrap_or_default()),
         // A corrupt stream shows up to the writer as a short read; say what it really was.
         Err(e) => return Err(stream.abort().unwrap_or(e)),
     };
@@ -134,6 +144,7 @@ pub fn apply_layer(
         size: decoded.uncompressed.1,
         blob_digest: decoded.compressed.0,
         blob_size: decoded.compressed.1,
+        implicit_dirs,
     })
 }
 
@@ -169,6 +180,8 @@ struct LayerWriter<'r> {
     mode: WhiteoutMode,
     /// The layers below `root`, nearest first (overlay mode).
     lowers: Vec<Root>,
+    /// With the lower layers not there yet, the directories created without being declared.
+    implicit: Option<ImplicitDirs>,
     /// Open directories by normalised relative path (hashed as bytes: a `Path` hashes
     /// component by component, which showed in profiles).
     dirs: HashMap<OsString, CachedDir>,
@@ -182,11 +195,18 @@ struct LayerWriter<'r> {
 }
 
 impl<'r> LayerWriter<'r> {
-    fn new(root: &'r Root, mode: WhiteoutMode, lowers: Vec<Root>, limits: &'r LayerLimits) -> Self {
+    fn new(
+        root: &'r Root,
+        mode: WhiteoutMode,
+        lowers: Vec<Root>,
+        implicit: Option<ImplicitDirs>,
+        limits: &'r LayerLimits,
+    ) -> Self {
         LayerWriter {
             root,
             mode,
             lowers,
+            implicit,
             dirs: HashMap::new(),
             dir_times: Vec::new(),
             created: HashSet::new(),
@@ -197,7 +217,9 @@ impl<'r> LayerWriter<'r> {
         }
     }
 
-    fn write_all(mut self, input: impl BufRead) -> Result<()> {
+    /// Writes every entry; the directories created without being declared, with the lower
+    /// layers not there yet.
+    fn write_all(mut self, input: impl BufRead) -> Result<Option<ImplicitDirs>> {
         let mut tar = TarStream::new(input);
         while let Some(header) = tar.next_entry()? {
             self.entry(header, &mut tar)?;
@@ -257,7 +279,7 @@ impl<'r> LayerWriter<'r> {
 
     /// Directory times last, deepest first, so creating children does not change them. A
     /// path the layer later replaced by something else keeps that thing's own time.
-    fn finish(mut self) -> Result<()> {
+    fn finish(mut self) -> Result<Option<ImplicitDirs>> {
         let times = std::mem::take(&mut self.dir_times);
         for (rel, t) in times.iter().rev() {
             let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
@@ -278,7 +300,7 @@ impl<'r> LayerWriter<'r> {
             dir.set_times(name, *t, *t)
                 .map_err(|e| Error::io("utimens", rel, e))?;
         }
-        Ok(())
+        Ok(self.implicit)
     }
 }
 

@@ -5,11 +5,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use mountutil::at::{self, Dir, Kind};
 
+use super::lowers::{self, Take};
 use super::*;
 use crate::{Error, Result};
 
@@ -127,39 +127,31 @@ impl LayerWriter<'_> {
     }
 
     /// Gives directory `name` (at `rel`, just created to hold an entry) the owner, mode,
-    /// non-`trusted.` xattrs and times of `rel` in the nearest lower layer that has it,
-    /// resolving symlinks inside that layer; a non-directory there (a whiteout, say) ends
-    /// the search and the defaults stay. Whether a lower layer had it.
+    /// non-`trusted.` xattrs and times of `rel` in the nearest lower layer that has it (see
+    /// [`lowers`](super::lowers)); with the lower layers not there yet, notes it for later.
+    /// Whether a lower layer had it.
     pub(super) fn inherit_from_lowers(
-        &self,
+        &mut self,
         parent: &Dir,
         name: &OsStr,
         rel: &Path,
     ) -> Result<bool> {
-        for lower in &self.lowers {
-            let found = match lower.open_dir(rel) {
-                Ok(dir) => dir,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(false),
-                Err(e) => return Err(Error::io("open in lower layer", rel, e)),
-            };
-            let io = |op| move |e| Error::io(op, rel, e);
-            let from = at::attrs(&found).map_err(io("stat in lower layer"))?;
-            let xattrs = at::fxattrs(&found).map_err(io("read xattrs in lower layer"))?;
-            let created = parent.open_subdir(name).map_err(io("open"))?;
-            at::fchown(&created, from.uid, from.gid).map_err(io("chown"))?;
-            at::fchmod(&created, from.mode).map_err(io("chmod"))?;
-            for (key, value) in xattrs {
-                // Not trusted.* (as containerd), nor user.overlay.*: an inherited
-                // opaque or redirect marker would hide the lower layers.
-                let k = key.as_bytes();
-                if !k.starts_with(b"trusted.") && !k.starts_with(b"user.overlay.") {
-                    at::fsetxattr(&created, &key, &value).map_err(io("setxattr"))?;
-                }
-            }
-            at::futimens(&created, from.atime, from.mtime).map_err(io("utimens"))?;
-            return Ok(true);
+        if let Some(implicit) = &mut self.implicit {
+            let created = parent
+                .open_subdir(name)
+                .map_err(|e| Error::io("open", rel, e))?;
+            implicit
+                .created(rel.to_path_buf(), &created)
+                .map_err(|e| Error::io("stat", rel, e))?;
+            return Ok(false);
         }
-        Ok(false)
+        let Some(lower) = lowers::nearest_lower_dir(&self.lowers, rel)? else {
+            return Ok(false);
+        };
+        let created = parent
+            .open_subdir(name)
+            .map_err(|e| Error::io("open", rel, e))?;
+        lowers::take_from_lower(&created, &lower, rel, Take::Everything { mtime: true })?;
+        Ok(true)
     }
 }

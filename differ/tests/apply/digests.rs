@@ -26,7 +26,7 @@ fn check_digests(blob: &[u8], tar: &[u8], hint: Option<Compression>, what: &str)
         hint,
         tmp.path(),
         WhiteoutMode::Native,
-        &[],
+        differ::Lowers::Present(&[]),
         &differ::LayerLimits::default(),
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -81,7 +81,7 @@ fn compression_is_sniffed_from_a_source_that_trickles() {
             None,
             tmp.path(),
             WhiteoutMode::Native,
-            &[],
+            differ::Lowers::Present(&[]),
             &differ::LayerLimits::default(),
         )
         .unwrap();

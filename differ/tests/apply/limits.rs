@@ -15,7 +15,7 @@ fn apply_limited(blob: &[u8], limits: differ::LayerLimits) -> differ::Result<dif
         None,
         tmp.path(),
         WhiteoutMode::Native,
-        &[],
+        differ::Lowers::Present(&[]),
         &limits,
     )
 }

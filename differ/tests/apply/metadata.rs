@@ -47,7 +47,7 @@ fn undeclared_parent_directories_take_their_metadata_from_the_lower_layers() {
         None,
         &upper,
         WhiteoutMode::Overlay { userxattr: false },
-        &[near.clone(), far.clone()],
+        differ::Lowers::Present(&[near.clone(), far.clone()]),
         &differ::LayerLimits::default(),
     )
     .unwrap();
@@ -226,4 +226,101 @@ fn modes_owners_and_times_are_applied() {
         assert_eq!((md.uid(), md.gid()), (uid, uid + 1), "{path} owner");
         assert_eq!(md.mtime(), 1_000_000_000 + i64::from(uid), "{path} mtime");
     }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them() {
+    // An image's layers applied at once: each into an empty upper directory, the directories
+    // it did not declare given their lower layers' metadata once those are there. The result
+    // must be what an apply on the lower layers gives (but for directory modification times,
+    // which are the apply's in both).
+    assert_root("a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them");
+    let tmp = tempdir();
+    let [lower, present, later] = mkdirs(tmp.path(), ["lower", "present", "later"]);
+    let dir = |rel: &str, mode: u32, owner: u32| {
+        let p = lower.join(rel);
+        fs::create_dir_all(&p).unwrap();
+        fs::set_permissions(&p, Permissions::from_mode(mode)).unwrap();
+        chown(&p, Some(owner), Some(owner + 1)).unwrap();
+        p
+    };
+    let home = dir("home/user", 0o700, 1000);
+    mountutil::fs::set_xattr(&home, "user.note".as_ref(), b"kept").unwrap();
+    mountutil::fs::set_times_nofollow(&home, (1_500_000_000, 0), (1_500_000_000, 7)).unwrap();
+    let shared = dir("srv/shared", 0o2775, 50);
+    mountutil::fs::set_xattr(&shared, "user.from-lower".as_ref(), b"1").unwrap();
+    dir("usr/lib", 0o750, 0);
+    std::os::unix::fs::symlink("usr/lib", lower.join("lib")).unwrap();
+    // A whiteout ends the search: gone/ takes the defaults.
+    mountutil::fs::mknod(&lower.join("gone"), mountutil::fs::NodeKind::Char, 0, 0, 0).unwrap();
+
+    let mut declared_late = Header::new(b'5', "srv/shared");
+    (declared_late.mode, declared_late.uid, declared_late.gid) = (0o755, 7, 7);
+    let blob = RawTar::default()
+        .file("home/user/.profile", b"x")
+        .file("lib/tool", b"y")
+        .file("srv/shared/deep/er/file", b"z")
+        .pax(&[("SCHILY.xattr.user.own", b"2")])
+        .entry(declared_late, b"")
+        .file("new/dir/file", b"w")
+        .file("gone/again", b"q")
+        .file("replaced/file", b"v")
+        .file("replaced", b"now a file")
+        .finish();
+    let overlay = WhiteoutMode::Overlay { userxattr: false };
+    let limits = differ::LayerLimits::default();
+    let lowers = [lower.clone()];
+    let apply = |target: &std::path::Path, lowers| {
+        apply_layer(
+            Box::new(Cursor::new(blob.clone())),
+            None,
+            target,
+            overlay,
+            lowers,
+            &limits,
+        )
+        .unwrap()
+    };
+    let on_lowers = apply(&present, differ::Lowers::Present(&lowers));
+    assert!(on_lowers.implicit_dirs.is_empty());
+    let before = apply(&later, differ::Lowers::Later);
+    assert!(!before.implicit_dirs.is_empty());
+    differ::inherit_implicit_dirs(&later, &lowers, &before.implicit_dirs).unwrap();
+
+    let tree = |root: &std::path::Path| {
+        let mut t = capture(root);
+        for node in t.values_mut() {
+            if node.kind == Kind::Dir {
+                node.mtime = 0;
+            }
+        }
+        t
+    };
+    // Before the walks below, which read the directories (relatime moves an old atime).
+    let atime = |root: &std::path::Path| fs::metadata(root.join("home/user")).unwrap().atime();
+    assert_eq!(atime(&later), 1_500_000_000);
+    assert_eq!(atime(&later), atime(&present));
+    assert_eq!(tree(&later), tree(&present));
+    // What the comparison covers: the inherited owner and xattr, the setgid group under
+    // srv/shared, the declared directory's own owner with the lower's xattr added.
+    let md = |p: &str| fs::symlink_metadata(later.join(p)).unwrap();
+    assert_eq!(
+        (md("home/user").uid(), md("home/user").mode() & 0o7777),
+        (1000, 0o700)
+    );
+    // deep/ was made in srv/shared while it had the lower's setgid mode, er/ in deep/.
+    assert_eq!(md("srv/shared/deep").gid(), 51);
+    assert_eq!(
+        (md("srv/shared").uid(), md("srv/shared").mode() & 0o7777),
+        (7, 0o755)
+    );
+    assert_eq!(
+        xattr(&later.join("srv/shared"), "user.from-lower").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        xattr(&later.join("srv/shared"), "user.own").as_deref(),
+        Some(&b"2"[..])
+    );
 }

@@ -82,7 +82,7 @@ pub fn apply(blob: &[u8], target: &Path, mode: WhiteoutMode) -> differ::Result<A
         None,
         target,
         mode,
-        &[],
+        differ::Lowers::Present(&[]),
         &differ::LayerLimits::default(),
     )
 }

@@ -24,6 +24,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use differ::ImplicitDirs;
 use snapshotter::Mount;
 
 use self::naming::ImageDestination;
@@ -63,13 +64,28 @@ pub type Result<T> = std::result::Result<T, TransferError>;
 pub trait Applier: Send + Sync {
     /// Applies blob `layer` (of `caller`'s namespace, read as `caller` may read it) onto
     /// `mounts`, checking its digest and size, and its uncompressed digest against the
-    /// descriptor's `containerd.io/uncompressed` annotation. Blocks.
+    /// descriptor's `containerd.io/uncompressed` annotation. Blocks. With the layers
+    /// below there [`Later`](Below::Later), the directories it made without the layer
+    /// declaring them, for [`differ::inherit_implicit_dirs`] once they are.
     fn apply(
         &self,
         layer: &Descriptor,
         mounts: Vec<Mount>,
         caller: &Caller,
-    ) -> std::result::Result<(), StoreError>;
+        below: Below,
+    ) -> std::result::Result<ImplicitDirs, StoreError>;
+}
+
+/// A store call running on the blocking pool ([`Transfer::spawn_blocking`]).
+type Pending<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
+/// Whether the layers below a snapshot are there when a layer is applied into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Below {
+    /// Its mounts show them (a snapshot prepared on its parent, or a first layer).
+    Present,
+    /// Not yet: it was prepared without its parent, which is being applied meanwhile.
+    Later,
 }
 
 /// Lease label naming the process a lease is held for, `<boot id>/<pid>` ([`this_process`]):
@@ -178,14 +194,26 @@ impl Transfer {
         T: Send + 'static,
         F: FnOnce(&ImageStore) -> std::result::Result<T, StoreError> + Send + 'static,
     {
+        self.spawn_blocking(f).await
+    }
+
+    /// Starts store call `f` on the blocking pool now; its result once awaited.
+    fn spawn_blocking<T, F>(&self, f: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ImageStore) -> std::result::Result<T, StoreError> + Send + 'static,
+    {
         let (store, busy) = (Arc::clone(&self.store), Arc::clone(&self.busy));
-        tokio::task::spawn_blocking(move || {
+        let running = tokio::task::spawn_blocking(move || {
             let _busy = busy;
             f(&store)
+        });
+        Box::pin(async move {
+            running
+                .await
+                .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
+                .map_err(TransferError::Store)
         })
-        .await
-        .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
-        .map_err(TransferError::Store)
     }
 
     /// Deletes the leases of transfers whose process died holding them (a daemon killed

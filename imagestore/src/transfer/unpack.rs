@@ -6,14 +6,23 @@
 //! `containerd.io/snapshot.ref`), label the blob `containerd.io/uncompressed`. Then the
 //! config is labelled `containerd.io/gc.ref.snapshot.<snapshotter>` with the top chain ID,
 //! which keeps the snapshots while the image lives. Asked again, every chain exists:
-//! nothing is applied. A pull unpacks a layer as soon as its blob's write is open and the
-//! layers below are committed ([`Arrivals`]): the apply follows the write.
+//! nothing is applied. A pull unpacks a layer as soon as its blob's write is open
+//! ([`Arrivals`]): the apply follows the write.
+//!
+//! Where the snapshotter allows it ([`parallel_unpack`]), as containerd 2.2's parallel
+//! unpack: the layers above the first missing one are applied at once, each into a
+//! snapshot prepared without a parent, and committed in order onto the layer below
+//! (rebased), once the directories each made without declaring them took their metadata
+//! from the layers below ([`differ::inherit_implicit_dirs`]), so the tree is the one
+//! applying them one after the other gives.
+//!
+//! [`parallel_unpack`]: snapshotter::Snapshotter::parallel_unpack
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::oneshot;
 
-use super::{Result, Transfer, TransferError};
+use super::{Below, Pending, Result, Transfer, TransferError};
 use crate::StoreError;
 use crate::oci::{self, Descriptor, Manifest};
 use crate::unique_suffix;
@@ -146,27 +155,75 @@ impl Transfer {
         }
         let chains = oci::chain_ids(diff_ids);
         let mut done = Unpacked::default();
-        let mut parent = String::new();
-        for ((layer, diff_id), chain) in manifest.layers.iter().zip(diff_ids).zip(&chains) {
-            if self.hold_snapshot(chain).await? {
-                done.existed += 1;
-                progress(&layer.digest, "exists");
-                parent = chain.clone();
-                continue;
+        // The layers already there, from the bottom up, held by this transfer's lease.
+        let mut first = 0;
+        while first < chains.len() && self.hold_snapshot(&chains[first]).await? {
+            done.existed += 1;
+            progress(&manifest.layers[first].digest, "exists");
+            first += 1;
+        }
+        let parallel = chains.len() - first >= 2
+            && self
+                .snapshots
+                .snapshotter(&self.snapshotter)?
+                .1
+                .parallel_unpack();
+        let mut in_flight: VecDeque<(usize, Staging)> = VecDeque::new();
+        let mut next = first;
+        let applied = async {
+            while next < chains.len() || !in_flight.is_empty() {
+                // The bottom layer on its parent; with `parallel`, those above at once,
+                // each without its parent until it is committed onto it.
+                while next < chains.len()
+                    && (in_flight.is_empty() || parallel && in_flight.len() < applies_at_once())
+                {
+                    let layer = &manifest.layers[next];
+                    // Applied as it downloads: the apply reads the write in progress, which
+                    // checks the digest before it lets the reader reach the end.
+                    arrivals.wait_readable(&layer.digest).await?;
+                    progress(&layer.digest, "unpacking");
+                    let onto = (next == first || !parallel)
+                        .then(|| next.checked_sub(1).map_or("", |p| chains[p].as_str()));
+                    let staging = self.stage_layer(layer, &diff_ids[next], &chains[next], onto);
+                    in_flight.push_back((next, staging));
+                    next += 1;
+                }
+                let Some((i, staging)) = in_flight.pop_front() else {
+                    break;
+                };
+                let layer = &manifest.layers[i];
+                let rebase = if staging.onto_parent {
+                    ""
+                } else {
+                    chains[i - 1].as_str()
+                };
+                match self
+                    .commit_layer(staging.staged.await?, &chains[i], rebase)
+                    .await?
+                {
+                    Applied::New => done.applied += 1,
+                    Applied::Existed => done.existed += 1,
+                }
+                arrivals.wait(&layer.digest).await?;
+                let uncompressed = [(api::labels::UNCOMPRESSED.to_string(), diff_ids[i].clone())];
+                self.label_blob(&layer.digest, uncompressed.into()).await?;
+                progress(&layer.digest, "applied");
             }
-            // Applied as it downloads: the apply reads the write in progress, which checks
-            // the digest before it lets the reader reach the end.
-            arrivals.wait_readable(&layer.digest).await?;
-            progress(&layer.digest, "unpacking");
-            match self.apply_layer(layer, diff_id, chain, &parent).await? {
-                Applied::New => done.applied += 1,
-                Applied::Existed => done.existed += 1,
+            Ok(())
+        }
+        .await;
+        if let Err(e) = applied {
+            // Those applied meanwhile go: nothing is committed above a failed layer.
+            for (_, staging) in in_flight {
+                if let Ok(Staged::Applied { key, .. }) = staging.staged.await {
+                    let (snapshots, snapshotter) =
+                        (self.snapshots.clone(), self.snapshotter.clone());
+                    let _ = self
+                        .blocking(move |_| snapshots.remove(&snapshotter, &key))
+                        .await;
+                }
             }
-            arrivals.wait(&layer.digest).await?;
-            let uncompressed = [(api::labels::UNCOMPRESSED.to_string(), diff_id.clone())];
-            self.label_blob(&layer.digest, uncompressed.into()).await?;
-            progress(&layer.digest, "applied");
-            parent = chain.clone();
+            return Err(e);
         }
         if let Some(top) = chains.last() {
             let label = api::labels::ref_snapshot(&self.snapshotter);
@@ -190,58 +247,144 @@ impl Transfer {
             .await
     }
 
-    /// Prepares a snapshot on `parent`, applies `layer` into it and commits it as `chain`.
-    async fn apply_layer(
+    /// Starts preparing a snapshot for `layer` (chain ID `chain`) and applying the layer
+    /// into it: on committed snapshot `onto` (empty for none), or, with `None`, without a
+    /// parent (the layers below are being applied meanwhile; [`commit_layer`] rebases it).
+    ///
+    /// [`commit_layer`]: Transfer::commit_layer
+    fn stage_layer(
         &self,
         layer: &Descriptor,
         diff_id: &str,
         chain: &str,
-        parent: &str,
-    ) -> Result<Applied> {
+        onto: Option<&str>,
+    ) -> Staging {
         let (snapshots, applier, caller) =
             (self.snapshots.clone(), self.applier.clone(), self.caller());
         let snapshotter = self.snapshotter.clone();
-        let (chain, parent) = (chain.to_string(), parent.to_string());
+        let (chain, parent) = (chain.to_string(), onto.unwrap_or_default().to_string());
+        let below = if onto.is_some() {
+            Below::Present
+        } else {
+            Below::Later
+        };
         let mut layer = layer.clone();
         layer
             .annotations
             .insert(api::labels::UNCOMPRESSED.to_string(), diff_id.to_string());
-        self.blocking(move |_| {
+        let staged = self.spawn_blocking(move |_| {
             let key = format!("extract-{} {chain}", unique_suffix());
             let labels: snapshotter::Labels =
                 [(api::labels::SNAPSHOT_REF.to_string(), chain.clone())].into();
-            let mounts =
-                match snapshots.prepare(&caller, &snapshotter, &key, &parent, labels.clone()) {
-                    Ok(m) => m,
-                    // Committed meanwhile by the snapshotter's layer reuse: taken as it is,
-                    // and the Prepare put it in this transfer's lease already.
-                    Err(StoreError::Snapshot(snapshotter::Error::LayerCommitted { .. })) => {
-                        return Ok(Applied::Existed);
-                    }
-                    // Committed meanwhile by another unpack: taken as it is, held by this
-                    // transfer's lease.
-                    Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
-                        snapshots.hold(&caller, &snapshotter, &chain)?;
-                        return Ok(Applied::Existed);
-                    }
-                    Err(e) => return Err(e),
-                };
-            if let Err(e) = applier.apply(&layer, mounts, &caller) {
-                let _ = snapshots.remove(&snapshotter, &key);
-                return Err(e);
+            let mounts = match snapshots.prepare(&caller, &snapshotter, &key, &parent, labels) {
+                Ok(m) => m,
+                // Committed meanwhile by the snapshotter's layer reuse: taken as it is, and
+                // the Prepare put it in this transfer's lease already.
+                Err(StoreError::Snapshot(snapshotter::Error::LayerCommitted { .. })) => {
+                    return Ok(Staged::Existed);
+                }
+                // Committed meanwhile by another unpack: taken as it is, held by this
+                // transfer's lease.
+                Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
+                    snapshots.hold(&caller, &snapshotter, &chain)?;
+                    return Ok(Staged::Existed);
+                }
+                Err(e) => return Err(e),
+            };
+            match applier.apply(&layer, mounts.clone(), &caller, below) {
+                Ok(implicit_dirs) => Ok(Staged::Applied {
+                    key,
+                    mounts,
+                    implicit_dirs,
+                }),
+                Err(e) => {
+                    let _ = snapshots.remove(&snapshotter, &key);
+                    Err(e)
+                }
             }
-            match snapshots.commit(&caller, &snapshotter, &chain, &key, labels, "") {
+        });
+        Staging {
+            staged,
+            onto_parent: onto.is_some(),
+        }
+    }
+
+    /// Commits a staged layer as `chain`, rebased onto committed `rebase` if it was
+    /// prepared without its parent (after giving the directories it made without declaring
+    /// them their lower layers' metadata).
+    async fn commit_layer(&self, staged: Staged, chain: &str, rebase: &str) -> Result<Applied> {
+        let Staged::Applied {
+            key,
+            mounts,
+            implicit_dirs,
+        } = staged
+        else {
+            return Ok(Applied::Existed);
+        };
+        let (snapshots, caller) = (self.snapshots.clone(), self.caller());
+        let snapshotter = self.snapshotter.clone();
+        let (chain, rebase) = (chain.to_string(), rebase.to_string());
+        self.blocking(move |_| {
+            if !implicit_dirs.is_empty() && !rebase.is_empty() {
+                let inherited = (|| {
+                    let (_, s) = snapshots.snapshotter(&snapshotter)?;
+                    let upper = s.recognize(&mounts)?.ok_or_else(|| {
+                        StoreError::FailedPrecondition(format!(
+                            "snapshot {key}: mounts not its own"
+                        ))
+                    })?;
+                    let lowers = s.layer_dirs(&rebase)?;
+                    differ::inherit_implicit_dirs(&upper.fs, &lowers, &implicit_dirs)
+                        .map_err(|e| StoreError::Applier(Box::new(e)))
+                })();
+                if let Err(e) = inherited {
+                    let _ = snapshots.remove(&snapshotter, &key);
+                    return Err(e);
+                }
+            }
+            let labels: snapshotter::Labels =
+                [(api::labels::SNAPSHOT_REF.to_string(), chain.clone())].into();
+            match snapshots.commit(&caller, &snapshotter, &chain, &key, labels, &rebase) {
                 Ok(()) => Ok(Applied::New),
                 Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
                     let _ = snapshots.remove(&snapshotter, &key);
                     snapshots.hold(&caller, &snapshotter, &chain)?;
                     Ok(Applied::Existed)
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    let _ = snapshots.remove(&snapshotter, &key);
+                    Err(e)
+                }
             }
         })
         .await
     }
+}
+
+/// Layers applied at once where the snapshotter allows it: each apply keeps about two
+/// cores busy (inflating; hashing and creating files), so half the cores, at least two.
+fn applies_at_once() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).max(2)
+}
+
+/// A layer being prepared and applied ([`Transfer::stage_layer`]).
+struct Staging {
+    staged: Pending<Staged>,
+    /// Prepared on its parent (otherwise without one, to be rebased at the commit).
+    onto_parent: bool,
+}
+
+/// A layer prepared and applied, not committed yet.
+enum Staged {
+    Applied {
+        key: String,
+        mounts: Vec<snapshotter::Mount>,
+        /// Directories made without the layer declaring them, its parent not there yet.
+        implicit_dirs: differ::ImplicitDirs,
+    },
+    /// Its chain ID was committed meanwhile (held by the transfer's lease).
+    Existed,
 }
 
 /// What applying one layer came to.
