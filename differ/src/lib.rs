@@ -18,7 +18,8 @@ mod pipeline;
 mod tarstream;
 
 pub use apply::{
-    Applied, ImplicitDirs, LayerLimits, Lowers, WhiteoutMode, apply_layer, inherit_implicit_dirs,
+    Applied, ImplicitDirs, Inherited, LayerLimits, Lowers, WhiteoutMode, apply_layer,
+    inherit_implicit_dirs,
 };
 pub use compression::Compression;
 pub use digest::Digest;

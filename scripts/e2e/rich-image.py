@@ -135,6 +135,10 @@ LAYERS = [
             f("home/user/later", b"later\n", uid=1000, gid=1000),
             f("opt/more", b"more\n"),
             f("srv/file", b"in a setgid directory\n"),
+            # An opaque marker in a directory this layer does not declare: applied at once
+            # with the layers below, this layer must be applied again on them (nothing
+            # gives the directory its lower copy's mtime afterwards).
+            f("srv/" + OPAQUE, b""),
         ],
     ),
 ]

@@ -33,7 +33,7 @@ impl LayerWriter<'_> {
                     .map_err(|e| Error::io("remove", rel, e))?;
                 let out = create(dir).map_err(|e| Error::io("create", rel, e));
                 if was_dir {
-                    self.dirs.clear();
+                    self.dir_removed();
                 }
                 out
             }
@@ -130,7 +130,7 @@ impl LayerWriter<'_> {
                     dir.mkdir(name, meta.mode)
                         .map_err(|e| Error::io("mkdir", rel, e))?;
                     if resolves_as_dir(existing) {
-                        self.dirs.clear();
+                        self.dir_removed();
                     }
                 }
             }

@@ -18,7 +18,7 @@ use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::NodeKind;
 pub use mountutil::overlay::WhiteoutMode;
 
-pub use self::lowers::{ImplicitDirs, Lowers, inherit_implicit_dirs};
+pub use self::lowers::{ImplicitDirs, Inherited, Lowers, inherit_implicit_dirs};
 use crate::pipeline::{self, Decoded, LayerSource};
 use crate::tarstream::{EntryKind, Header, TarStream};
 use crate::{Compression, Digest, Error, Result};
@@ -301,6 +301,17 @@ impl<'r> LayerWriter<'r> {
                 .map_err(|e| Error::io("utimens", rel, e))?;
         }
         Ok(self.implicit)
+    }
+}
+
+impl LayerWriter<'_> {
+    /// A directory (or a symlink to one) was removed: cached handles may lead into it, and
+    /// a directory made implicitly may be gone.
+    fn dir_removed(&mut self) {
+        self.dirs.clear();
+        if let Some(implicit) = &mut self.implicit {
+            implicit.dir_removed();
+        }
     }
 }
 

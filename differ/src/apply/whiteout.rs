@@ -30,7 +30,14 @@ impl LayerWriter<'_> {
                     let name = if userxattr { user } else { trusted };
                     let dir = &self.parent(parent)?.dir;
                     at::fsetxattr(dir, name.as_ref(), b"y")
-                        .map_err(|e| Error::io("setxattr", &rel, e))
+                        .map_err(|e| Error::io("setxattr", &rel, e))?;
+                    if let Some(implicit) = &mut self.implicit {
+                        let dir = &self.dirs[parent.as_os_str()].dir;
+                        implicit
+                            .marked_opaque(dir)
+                            .map_err(|e| Error::io("stat", &rel, e))?;
+                    }
+                    Ok(())
                 }
                 WhiteoutMode::Native => self.empty_dir(parent),
             };
@@ -56,7 +63,7 @@ impl LayerWriter<'_> {
                 dir.chown(hidden, meta.uid, meta.gid)
                     .map_err(|e| Error::io("chown", &rel, e))?;
                 if was_dir {
-                    self.dirs.clear();
+                    self.dir_removed();
                 }
             }
             WhiteoutMode::Native => {
@@ -69,7 +76,7 @@ impl LayerWriter<'_> {
                 dir.remove_all(hidden)
                     .map_err(|e| Error::io("remove", &rel, e))?;
                 if was_dir {
-                    self.dirs.clear();
+                    self.dir_removed();
                 }
             }
         }
@@ -110,7 +117,7 @@ impl LayerWriter<'_> {
                 .map_err(|e| Error::io("remove", &child_rel, e))?;
         }
         if removed_dir {
-            self.dirs.clear();
+            self.dir_removed();
         }
         for sub in keep_dirs {
             self.empty_dir(&sub)?;

@@ -252,11 +252,18 @@ fn a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them() {
     mountutil::fs::set_xattr(&shared, "user.from-lower".as_ref(), b"1").unwrap();
     dir("usr/lib", 0o750, 0);
     std::os::unix::fs::symlink("usr/lib", lower.join("lib")).unwrap();
+    dir("var/local", 0o2775, 49);
     // A whiteout ends the search: gone/ takes the defaults.
     mountutil::fs::mknod(&lower.join("gone"), mountutil::fs::NodeKind::Char, 0, 0, 0).unwrap();
 
     let mut declared_late = Header::new(b'5', "srv/shared");
     (declared_late.mode, declared_late.uid, declared_late.gid) = (0o755, 7, 7);
+    // Made before it was declared setgid (no lower layer has it).
+    let mut solo = Header::new(b'5', "solo");
+    (solo.mode, solo.gid) = (0o2775, 60);
+    // Declared without its lower copy's setgid between two directories made in it.
+    let mut local = Header::new(b'5', "var/local");
+    (local.mode, local.gid) = (0o755, 0);
     let blob = RawTar::default()
         .file("home/user/.profile", b"x")
         .file("lib/tool", b"y")
@@ -265,8 +272,11 @@ fn a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them() {
         .entry(declared_late, b"")
         .file("new/dir/file", b"w")
         .file("gone/again", b"q")
-        .file("replaced/file", b"v")
-        .file("replaced", b"now a file")
+        .file("solo/x/f", b"s")
+        .entry(solo, b"")
+        .file("var/local/a/f", b"a")
+        .entry(local, b"")
+        .file("var/local/b/g", b"b")
         .finish();
     let overlay = WhiteoutMode::Overlay { userxattr: false };
     let limits = differ::LayerLimits::default();
@@ -286,7 +296,10 @@ fn a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them() {
     assert!(on_lowers.implicit_dirs.is_empty());
     let before = apply(&later, differ::Lowers::Later);
     assert!(!before.implicit_dirs.is_empty());
-    differ::inherit_implicit_dirs(&later, &lowers, &before.implicit_dirs).unwrap();
+    assert_eq!(
+        differ::inherit_implicit_dirs(&later, &lowers, &before.implicit_dirs).unwrap(),
+        differ::Inherited::Done
+    );
 
     let tree = |root: &std::path::Path| {
         let mut t = capture(root);
@@ -323,4 +336,89 @@ fn a_layer_applied_before_its_lower_layers_ends_as_one_applied_on_them() {
         xattr(&later.join("srv/shared"), "user.own").as_deref(),
         Some(&b"2"[..])
     );
+    let egid = mountutil::at::effective_ids().1;
+    assert_eq!(md("solo/x").gid(), egid);
+    assert_eq!(
+        (md("var/local/a").gid(), md("var/local/b").gid()),
+        (50, egid)
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_layer_applied_before_its_lower_layers_is_applied_again_where_nothing_can_mend_it() {
+    // What the layers below would have given at creation, and nothing can give afterwards:
+    // a default ACL (inherited by what is made in the directory), an opaque marker in a
+    // directory the layer made (an apply on the lower layers leaves it the lower's mtime),
+    // a directory the layer made and then removed (its inode may be reused).
+    assert_root(
+        "a_layer_applied_before_its_lower_layers_is_applied_again_where_nothing_can_mend_it",
+    );
+    let tmp = tempdir();
+    let [lower] = mkdirs(tmp.path(), ["lower"]);
+    for d in ["acl", "opaque", "removed/dir"] {
+        fs::create_dir_all(lower.join(d)).unwrap();
+    }
+    // version 2; user::rwx, group::r-x, other::r-x.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 5)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    mountutil::fs::set_xattr(
+        &lower.join("acl"),
+        "system.posix_acl_default".as_ref(),
+        &acl,
+    )
+    .unwrap();
+    let cases = [
+        (
+            "a default ACL",
+            RawTar::default().file("acl/f", b"x").finish(),
+        ),
+        (
+            "an opaque marker",
+            RawTar::default()
+                .file("opaque/f", b"x")
+                .file("opaque/.wh..wh..opq", b"")
+                .finish(),
+        ),
+        (
+            "a removed directory",
+            RawTar::default()
+                .file("removed/dir/f", b"x")
+                .file("removed/.wh.dir", b"")
+                .finish(),
+        ),
+        (
+            "nothing of the sort",
+            RawTar::default().file("opaque/f", b"x").finish(),
+        ),
+    ];
+    for (i, (what, blob)) in cases.into_iter().enumerate() {
+        let upper = tmp.path().join(format!("upper-{i}"));
+        fs::create_dir(&upper).unwrap();
+        let applied = apply_layer(
+            Box::new(Cursor::new(blob)),
+            None,
+            &upper,
+            WhiteoutMode::Overlay { userxattr: false },
+            differ::Lowers::Later,
+            &differ::LayerLimits::default(),
+        )
+        .unwrap();
+        let inherited = differ::inherit_implicit_dirs(
+            &upper,
+            std::slice::from_ref(&lower),
+            &applied.implicit_dirs,
+        )
+        .unwrap();
+        let want = if what == "nothing of the sort" {
+            differ::Inherited::Done
+        } else {
+            differ::Inherited::ApplyAgain
+        };
+        assert_eq!(inherited, want, "{what}");
+    }
 }

@@ -14,7 +14,8 @@
 //! snapshot prepared without a parent, and committed in order onto the layer below
 //! (rebased), once the directories each made without declaring them took their metadata
 //! from the layers below ([`differ::inherit_implicit_dirs`]), so the tree is the one
-//! applying them one after the other gives.
+//! applying them one after the other gives; a layer whose tree that cannot mend is applied
+//! again on its parent.
 //!
 //! [`parallel_unpack`]: snapshotter::Snapshotter::parallel_unpack
 
@@ -178,6 +179,13 @@ impl Transfer {
                     && (in_flight.is_empty() || parallel && in_flight.len() < applies_at_once())
                 {
                     let layer = &manifest.layers[next];
+                    // Committed meanwhile by another pull (the one below was missing).
+                    if next > first && self.hold_snapshot(&chains[next]).await? {
+                        progress(&layer.digest, "exists");
+                        in_flight.push_back((next, Staging::existed()));
+                        next += 1;
+                        continue;
+                    }
                     // Applied as it downloads: the apply reads the write in progress, which
                     // checks the digest before it lets the reader reach the end.
                     arrivals.wait_readable(&layer.digest).await?;
@@ -197,8 +205,9 @@ impl Transfer {
                 } else {
                     chains[i - 1].as_str()
                 };
+                let staged = staging.staged.await?;
                 match self
-                    .commit_layer(staging.staged.await?, &chains[i], rebase)
+                    .commit_layer(layer, &diff_ids[i], staged, &chains[i], rebase)
                     .await?
                 {
                     Applied::New => done.applied += 1,
@@ -309,23 +318,49 @@ impl Transfer {
         }
     }
 
-    /// Commits a staged layer as `chain`, rebased onto committed `rebase` if it was
-    /// prepared without its parent (after giving the directories it made without declaring
-    /// them their lower layers' metadata).
-    async fn commit_layer(&self, staged: Staged, chain: &str, rebase: &str) -> Result<Applied> {
+    /// Commits a staged layer (`layer`, `diff_id`) as `chain`, rebased onto committed
+    /// `rebase` if it was prepared without its parent, once the directories it made without
+    /// declaring them took their lower layers' metadata; where that cannot be done after
+    /// the fact, the layer is applied again, on its parent.
+    async fn commit_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        staged: Staged,
+        chain: &str,
+        rebase: &str,
+    ) -> Result<Applied> {
+        if let Some(applied) = self.commit_staged(staged, chain, rebase).await? {
+            return Ok(applied);
+        }
+        tracing::debug!(layer = layer.digest, "applied again on its parent");
+        let staging = self.stage_layer(layer, diff_id, chain, Some(rebase));
+        self.commit_staged(staging.staged.await?, chain, "")
+            .await?
+            .ok_or_else(|| TransferError::Invalid(format!("{}: not applied", layer.digest)))
+    }
+
+    /// [`commit_layer`](Transfer::commit_layer)'s commit; `None` if the layer must be
+    /// applied again on its parent (its staged snapshot is gone then).
+    async fn commit_staged(
+        &self,
+        staged: Staged,
+        chain: &str,
+        rebase: &str,
+    ) -> Result<Option<Applied>> {
         let Staged::Applied {
             key,
             mounts,
             implicit_dirs,
         } = staged
         else {
-            return Ok(Applied::Existed);
+            return Ok(Some(Applied::Existed));
         };
         let (snapshots, caller) = (self.snapshots.clone(), self.caller());
         let snapshotter = self.snapshotter.clone();
         let (chain, rebase) = (chain.to_string(), rebase.to_string());
         self.blocking(move |_| {
-            if !implicit_dirs.is_empty() && !rebase.is_empty() {
+            if !rebase.is_empty() {
                 let inherited = (|| {
                     let (_, s) = snapshots.snapshotter(&snapshotter)?;
                     let upper = s.recognize(&mounts)?.ok_or_else(|| {
@@ -337,19 +372,26 @@ impl Transfer {
                     differ::inherit_implicit_dirs(&upper.fs, &lowers, &implicit_dirs)
                         .map_err(|e| StoreError::Applier(Box::new(e)))
                 })();
-                if let Err(e) = inherited {
-                    let _ = snapshots.remove(&snapshotter, &key);
-                    return Err(e);
+                match inherited {
+                    Ok(differ::Inherited::Done) => {}
+                    Ok(differ::Inherited::ApplyAgain) => {
+                        snapshots.remove(&snapshotter, &key)?;
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        let _ = snapshots.remove(&snapshotter, &key);
+                        return Err(e);
+                    }
                 }
             }
             let labels: snapshotter::Labels =
                 [(api::labels::SNAPSHOT_REF.to_string(), chain.clone())].into();
             match snapshots.commit(&caller, &snapshotter, &chain, &key, labels, &rebase) {
-                Ok(()) => Ok(Applied::New),
+                Ok(()) => Ok(Some(Applied::New)),
                 Err(StoreError::Snapshot(snapshotter::Error::AlreadyExists(_))) => {
                     let _ = snapshots.remove(&snapshotter, &key);
                     snapshots.hold(&caller, &snapshotter, &chain)?;
-                    Ok(Applied::Existed)
+                    Ok(Some(Applied::Existed))
                 }
                 Err(e) => {
                     let _ = snapshots.remove(&snapshotter, &key);
@@ -373,6 +415,16 @@ struct Staging {
     staged: Pending<Staged>,
     /// Prepared on its parent (otherwise without one, to be rebased at the commit).
     onto_parent: bool,
+}
+
+impl Staging {
+    /// A layer found committed: nothing to apply.
+    fn existed() -> Self {
+        Staging {
+            staged: Box::pin(std::future::ready(Ok(Staged::Existed))),
+            onto_parent: true,
+        }
+    }
 }
 
 /// A layer prepared and applied, not committed yet.
