@@ -351,9 +351,11 @@ impl Emptying {
     }
 }
 
-/// Owner, permission bits and times of a file, as `stat` gives them.
+/// Inode number, owner, permission bits and times of a file, as `stat` gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attrs {
+    /// Which file it is on its filesystem.
+    pub ino: u64,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -366,21 +368,17 @@ pub struct Attrs {
     pub mtime: (i64, i64),
 }
 
-/// Owner, mode and times of an open file or directory.
+/// Inode number, owner, mode and times of an open file or directory.
 pub fn attrs(fd: impl AsFd) -> io::Result<Attrs> {
     let st = rustix::fs::fstat(fd)?;
     Ok(Attrs {
+        ino: st.st_ino,
         uid: st.st_uid,
         gid: st.st_gid,
         mode: st.st_mode & 0o7777,
         atime: (st.st_atime, st.st_atime_nsec as i64),
         mtime: (st.st_mtime, st.st_mtime_nsec as i64),
     })
-}
-
-/// The inode number of an open file or directory (which file it is, on its filesystem).
-pub fn inode(fd: impl AsFd) -> io::Result<u64> {
-    Ok(rustix::fs::fstat(fd)?.st_ino)
 }
 
 /// Every extended attribute of an open file or directory, names and values.

@@ -63,18 +63,13 @@ impl ImplicitDirs {
         self.dirs.is_empty()
     }
 
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.dirs.len()
-    }
-
     fn next_event(&mut self) -> u64 {
         self.events += 1;
         self.events
     }
 
     pub(super) fn created(&mut self, rel: PathBuf, dir: &Dir) -> io::Result<()> {
-        let ino = at::inode(dir)?;
+        let ino = at::attrs(dir)?.ino;
         let event = self.next_event();
         self.dirs.push(ImplicitDir { rel, ino, event });
         Ok(())
@@ -82,11 +77,10 @@ impl ImplicitDirs {
 
     /// Directory `dir` was declared by an entry of the layer (its owner and mode set).
     pub(super) fn declared(&mut self, dir: &Dir) -> io::Result<()> {
-        let ino = at::inode(dir)?;
         let attrs = at::attrs(dir)?;
         let event = self.next_event();
         self.declarations.push(Declaration {
-            ino,
+            ino: attrs.ino,
             event,
             mode: attrs.mode,
             gid: attrs.gid,
@@ -104,7 +98,7 @@ impl ImplicitDirs {
     /// (entries made in it since may have moved it, or not).
     pub(super) fn marked_opaque(&mut self, dir: &Dir) -> io::Result<()> {
         if !self.dirs.is_empty() {
-            let ino = at::inode(dir)?;
+            let ino = at::attrs(dir)?.ino;
             self.apply_again |= self.dirs.iter().any(|d| d.ino == ino);
         }
         Ok(())
@@ -159,43 +153,48 @@ pub(super) fn nearest_lower_dir(lowers: &[Root], rel: &Path) -> Result<Option<Di
 pub(super) fn take_from_lower(created: &Dir, lower: &Dir, rel: &Path, take: Take) -> Result<()> {
     let io = |op| move |e| Error::io(op, rel, e);
     let xattrs = at::fxattrs(lower).map_err(io("read xattrs in lower layer"))?;
-    let has: HashSet<OsString> = match take {
-        Take::MissingXattrs => at::fxattrs(created)
-            .map_err(io("read xattrs"))?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect(),
-        Take::Everything { .. } => HashSet::new(),
-    };
-    if let Take::Everything { .. } = take {
-        let from = at::attrs(lower).map_err(io("stat in lower layer"))?;
-        at::fchown(created, from.uid, from.gid).map_err(io("chown"))?;
-        at::fchmod(created, from.mode).map_err(io("chmod"))?;
-    }
-    let own_mode = match take {
-        Take::MissingXattrs => Some(at::attrs(created).map_err(io("stat"))?.mode),
-        Take::Everything { .. } => None,
-    };
-    let mut acl_added = false;
-    for (key, value) in xattrs {
+    let inheritable = |key: &OsString| {
         let k = key.as_encoded_bytes();
-        if !k.starts_with(b"trusted.") && !k.starts_with(b"user.overlay.") && !has.contains(&key) {
-            at::fsetxattr(created, &key, &value).map_err(io("setxattr"))?;
-            acl_added |= key == ACCESS_ACL;
+        !k.starts_with(b"trusted.") && !k.starts_with(b"user.overlay.")
+    };
+    match take {
+        Take::Everything { mtime } => {
+            let from = at::attrs(lower).map_err(io("stat in lower layer"))?;
+            at::fchown(created, from.uid, from.gid).map_err(io("chown"))?;
+            at::fchmod(created, from.mode).map_err(io("chmod"))?;
+            for (key, value) in xattrs.iter().filter(|(k, _)| inheritable(k)) {
+                at::fsetxattr(created, key, value).map_err(io("setxattr"))?;
+            }
+            let mtime = if mtime {
+                from.mtime
+            } else {
+                at::attrs(created).map_err(io("stat"))?.mtime
+            };
+            at::futimens(created, from.atime, mtime).map_err(io("utimens"))
+        }
+        Take::MissingXattrs => {
+            let own = at::attrs(created).map_err(io("stat"))?;
+            let has: HashSet<OsString> = at::fxattrs(created)
+                .map_err(io("read xattrs"))?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let mut acl_added = false;
+            for (key, value) in xattrs
+                .iter()
+                .filter(|(k, _)| inheritable(k) && !has.contains(k))
+            {
+                at::fsetxattr(created, key, value).map_err(io("setxattr"))?;
+                acl_added |= key == ACCESS_ACL;
+            }
+            // An apply on the lower layers would have given the ACL before the entry set
+            // the declared mode: that mode keeps the group bits.
+            if acl_added {
+                at::fchmod(created, own.mode).map_err(io("chmod"))?;
+            }
+            Ok(())
         }
     }
-    // Declared after an apply on the lower layers would have given it their ACL: the
-    // declared mode, set last, keeps the group bits.
-    if let (Some(mode), true) = (own_mode, acl_added) {
-        at::fchmod(created, mode).map_err(io("chmod"))?;
-    }
-    if let Take::Everything { mtime } = take {
-        let from = at::attrs(lower).map_err(io("stat in lower layer"))?;
-        let own = at::attrs(created).map_err(io("stat"))?;
-        let mtime = if mtime { from.mtime } else { own.mtime };
-        at::futimens(created, from.atime, mtime).map_err(io("utimens"))?;
-    }
-    Ok(())
 }
 
 /// Gives the directories a layer created in `target` without declaring them

@@ -169,7 +169,10 @@ impl Transfer {
                 .snapshotter(&self.snapshotter)?
                 .1
                 .parallel_unpack();
-        let mut in_flight: VecDeque<(usize, Staging)> = VecDeque::new();
+        // Whether layer `i` is applied before the one below it is committed: prepared
+        // without a parent, rebased at its commit.
+        let apart = |i: usize| parallel && i > first;
+        let mut in_flight: VecDeque<(usize, Pending<Staged>)> = VecDeque::new();
         let mut next = first;
         let applied = async {
             while next < chains.len() || !in_flight.is_empty() {
@@ -182,7 +185,8 @@ impl Transfer {
                     // Committed meanwhile by another pull (the one below was missing).
                     if next > first && self.hold_snapshot(&chains[next]).await? {
                         progress(&layer.digest, "exists");
-                        in_flight.push_back((next, Staging::existed()));
+                        let existed = Box::pin(std::future::ready(Ok(Staged::Existed)));
+                        in_flight.push_back((next, existed));
                         next += 1;
                         continue;
                     }
@@ -190,7 +194,7 @@ impl Transfer {
                     // checks the digest before it lets the reader reach the end.
                     arrivals.wait_readable(&layer.digest).await?;
                     progress(&layer.digest, "unpacking");
-                    let onto = (next == first || !parallel)
+                    let onto = (!apart(next))
                         .then(|| next.checked_sub(1).map_or("", |p| chains[p].as_str()));
                     let staging = self.stage_layer(layer, &diff_ids[next], &chains[next], onto);
                     in_flight.push_back((next, staging));
@@ -200,12 +204,8 @@ impl Transfer {
                     break;
                 };
                 let layer = &manifest.layers[i];
-                let rebase = if staging.onto_parent {
-                    ""
-                } else {
-                    chains[i - 1].as_str()
-                };
-                let staged = staging.staged.await?;
+                let rebase = if apart(i) { chains[i - 1].as_str() } else { "" };
+                let staged = staging.await?;
                 match self
                     .commit_layer(layer, &diff_ids[i], staged, &chains[i], rebase)
                     .await?
@@ -224,7 +224,7 @@ impl Transfer {
         if let Err(e) = applied {
             // Those applied meanwhile go: nothing is committed above a failed layer.
             for (_, staging) in in_flight {
-                if let Ok(Staged::Applied { key, .. }) = staging.staged.await {
+                if let Ok(Staged::Applied { key, .. }) = staging.await {
                     let (snapshots, snapshotter) =
                         (self.snapshots.clone(), self.snapshotter.clone());
                     let _ = self
@@ -267,7 +267,7 @@ impl Transfer {
         diff_id: &str,
         chain: &str,
         onto: Option<&str>,
-    ) -> Staging {
+    ) -> Pending<Staged> {
         let (snapshots, applier, caller) =
             (self.snapshots.clone(), self.applier.clone(), self.caller());
         let snapshotter = self.snapshotter.clone();
@@ -281,7 +281,7 @@ impl Transfer {
         layer
             .annotations
             .insert(api::labels::UNCOMPRESSED.to_string(), diff_id.to_string());
-        let staged = self.spawn_blocking(move |_| {
+        self.spawn_blocking(move |_| {
             let key = format!("extract-{} {chain}", unique_suffix());
             let labels: snapshotter::Labels =
                 [(api::labels::SNAPSHOT_REF.to_string(), chain.clone())].into();
@@ -311,11 +311,7 @@ impl Transfer {
                     Err(e)
                 }
             }
-        });
-        Staging {
-            staged,
-            onto_parent: onto.is_some(),
-        }
+        })
     }
 
     /// Commits a staged layer (`layer`, `diff_id`) as `chain`, rebased onto committed
@@ -334,8 +330,10 @@ impl Transfer {
             return Ok(applied);
         }
         tracing::debug!(layer = layer.digest, "applied again on its parent");
-        let staging = self.stage_layer(layer, diff_id, chain, Some(rebase));
-        self.commit_staged(staging.staged.await?, chain, "")
+        let staged = self
+            .stage_layer(layer, diff_id, chain, Some(rebase))
+            .await?;
+        self.commit_staged(staged, chain, "")
             .await?
             .ok_or_else(|| TransferError::Invalid(format!("{}: not applied", layer.digest)))
     }
@@ -410,24 +408,7 @@ fn applies_at_once() -> usize {
     (cores / 2).max(2)
 }
 
-/// A layer being prepared and applied ([`Transfer::stage_layer`]).
-struct Staging {
-    staged: Pending<Staged>,
-    /// Prepared on its parent (otherwise without one, to be rebased at the commit).
-    onto_parent: bool,
-}
-
-impl Staging {
-    /// A layer found committed: nothing to apply.
-    fn existed() -> Self {
-        Staging {
-            staged: Box::pin(std::future::ready(Ok(Staged::Existed))),
-            onto_parent: true,
-        }
-    }
-}
-
-/// A layer prepared and applied, not committed yet.
+/// A layer prepared and applied ([`Transfer::stage_layer`]), not committed yet.
 enum Staged {
     Applied {
         key: String,
