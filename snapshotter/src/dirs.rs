@@ -427,6 +427,22 @@ impl<D: Driver> DirSnapshotter<D> {
         }
     }
 
+    /// Measures committed snapshot `key` (id `id`) and keeps the result in its record: a
+    /// committed tree no longer changes, so it is walked once, and only if asked.
+    fn measure_committed(&self, key: &str, id: u64) -> Result<Usage> {
+        let usage = self.unless_removed(key, id, disk_usage(&self.dir(id).fs()))?;
+        let key = key.to_string();
+        self.store
+            .write(move |store, txn| match store.get(txn, &key)? {
+                Some(mut rec) if rec.id == id && rec.usage.is_none() => {
+                    rec.usage = Some(usage);
+                    store.put(txn, &key, &rec)
+                }
+                _ => Ok(()),
+            })?;
+        Ok(usage)
+    }
+
     /// Deletes a directory that has left the index: renamed out of the way first, so a crash
     /// mid-delete leaves an `rm-` orphan rather than a half-deleted snapshot id.
     fn discard_dir(&self, name: &str) -> Result<()> {
@@ -639,7 +655,10 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
         let rec = self.store.read(|txn| self.store.require(txn, key))?;
         match rec.kind {
             Kind::Active => self.unless_removed(key, rec.id, disk_usage(&self.dir(rec.id).fs())),
-            Kind::Committed => Ok(rec.usage.unwrap_or_default()),
+            Kind::Committed => match rec.usage {
+                Some(usage) => Ok(usage),
+                None => self.measure_committed(key, rec.id),
+            },
             Kind::View => Ok(Usage::default()),
         }
     }
@@ -678,15 +697,14 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
             .store
             .read(|txn| check_commit(&self.store, txn, key, name, parent))?;
         let dir = self.dir(rec.id);
-        let measured = match &rebase {
+        let rebased = match &rebase {
             Some(ids) => {
                 let parents: Vec<PathBuf> = ids.iter().map(|id| self.dir(*id).fs()).collect();
                 self.driver.rebase(&dir, &parents)
             }
             None => Ok(()),
-        }
-        .and_then(|()| disk_usage(&dir.fs()));
-        let usage = self.unless_removed(key, rec.id, measured)?;
+        };
+        self.unless_removed(key, rec.id, rebased)?;
         let labels = clean_labels(labels);
         let (key, name, parent) = (key.to_string(), name.to_string(), parent.to_string());
         self.store.write(move |store, txn| {
@@ -709,7 +727,9 @@ impl<D: Driver> Snapshotter for DirSnapshotter<D> {
                 created: time,
                 updated: time,
                 labels,
-                usage: Some(usage),
+                // Measured when first asked for (`usage`): a walk of the whole tree here
+                // would lengthen every commit, the last step of each layer's unpack.
+                usage: None,
             };
             store.delete(txn, &key, &rec)?;
             store.remove_child(txn, &rec.parent, &key)?;

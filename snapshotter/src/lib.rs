@@ -126,8 +126,8 @@ pub trait Snapshotter: Send + Sync {
     /// Returns the full updated Info.
     fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info>;
 
-    /// Disk usage: measured now for active snapshots, stored at commit for committed ones,
-    /// zero for views.
+    /// Disk usage: measured now for active snapshots, measured once and stored for committed
+    /// ones, zero for views.
     fn usage(&self, key: &str) -> Result<Usage>;
 
     /// The mounts of an active snapshot or view, as Prepare/View returned them.

@@ -90,6 +90,30 @@ fn lifecycle(kind: &str) {
     assert!(dirs(root).is_empty());
 }
 
+/// A committed snapshot's usage is its tree's, measured when first asked for, not at commit
+/// (where the walk would lengthen every layer's unpack), and kept: the tree is walked once
+/// (files slipped into it behind the index's back show when they were there at that first
+/// walk, not after), and the measure survives reopening.
+fn committed_usage_is_measured_once(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = open(kind, root).unwrap();
+    s.prepare("a", "", Labels::new()).unwrap();
+    let fs = fs_of(s.as_ref(), "a");
+    std::fs::write(fs.join("f"), vec![7u8; 100 << 10]).unwrap();
+    s.commit("a-c", "a", Labels::new(), "").unwrap();
+    std::fs::create_dir(fs.join("after-commit")).unwrap();
+
+    let usage = s.usage("a-c").unwrap();
+    assert_eq!(usage.inodes, 3, "{usage:?}");
+    assert!(usage.size >= 100 << 10, "{usage:?}");
+    std::fs::write(fs.join("after-usage"), vec![7u8; 1 << 20]).unwrap();
+    assert_eq!(s.usage("a-c").unwrap(), usage);
+    drop(s);
+    let s = open(kind, root).unwrap();
+    assert_eq!(s.usage("a-c").unwrap(), usage);
+}
+
 fn orphans_are_reclaimed(kind: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -289,6 +313,7 @@ macro_rules! for_each_kind {
 
 for_each_kind!(
     lifecycle,
+    committed_usage_is_measured_once,
     orphans_are_reclaimed,
     concurrent_calls_on_overlapping_keys,
     committed_layers_are_reused

@@ -1,33 +1,22 @@
-//! Registry clients built before they are needed. Building one (`oci_client::Client::new`)
-//! loads the system's CA certificates through OpenSSL twice: about 100 ms of a core on this
-//! machine, which a pull would otherwise spend before its first request. One fresh client of
-//! each kind (HTTPS, plain HTTP) is kept ready, each built on a thread of its own when the daemon
-//! starts and again when a transfer has ended (not when it takes its client, where the build
-//! would take a core from its download). A transfer takes a client for itself and
-//! never shares it: a client keeps the credentials and tokens it was given.
+//! Registry clients. Building one (`oci_client::Client::new`) loads the system's CA
+//! certificates through OpenSSL twice: 110-130 ms of a core on this machine, and two built at
+//! once take as long in all (they contend on OpenSSL's locks) for twice the CPU. So few are
+//! built:
+//! - Transfers without credentials share one client of each kind (HTTPS, plain HTTP) for the
+//!   daemon's life. Such a client only ever holds anonymous tokens, which are the same for
+//!   every caller, and sharing it keeps its connections and tokens from one transfer to the
+//!   next. The daemon builds both when it starts, one after the other on a thread of their
+//!   own; a transfer that needs one sooner builds it, or waits for the build under way.
+//! - A transfer given credentials gets a client of its own, built then: a client keeps the
+//!   credentials it first saw for a registry, and the tokens they bought.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, OnceLock};
 
 use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
 
-/// The ready clients and the builds under way, per kind (index: `plain_http as usize`).
-struct Pool {
-    ready: [Option<Client>; 2],
-    /// A build of that kind is under way (on a thread of [`fill`], or by a taker).
-    building: [bool; 2],
-}
-
-static POOL: Mutex<Pool> = Mutex::new(Pool {
-    ready: [None, None],
-    building: [false, false],
-});
-/// Signalled when a build ends.
-static BUILT: Condvar = Condvar::new();
-
-fn lock() -> MutexGuard<'static, Pool> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The shared anonymous clients (index: `plain_http as usize`).
+static SHARED: [OnceLock<Arc<Client>>; 2] = [OnceLock::new(), OnceLock::new()];
 
 /// A new client: plain HTTP to the registry, or HTTPS.
 fn build(plain_http: bool) -> Client {
@@ -42,58 +31,55 @@ fn build(plain_http: bool) -> Client {
     })
 }
 
-/// Builds each missing ready client on a thread of its own, but no kind that is being built
-/// already (by such a thread or a taker).
-pub fn fill() {
-    for plain_http in [false, true] {
-        let k = usize::from(plain_http);
-        {
-            let mut pool = lock();
-            if pool.ready[k].is_some() || pool.building[k] {
-                continue;
-            }
-            pool.building[k] = true;
-        }
-        let started = std::thread::Builder::new()
-            .name("registry-client".into())
-            .spawn(move || {
-                let client = build(plain_http);
-                let mut pool = lock();
-                pool.ready[k] = Some(client);
-                pool.building[k] = false;
-                BUILT.notify_all();
-            });
-        if started.is_err() {
-            lock().building[k] = false;
-        }
+/// The shared client of that kind, built now if need be (or waited for).
+fn shared_now(plain_http: bool) -> Arc<Client> {
+    let client = SHARED[usize::from(plain_http)].get_or_init(|| Arc::new(build(plain_http)));
+    Arc::clone(client)
+}
+
+/// The client of that kind shared by transfers without credentials.
+pub async fn shared(plain_http: bool) -> Arc<Client> {
+    match SHARED[usize::from(plain_http)].get() {
+        Some(client) => Arc::clone(client),
+        None => off_runtime(move || shared_now(plain_http)).await,
     }
 }
 
-/// Starts building the ready clients (at the daemon's start), and parses a reference once
-/// (compiling the reference grammar).
+/// A client of that kind for one transfer's credentials alone.
+pub async fn dedicated(plain_http: bool) -> Client {
+    off_runtime(move || build(plain_http)).await
+}
+
+/// Runs a build (or the wait for one) on a blocking thread, not on the runtime's.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Starts building the shared clients (at the daemon's start) on a thread of their own, and
+/// parses a reference once (compiling the reference grammar).
 pub fn warm() {
-    fill();
+    let _ = std::thread::Builder::new()
+        .name("registry-client".into())
+        .spawn(|| {
+            for plain_http in [false, true] {
+                shared_now(plain_http);
+            }
+        });
     let _ = "docker.io/library/busybox:latest".parse::<oci_client::Reference>();
 }
 
-/// A fresh client of that kind: the ready one, or the one being built (waited for), or one
-/// built now. The taker calls [`fill`] when its transfer has ended.
-pub fn take(plain_http: bool) -> Client {
-    let k = usize::from(plain_http);
-    let mut pool = lock();
-    loop {
-        if let Some(client) = pool.ready[k].take() {
-            return client;
-        }
-        if !pool.building[k] {
-            break;
-        }
-        pool = BUILT.wait(pool).unwrap_or_else(|e| e.into_inner());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transfers_without_credentials_share_a_client_of_each_kind() {
+        let (plain, https) = (shared(true).await, shared(false).await);
+        assert!(Arc::ptr_eq(&plain, &shared(true).await));
+        assert!(Arc::ptr_eq(&https, &shared(false).await));
+        assert!(!Arc::ptr_eq(&plain, &https));
+        assert!(!Arc::ptr_eq(&Arc::new(dedicated(true).await), &plain));
     }
-    pool.building[k] = true;
-    drop(pool);
-    let client = build(plain_http);
-    lock().building[k] = false;
-    BUILT.notify_all();
-    client
 }

@@ -70,7 +70,7 @@ impl Transfer {
         options: &PullOptions,
         progress: Progress,
     ) -> Result<Pulled> {
-        let registry = Registry::new(reference, &options.registry)?;
+        let registry = Registry::new(reference, &options.registry).await?;
         let image = registry.image().clone();
         let host = registry.host().to_string();
         let source_label = format!(

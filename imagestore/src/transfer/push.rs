@@ -28,7 +28,7 @@ impl Transfer {
         options: &RegistryOptions,
         progress: Progress,
     ) -> Result<()> {
-        let registry = Registry::new(reference, options)?;
+        let registry = Registry::new(reference, options).await?;
         let target = self.image_target(name).await?;
         progress(Event::status(format!(
             "Pushing to OCI Registry ({reference})"

@@ -91,21 +91,14 @@ fn missing(e: &OciDistributionError) -> bool {
     }
 }
 
-/// The transfer has ended: the ready clients are made up again.
-impl Drop for Registry {
-    fn drop(&mut self) {
-        super::clients::fill();
-    }
-}
-
 impl Registry {
     /// A session for `reference`.
-    pub fn new(reference: &str, options: &RegistryOptions) -> Result<Self> {
+    pub async fn new(reference: &str, options: &RegistryOptions) -> Result<Self> {
         let image = Reference::from_str(reference)
             .map_err(|e| TransferError::Invalid(format!("reference {reference:?}: {e}")))?;
         let host = image.resolve_registry().to_string();
         let plain_http = options.plain_http || loopback(&host);
-        let client = Arc::new(super::clients::take(plain_http));
+        let client = super::clients::shared(plain_http).await;
         Ok(Registry {
             image,
             host,
@@ -190,8 +183,8 @@ impl Registry {
             None | Some(RegistryAuth::Anonymous) => return false,
             Some(auth) => auth,
         };
-        // A new client: the old one keeps the authentication it first saw per registry.
-        s.client = Arc::new(super::clients::take(self.plain_http));
+        // A client of its own: the shared one keeps the anonymous authentication it saw.
+        s.client = Arc::new(super::clients::dedicated(self.plain_http).await);
         s.auth = auth;
         true
     }

@@ -18,6 +18,10 @@
 #       trees of the runs before (on this machine both contenders slowed 1.5-2x once the
 #       page cache had filled); prints every run and the table (medians, containerd/strata
 #       ratio). Needs $warm: the programs to read in.
+#   until_started PID: waits until daemon PID has finished starting: its CPU time unchanged
+#       over 100 ms (at most 3 s). Its socket answers before that: Strata builds its
+#       registry clients (~0.25 s of a core), containerd loads plugins. The clock starts
+#       after, for both contenders, so it measures the pull, not a daemon's start.
 # Needs $runs, $images, lib/settle.sh and ratio_line (lib/contenders.sh).
 
 pull_workdir() {
@@ -63,6 +67,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = "$dir/opt"
 TOML
+}
+
+until_started() {
+  local pid=$1 before after
+  after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  for _ in $(seq 30); do
+    before=$after
+    sleep 0.1
+    after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    [ "$after" != "$before" ] || return 0
+  done
 }
 
 pull_same_start() {
