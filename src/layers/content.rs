@@ -36,13 +36,20 @@ pub enum BlobStore {
 }
 
 impl BlobStore {
-    /// Layer blob `digest` to apply: verified by the reader itself when it follows a write
-    /// in progress in the own store (which checks the digest of the very bytes it hands
-    /// out before it lets a reader reach the end), else hashed by the differ.
+    /// Layer blob `digest` to apply. A blob is verified once, where it enters a store: a
+    /// content store (the daemon's own, or containerd's) checked the digest of a blob when
+    /// its write was committed, so what it hands out is not hashed again, only counted (its
+    /// size is still checked) and its uncompressed stream hashed (the diffID); a write in
+    /// progress in the own store checks the very bytes it hands out before it lets a reader
+    /// reach the end. A local layout directory is only a directory: its blobs are hashed.
     pub fn open_layer(&self, digest: &Digest) -> differ::Result<differ::LayerSource> {
         match self {
+            BlobStore::Local(s) => s.open(digest).map(differ::LayerSource::from),
+            BlobStore::Containerd(s) => Ok(differ::LayerSource {
+                reader: s.open(digest)?,
+                verified: Some(digest.clone()),
+            }),
             BlobStore::Own(s) => s.open_layer(digest),
-            other => other.open(digest).map(differ::LayerSource::from),
         }
     }
 }
@@ -94,20 +101,22 @@ impl OwnContent {
 }
 
 impl OwnContent {
-    /// Blob `digest`: from the tree, or, while a write of it runs (a pull that applies as it
-    /// downloads), following that write, which verifies it. A write ending meanwhile has
-    /// put the blob in the tree: it is looked for there again.
+    /// Blob `digest`: from the tree (where only a verified write is committed), or, while a
+    /// write of it runs (a pull that applies as it downloads), following that write, which
+    /// verifies it. A write ending meanwhile has put the blob in the tree: it is looked for
+    /// there again.
     fn open_layer(&self, digest: &Digest) -> differ::Result<differ::LayerSource> {
+        let verified = |reader| differ::LayerSource {
+            reader,
+            verified: Some(digest.clone()),
+        };
         match self.tree.open(digest) {
             Err(Error::NotFound(_)) => {}
-            other => return other.map(differ::LayerSource::from),
+            other => return other.map(verified),
         }
         match self.store.blobs().open_live(digest) {
-            Ok(Some(live)) => Ok(differ::LayerSource {
-                reader: Box::new(live),
-                verified: Some(digest.clone()),
-            }),
-            Ok(None) => self.tree.open(digest).map(differ::LayerSource::from),
+            Ok(Some(live)) => Ok(verified(Box::new(live))),
+            Ok(None) => self.tree.open(digest).map(verified),
             Err(e) => Err(Error::Store(format!("open {digest} while written: {e}"))),
         }
     }

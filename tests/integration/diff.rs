@@ -343,6 +343,23 @@ async fn foreign_mounts_and_misuse() {
         matches!(c, Code::InvalidArgument | Code::FailedPrecondition),
         "corrupt blob: {c:?}"
     );
+    // A sound layer under another's digest: a layout directory is not a content store that
+    // verified what it holds, so its blobs are hashed as they are applied.
+    let (desc3, _) = make_layer(
+        &f,
+        "l3",
+        &[Op::File("/third", "3", 0o644)],
+        Compression::Gzip,
+    );
+    let blob3 = f.content.blob_path(&Digest::parse(&desc3.digest).unwrap());
+    std::fs::write(&blob3, std::fs::read(&blob).unwrap()).unwrap();
+    let mut swapped = desc3.clone();
+    swapped.size = desc.size;
+    assert_eq!(
+        code(apply_rpc(&mut f.d, swapped, mounts.clone()).await),
+        Code::FailedPrecondition,
+        "another layer's bytes under a digest"
+    );
 
     // Committed snapshots are never written.
     f.s.commit("a-c", "a").await.unwrap();
