@@ -1,11 +1,17 @@
 # shellcheck shell=bash
-# The pull benchmark's two images as OCI layouts in $BENCH/pull-images, built once: "single",
-# one gzip layer of ~450 MB (the hash-sampled /usr subset of scripts/bench/layer-unpack's
-# rootfs layer, ~15k entries, plus 150 MiB of random data), and "five", the same files split
-# into five gzip layers. Used by scripts/bench/pull and scripts/bench/userns.
+# The pull benchmark's images as OCI layouts in $BENCH/pull-images, each built once:
+# "single", one gzip layer of ~450 MB (the hash-sampled /usr subset of
+# scripts/bench/layer-unpack's rootfs layer, ~15k entries, plus 150 MiB of random data);
+# "five", the same files split into five gzip layers; "small", two gzip layers of a few MB
+# (a tenth of those entries without the random data, then about 150 of them again), the size
+# of a small distribution base image, where a pull's fixed costs show. Used by
+# scripts/bench/pull, scripts/bench/pull-ctr2 and scripts/bench/userns.
 #
-#   build_pull_images: sets $images to their directory, building them if missing
+#   pull_image_names: the images, in the order the benchmarks run them
+#   build_pull_images: sets $images to their directory, building the missing ones
 #   (needs $BENCH and $LIB, the layer_unpack.py helper).
+
+pull_image_names=(small single five)
 
 build_pull_images() {
   list=$BENCH/diff-change.list
@@ -13,14 +19,18 @@ build_pull_images() {
 
   # The two images as OCI layouts, built once.
   images=$BENCH/pull-images
-  if [ ! -s "$images/done" ]; then
-    echo "pull-bench: building the images (once)" >&2
-    rm -rf "$images"
+  local missing=() name
+  for name in "${pull_image_names[@]}"; do
+    [ -s "$images/$name/index.json" ] || missing+=("$name")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "pull-bench: building ${missing[*]} (once)" >&2
     mkdir -p "$images"
+    for name in "${missing[@]}"; do rm -rf "${images:?}/$name"; done
     head -c $((150 << 20)) /dev/urandom >"$images/random"
-    python3 - "$list" "$images" <<'PY'
+    python3 - "$list" "$images" "${missing[@]}" <<'PY'
 import gzip, hashlib, json, os, subprocess, sys
-lst, out = sys.argv[1], sys.argv[2]
+lst, out, wanted = sys.argv[1], sys.argv[2], set(sys.argv[3:])
 names = [n for n in open(lst, 'rb').read().split(b'\0') if n]
 
 def blob(layout, data_path=None, data=None):
@@ -47,6 +57,8 @@ def layer(layout, parts, extra=None):
     return diff, desc
 
 def image(name, chunks, extra):
+    if name not in wanted:
+        return
     layout = f'{out}/{name}'
     diffs, layers = [], []
     for i, c in enumerate(chunks):
@@ -68,8 +80,8 @@ def image(name, chunks, extra):
 image('single', [names], 'random')
 n = (len(names) + 4) // 5
 image('five', [names[i * n:(i + 1) * n] for i in range(5)], 'random')
+image('small', [names[::10], names[5::97]], None)
 PY
     rm -f "$images/random" "$images/part.list"
-    echo ok >"$images/done"
   fi
 }

@@ -1,13 +1,13 @@
 # shellcheck shell=bash
 # What the pull benchmarks share (scripts/bench/pull, scripts/bench/pull-ctr2): a registry on
-# a loopback port holding the two images of lib/pull-images.sh, the timed loop that
+# a loopback port holding the images of lib/pull-images.sh, the timed loop that
 # alternates the contenders run by run, each run on fresh roots, and the result table.
 #
 #   pull_workdir: makes $work (a new directory under $BENCH) and $pids, and on exit unmounts
 #       what is mounted under $work, kills $pids and deletes $work (lib/settle.sh's
 #       delete_trees)
-#   pull_registry: starts Debian's docker-registry in $work (plain HTTP), pushes "single"
-#       and "five" into it, sets $registry (host:port); the registry process joins $pids
+#   pull_registry: starts Debian's docker-registry in $work (plain HTTP), pushes the images
+#       into it, sets $registry (host:port); the registry process joins $pids
 #   pull_containerd_config DIR: writes DIR/config.toml for a containerd of its own under
 #       DIR (builtin overlayfs, CRI off; its socket DIR/containerd.sock)
 #   pull_loop: for each image and run, calls time_strata DIR REF and time_containerd DIR
@@ -49,10 +49,10 @@ pull_registry() {
   docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  for name in single five; do
+  for name in "${pull_image_names[@]}"; do
     skopeo copy --quiet --dest-tls-verify=false "oci:$images/$name:1" "docker://$registry/bench/$name:1"
   done
-  echo "pull-bench: images in $registry: $(du -sh "$images/single" | cut -f1) single, $(du -sh "$images/five" | cut -f1) five" >&2
+  echo "pull-bench: images in $registry:$(for name in "${pull_image_names[@]}"; do printf ' %s %s,' "$(du -sh "$images/$name" | cut -f1)" "$name"; done)" >&2
 }
 
 pull_containerd_config() {
@@ -90,7 +90,7 @@ pull_same_start() {
 pull_loop() {
   declare -A results
   local name ref i order who t
-  for name in single five; do
+  for name in "${pull_image_names[@]}"; do
     ref=$registry/bench/$name:1
     for ((i = 1; i <= runs; i++)); do
       if ((i % 2)); then order="strata containerd"; else order="containerd strata"; fi
@@ -104,7 +104,7 @@ pull_loop() {
   done
   echo
   printf '%-8s %-12s %-12s %s\n' image containerd strata "ratio (containerd/strata)"
-  for name in single five; do
+  for name in "${pull_image_names[@]}"; do
     ratio_line "$name" 8 2 "${results[$name-containerd]}" "${results[$name-strata]}"
   done
 }
