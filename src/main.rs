@@ -179,6 +179,10 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     Ok(config)
 }
 
+/// Descriptors the daemon's table holds from the start: the directories two applies at once
+/// keep open (512 each), the content store's files, the clients' sockets, with room to spare.
+const FD_TABLE_SLOTS: u64 = 4096;
+
 fn main() -> ExitCode {
     // Before any thread exists: taking the activated socket edits the environment.
     let activated = match strata::systemd::take_activated_listener() {
@@ -188,6 +192,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread: growing the descriptor table later waits for RCU each time.
+    mountutil::fdtable::grow(FD_TABLE_SLOTS);
     // At least two runtime threads, also on one CPU: the Snapshots service may run one call
     // on a runtime thread (see `SnapshotsService::call`) while another keeps serving.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));

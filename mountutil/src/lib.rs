@@ -11,6 +11,7 @@
 pub mod at;
 pub mod btrfs;
 mod error;
+pub mod fdtable;
 pub mod fs;
 pub mod idmap;
 pub mod lock;
