@@ -428,7 +428,11 @@ impl Ingest {
     /// Checks the data against `size` (if > 0, else the total given at the start) and
     /// `expected` (if given, else the digest recorded at the start) and flushes it to disk;
     /// the digest it will be committed as. Nothing moves: a write that fails stays as it
-    /// is, for its client to finish or abort.
+    /// is, for its client to finish or abort. Readers following the write reach its end as
+    /// soon as its bytes are checked to be the blob they were promised, before the flush and
+    /// the rename: what they read is what the digest vouches for (a pull's apply does not
+    /// wait for the blob's two flushes), and a failure to place the bytes fails the write,
+    /// not what was read from it.
     pub fn verify(&mut self, size: u64, expected: Option<Digest>) -> Result<Digest> {
         let (digest, written) = self.hasher.clone().finish();
         let reference = &self.status.reference;
@@ -444,6 +448,11 @@ impl Ingest {
             return Err(StoreError::FailedPrecondition(format!(
                 "ref {reference}: unexpected commit digest {digest}, expected {expected}"
             )));
+        }
+        if let Some((promised, live)) = &self.live
+            && *promised == digest
+        {
+            live.end(Ok(()));
         }
         let data = self.dir.join("data");
         self.file.sync_all().map_err(io_err("sync", &data))?;
@@ -611,5 +620,30 @@ mod tests {
             }
             let _ = blobs.delete(&sha256(bad));
         }
+    }
+
+    /// A reader following a write reaches its end once the write is verified as the promised
+    /// blob, before the bytes are placed under the blob's name.
+    #[test]
+    fn live_readers_end_at_verification() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(tmp.path()).unwrap();
+        let data = b"checked bytes".as_slice();
+        let promised = sha256(data);
+        let lock = blobs.lock("ref early").unwrap();
+        let mut ingest = blobs.writer(lock, 0, Some(promised.clone())).unwrap();
+        let mut reader = blobs.open_live(&promised).unwrap().unwrap();
+        ingest.write_at(0, data).unwrap();
+        assert_eq!(ingest.verify(0, None).unwrap(), promised);
+        let (done, read) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = done.send(reader.read_to_end(&mut all).map(|_| all));
+        });
+        let read = read.recv_timeout(Duration::from_secs(10));
+        assert_eq!(read.expect("the end before the rename").unwrap(), data);
+        assert!(blobs.size(&promised).unwrap().is_none(), "not placed yet");
+        ingest.place(promised.clone()).unwrap();
+        assert!(blobs.size(&promised).unwrap().is_some());
     }
 }
