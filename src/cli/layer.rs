@@ -1,5 +1,5 @@
-//! `strata layer ...`: apply a layer blob to a directory, or create one from two trees,
-//! directly (no daemon) — for scripting and benchmarks.
+//! `strata layer ...`: apply a layer blob to a directory, create one from two trees, or
+//! write a blob's tar out, directly (no daemon) — for scripting and benchmarks.
 
 use std::path::PathBuf;
 
@@ -51,6 +51,12 @@ pub enum LayerCommand {
         /// Target directory (created if missing).
         dir: PathBuf,
     },
+    /// Write a layer blob's tar (tar, tar.gz or tar.zst, sniffed) to standard output, to
+    /// inspect it with `tar -t`; the decompression alone, as an apply does it.
+    Cat {
+        /// The blob.
+        blob: PathBuf,
+    },
     /// Write the changes from LOWER to UPPER as a layer to OUT; prints digest and diffID.
     Diff {
         /// Treat UPPER as an overlay upper directory (LOWER is ignored).
@@ -98,6 +104,12 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
                 &differ::LayerLimits::default(),
             )?;
             println!("{} {}", applied.diff_id, applied.size);
+        }
+        LayerCommand::Cat { blob } => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&blob)?);
+            let compression = Compression::sniff(std::io::BufRead::fill_buf(&mut input)?);
+            let mut tar = compression.decoder(input)?;
+            std::io::copy(&mut tar, &mut std::io::stdout().lock())?;
         }
         LayerCommand::Diff {
             overlay,
