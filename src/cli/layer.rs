@@ -1,11 +1,17 @@
 //! `strata layer ...`: apply a layer blob to a directory, create one from two trees, or
 //! write a blob's tar out, directly (no daemon) — for scripting and benchmarks.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use differ::diff::{Changes, DiffOptions};
 use differ::{Compression, WhiteoutMode};
+
+/// Bytes `layer cat` reads and writes at a time, as an apply's pipeline does (256 KiB chunks
+/// and more).
+const CAT_CHUNK: usize = 1 << 20;
 
 /// `strata layer` arguments.
 #[derive(Debug, Args)]
@@ -106,10 +112,21 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
             println!("{} {}", applied.diff_id, applied.size);
         }
         LayerCommand::Cat { blob } => {
-            let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&blob)?);
-            let compression = Compression::sniff(std::io::BufRead::fill_buf(&mut input)?);
+            let mut input = BufReader::with_capacity(CAT_CHUNK, std::fs::File::open(&blob)?);
+            let compression = Compression::sniff(input.fill_buf()?);
             let mut tar = compression.decoder(input)?;
-            std::io::copy(&mut tar, &mut std::io::stdout().lock())?;
+            // Standard output itself, not its line-buffered writer, in large pieces: the
+            // time is the decompression's.
+            let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+            let mut chunk = vec![0; CAT_CHUNK];
+            loop {
+                match tar.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => out.write_all(&chunk[..n])?,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         LayerCommand::Diff {
             overlay,

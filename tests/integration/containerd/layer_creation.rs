@@ -147,6 +147,26 @@ fn change_and_diff(env: &Env, key: &str, parent: &str, seed: u32, removed: &str)
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `strata layer cat` gives the tar whose digest the apply printed as the diffID.
+    let diff_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_string);
+    let tar = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["layer", "cat"])
+        .arg(&blob)
+        .output()
+        .expect("run strata layer cat");
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    assert_eq!(
+        Some(sha256(&tar.stdout)),
+        diff_id,
+        "layer cat's tar is not the diffID's"
+    );
     let applied = without_root(capture(&copy));
     assert_eq!(applied.len(), expected.len());
     assert!(
