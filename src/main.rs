@@ -192,8 +192,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cli = Cli::parse();
     // Before any thread: growing the descriptor table later waits for RCU each time.
-    mountutil::fdtable::grow(FD_TABLE_SLOTS);
+    if matches!(cli.command, Command::Serve(_)) {
+        mountutil::fdtable::grow(FD_TABLE_SLOTS);
+    }
     // At least two runtime threads, also on one CPU: the Snapshots service may run one call
     // on a runtime thread (see `SnapshotsService::call`) while another keeps serving.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
@@ -202,7 +205,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("start the async runtime");
-    runtime.block_on(run(Cli::parse(), activated))
+    runtime.block_on(run(cli, activated))
 }
 
 /// The exit code of a command's result; the error printed.

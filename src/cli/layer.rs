@@ -1,7 +1,7 @@
 //! `strata layer ...`: apply a layer blob to a directory, create one from two trees, or
 //! write a blob's tar out, directly (no daemon) — for scripting and benchmarks.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
@@ -114,19 +114,11 @@ pub fn run(args: LayerArgs) -> Result<(), Box<dyn std::error::Error>> {
         LayerCommand::Cat { blob } => {
             let mut input = BufReader::with_capacity(CAT_CHUNK, std::fs::File::open(&blob)?);
             let compression = Compression::sniff(input.fill_buf()?);
-            let mut tar = compression.decoder(input)?;
-            // Standard output itself, not its line-buffered writer, in large pieces: the
-            // time is the decompression's.
+            // Decompressed into a large buffer and written from it to standard output itself,
+            // not its line-buffered writer: the time is the decompression's.
+            let mut tar = BufReader::with_capacity(CAT_CHUNK, compression.decoder(input)?);
             let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-            let mut chunk = vec![0; CAT_CHUNK];
-            loop {
-                match tar.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => out.write_all(&chunk[..n])?,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            std::io::copy(&mut tar, &mut out)?;
         }
         LayerCommand::Diff {
             overlay,

@@ -7,6 +7,7 @@
 //! expired must remove it. The layer applied to a copy of the parent must give the changed
 //! tree.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -136,34 +137,21 @@ fn change_and_diff(env: &Env, key: &str, parent: &str, seed: u32, removed: &str)
     snap(&["label", &view_key, "containerd.io/gc.root=e2e"]);
     let copy = env.scratch().join(format!("{key}-check"));
     util::with_mounted(&view, env.scratch(), |root| copy_tree(root, &copy));
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["layer", "apply", "--mode", "native"])
-        .arg(&blob)
-        .arg(&copy)
-        .output()
-        .expect("run strata layer apply");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let applied = strata_layer(&[
+        "apply".as_ref(),
+        "--mode".as_ref(),
+        "native".as_ref(),
+        blob.as_ref(),
+        copy.as_ref(),
+    ]);
     // `strata layer cat` gives the tar whose digest the apply printed as the diffID.
-    let diff_id = String::from_utf8_lossy(&out.stdout)
+    let diff_id = String::from_utf8_lossy(&applied)
         .split_whitespace()
         .next()
         .map(str::to_string);
-    let tar = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["layer", "cat"])
-        .arg(&blob)
-        .output()
-        .expect("run strata layer cat");
-    assert!(
-        tar.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tar.stderr)
-    );
+    let tar = strata_layer(&["cat".as_ref(), blob.as_ref()]);
     assert_eq!(
-        Some(sha256(&tar.stdout)),
+        Some(sha256(&tar)),
         diff_id,
         "layer cat's tar is not the diffID's"
     );
@@ -253,6 +241,21 @@ fn without_root(
 ) -> std::collections::BTreeMap<String, crate::tree::Entry> {
     tree.remove("/");
     tree
+}
+
+/// `strata layer ARGS...`, which must succeed; its standard output.
+fn strata_layer(args: &[&OsStr]) -> Vec<u8> {
+    let out = util::strata_command()
+        .arg("layer")
+        .args(args)
+        .output()
+        .expect("run strata layer");
+    assert!(
+        out.status.success(),
+        "strata layer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// `sha256:<hex>` of `data`.
