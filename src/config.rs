@@ -36,6 +36,42 @@ pub struct Config {
     /// (registries on loopback always are).
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Sharing blobs with other Strata nodes (`[fleet]`); off when absent.
+    #[serde(default)]
+    pub fleet: Option<FleetSettings>,
+}
+
+/// The `[fleet]` section: this node's peer API and how it finds its peers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// `host:port` the peer API (the OCI distribution API, read-only) listens on.
+    pub listen: String,
+    /// This node's address as its peers list it; default `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// A file holding the secret every peer request must carry (the same on every node).
+    pub secret_file: PathBuf,
+    /// Peers by address (`host:port`), this node among them or not.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A DNS name (`name:port`, such as a Kubernetes headless Service) whose addresses are
+    /// the peers, resolved again every `refresh_secs`.
+    #[serde(default)]
+    pub peers_dns: Option<String>,
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Seconds a blob fetched for the fleet is kept when no image of this node holds it.
+    #[serde(default = "default_keep_secs")]
+    pub keep_secs: u64,
+}
+
+fn default_refresh_secs() -> u64 {
+    5
+}
+
+fn default_keep_secs() -> u64 {
+    3600
 }
 
 /// Where layer blobs live for the Diff service.
@@ -166,6 +202,7 @@ impl Default for Config {
             differ: DifferConfig::default(),
             metrics_address: None,
             insecure_registries: Vec::new(),
+            fleet: None,
         }
     }
 }
@@ -219,6 +256,19 @@ lease_expiry_secs = 3600
 max_entries = 4000000
 max_path_depth = 256
 max_name_bytes = 255
+
+# Sharing layers with the other Strata nodes of a cluster: each serves its content store
+# read-only to the others (OCI distribution API, requests carrying the secret), and a pull
+# asks the peer its blobs hash to before the registry, so the registry sends each blob to
+# the cluster once. Off unless listen is set. See docs/fleet.md.
+# [fleet]
+# listen = "0.0.0.0:5050"                 # the peer API
+# advertise = "10.0.0.5:5050"             # this node as the peers list it (default: listen)
+# secret_file = "/etc/strata/fleet-secret" # the same secret on every node
+# peers = ["10.0.0.6:5050"]               # a static list, or:
+# peers_dns = "strata-peers.kube-system.svc.cluster.local:5050"
+# refresh_secs = 5                        # how often peers_dns is resolved again
+# keep_secs = 3600                        # how long a blob fetched for peers is kept
 
 # Snapshotter instances; none listed means one overlayfs instance named "strata" at root.
 # With several, the request's snapshotter field (containerd's proxy_plugins name) picks one.
@@ -346,7 +396,7 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|rest| rest.contains(" = ") || rest.starts_with("[["))
+                    .filter(|rest| rest.contains(" = ") || rest.starts_with('['))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
@@ -355,7 +405,17 @@ mod tests {
         assert_eq!(full.metrics_address.as_deref(), Some("127.0.0.1:9323"));
         assert!(full.insecure_registries.is_empty());
         assert_eq!(full.snapshotters.len(), 1);
+        let fleet = full.fleet.expect("the fleet section");
+        assert_eq!((fleet.refresh_secs, fleet.keep_secs), (5, 3600));
+        assert_eq!(fleet.peers, ["10.0.0.6:5050"]);
         for key in [
+            "listen",
+            "advertise",
+            "secret_file",
+            "peers",
+            "peers_dns",
+            "refresh_secs",
+            "keep_secs",
             "root",
             "address",
             "metrics_address",

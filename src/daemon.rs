@@ -44,9 +44,51 @@ pub enum DaemonError {
     /// The metrics endpoint could not be set up.
     #[error("metrics address {0}")]
     Metrics(String, #[source] io::Error),
+    /// The fleet's peer API could not be set up.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// The gRPC server failed.
     #[error("grpc server")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// Joins the fleet `settings` describe: its peers found, its peer API served.
+async fn start_fleet(
+    settings: &crate::config::FleetSettings,
+    store: Arc<ImageStore>,
+) -> Result<Arc<imagestore::transfer::fleet::Fleet>, DaemonError> {
+    use imagestore::transfer::fleet::{Fleet, FleetConfig, membership};
+    let path = settings.secret_file.display();
+    let secret = std::fs::read_to_string(&settings.secret_file)
+        .map_err(|e| DaemonError::Fleet(format!("read the secret {path}: {e}")))?;
+    let secret = secret.trim().to_string();
+    if secret.len() < 16 {
+        return Err(DaemonError::Fleet(format!(
+            "the secret in {path} is shorter than 16 characters"
+        )));
+    }
+    let membership: Arc<dyn membership::Membership> = match &settings.peers_dns {
+        Some(name) => {
+            let every = std::time::Duration::from_secs(settings.refresh_secs.max(1));
+            membership::DnsNodes::start(name, every).await
+        }
+        None => Arc::new(membership::StaticNodes(settings.peers.clone())),
+    };
+    let config = FleetConfig {
+        advertise: settings
+            .advertise
+            .clone()
+            .unwrap_or_else(|| settings.listen.clone()),
+        secret,
+        membership,
+        keep_for: std::time::Duration::from_secs(settings.keep_secs),
+    };
+    let fleet = Fleet::new(config, store).map_err(|e| DaemonError::Fleet(e.to_string()))?;
+    let bound = crate::fleet::serve(&settings.listen, Arc::clone(&fleet))
+        .await
+        .map_err(|e| DaemonError::Fleet(format!("listen on {}: {e}", settings.listen)))?;
+    tracing::info!(address = %bound, "serving the fleet's peer API");
+    Ok(fleet)
 }
 
 /// Binds the daemon's socket: parent directory created, a stale socket (no one answering)
@@ -117,6 +159,10 @@ pub async fn run(
             .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
         tracing::info!(address = %bound, "serving metrics");
     }
+    let fleet = match &config.fleet {
+        Some(settings) => Some(start_fleet(settings, Arc::clone(&store)).await?),
+        None => None,
+    };
     let (listener, owns_socket) = match activated {
         Some(l) => (
             UnixListener::from_std(l)
@@ -166,6 +212,7 @@ pub async fn run(
         collector,
         root: config.root.clone(),
         insecure_registries: config.insecure_registries.clone(),
+        fleet,
     })
     .map_err(|source| DaemonError::ImageStore {
         root: config.root.clone(),

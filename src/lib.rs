@@ -23,6 +23,7 @@ pub mod collector;
 pub mod config;
 pub mod convert;
 pub mod daemon;
+pub mod fleet;
 pub mod instances;
 pub mod layers;
 pub mod metrics;

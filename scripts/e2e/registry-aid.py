@@ -19,6 +19,13 @@
                        a byte flipped (15%); each manifest request fails with 503 one time
                        in five; once a file LOG.off exists, everything passes
         slow:KBPS      passes everything, blob bodies at KBPS kilobytes a second
+        flip-slow:KBPS flip-once, blob bodies at KBPS kilobytes a second (a client reads
+                       the flipped bytes before it can know)
+  registry-aid.py count-proxy PORT UPSTREAM LOG KBPS
+      an HTTP proxy to UPSTREAM that streams every answer through, all of them together at
+      most KBPS kilobytes a second (0: unlimited), and logs each request to LOG, once its
+      answer is sent, as "METHOD PATH RANGE STATUS BYTES" (BYTES: body bytes sent): the
+      upstream egress of a fleet test, measured
 
 Signing uses the openssl command, so nothing beyond the standard library is imported.
 """
@@ -94,7 +101,8 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
     lock = threading.Lock()
     log = open(log_path, "a", buffering=1)
     chaos = random.Random(int(mode.split(":", 1)[1])) if mode.startswith("chaos:") else None
-    rate = int(mode.split(":", 1)[1]) * 1000 if mode.startswith("slow:") else None
+    rate = int(mode.split(":", 1)[1]) * 1000 if mode.startswith(("slow:", "flip-slow:")) else None
+    flips = mode == "flip-once" or mode.startswith("flip-slow:")
 
     def draw(n):
         with lock:
@@ -141,7 +149,7 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
             if chaos:
                 roll = draw(100) if damageable and not calm() else 0
                 fate = "cut" if 70 <= roll < 85 else "flip" if roll >= 85 else "pass"
-            elif damageable and not rate and self.first_time(("blob", path)):
+            elif damageable and (flips or mode == "cut") and self.first_time(("blob", path)):
                 fate = "cut" if mode == "cut" else "flip"
             else:
                 fate = "pass"
@@ -181,6 +189,68 @@ def flaky_proxy(port, upstream, log_path, mode="cut"):
     http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
+def count_proxy(port, upstream, log_path, kbps):
+    log = open(log_path, "a", buffering=1)
+    rate = int(kbps) * 1000
+    bucket = {"next": time.monotonic()}
+    lock = threading.Lock()
+
+    def throttle(n):
+        """Waits until n more bytes fit the shared rate."""
+        if not rate:
+            return
+        with lock:
+            now = time.monotonic()
+            start = max(now, bucket["next"])
+            bucket["next"] = start + n / rate
+        if start > now:
+            time.sleep(start - now)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def relay(self):
+            rng = self.headers.get("Range", "-")
+            length = int(self.headers.get("Content-Length", "0") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn = http.client.HTTPConnection(upstream, timeout=60)
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            self.send_response(resp.status)
+            chunked = resp.getheader("Content-Length") is None and self.command != "HEAD"
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding"):
+                    self.send_header(k, v)
+            if chunked:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            sent = 0
+            try:
+                while self.command != "HEAD":
+                    data = resp.read(64 * 1024)
+                    if not data:
+                        break
+                    throttle(len(data))
+                    self.wfile.write(data)
+                    sent += len(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # The client went away.
+            log.write(f"{self.command} {self.path} {rng} {resp.status} {sent}\n")
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = relay
+
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+    Server(("127.0.0.1", int(port)), Handler).serve_forever()
+
+
 def main():
     args = sys.argv[1:]
     if args[:1] == ["token-keys"] and len(args) == 2:
@@ -189,6 +259,8 @@ def main():
         token_server(int(args[1]), *args[2:])
     elif args[:1] == ["flaky-proxy"] and len(args) in (4, 5):
         flaky_proxy(int(args[1]), args[2], args[3], *args[4:])
+    elif args[:1] == ["count-proxy"] and len(args) == 5:
+        count_proxy(*args[1:])
     else:
         sys.exit(__doc__)
 

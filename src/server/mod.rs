@@ -102,6 +102,8 @@ pub struct Services {
     pub root: PathBuf,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The fleet this node shares blobs with, if any.
+    pub fleet: Option<Arc<imagestore::transfer::fleet::Fleet>>,
 }
 
 /// Sets containerd's message size limits (16 MiB both ways) on a generated server.
@@ -128,6 +130,7 @@ pub fn routes(s: Services) -> std::io::Result<Routes> {
         store: Arc::clone(store),
         snapshots: snapshots.clone(),
         applier,
+        fleet: s.fleet.clone(),
     };
     let routes = Routes::new(limited!(
         NamespacesServer,

@@ -6,6 +6,7 @@ mod crash;
 mod crash_loop;
 mod diff;
 mod errors;
+mod fleet;
 mod imagestore;
 mod load;
 mod operations;

@@ -1,19 +1,21 @@
-//! One blob from the registry into the content store: its write opened (resumed if an
-//! earlier pull left one), the registry's bytes written as they arrive (a layer being
-//! applied follows them), a broken transfer resumed where it stopped (a ranged request),
-//! and the store's check of size and digest at the commit; bytes that fail it are dropped,
-//! never resumed.
+//! One blob from its sources (the registry; peers of the fleet first when there is one)
+//! into the content store: its write opened (resumed if an earlier pull left one), the
+//! bytes written as they arrive (a layer being applied follows them), a broken transfer
+//! resumed where it stopped (a ranged request, to the same source or the next), and the
+//! store's check of size and digest at the commit; bytes that fail it are dropped, never
+//! resumed (those a peer sent are fetched again from the sources left).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use oci_client::Reference;
-use oci_client::client::BlobResponse;
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 
 use super::events::{Event, Progress};
 use super::registry::{ATTEMPTS, backoff};
+use super::source::Source;
 use super::{Result, TransferError, lock_wait};
 use crate::oci::Descriptor;
 use crate::{ContentWriter, ImageStore, StoreError};
@@ -55,23 +57,35 @@ where
     }
 }
 
-/// A registry blob to download.
+/// A blob to download, and where from: the first source, then the next when one fails
+/// (a peer at once, the registry after [`ATTEMPTS`] failures in a row).
 pub(super) struct Download {
-    pub remote: Arc<oci_client::Client>,
-    pub image: Reference,
+    pub sources: Vec<Source>,
     pub desc: Descriptor,
     /// The name of the node its progress is shown under.
     pub parent: String,
     pub progress: Progress,
 }
 
+/// What a download did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// A peer's bytes failed the digest and the blob was downloaded again from another
+    /// source: whoever followed the first write read an error.
+    pub restarted: bool,
+}
+
+/// How long a peer may send nothing before another source is asked.
+const PEER_STALL: Duration = Duration::from_secs(3);
+
 impl Download {
     /// Downloads the blob into `to` (see the module doc): says on `opened` once its write
-    /// is open in the store (readable as it comes), and returns the bytes downloaded.
-    pub async fn run(self, to: Destination, opened: oneshot::Sender<()>) -> Result<u64> {
+    /// is open in the store (readable as it comes), and returns what it downloaded.
+    pub async fn run(self, to: Destination, opened: oneshot::Sender<()>) -> Result<Fetched> {
         let Download {
-            remote,
-            image,
+            mut sources,
             desc,
             parent,
             progress,
@@ -79,163 +93,259 @@ impl Download {
         let event = |event: &str, done: u64| progress(Event::blob(event, &desc, &parent, done));
         let size = desc.size as u64;
         let reference = format!("pull-{}", desc.digest);
-        let mut attempt = 0;
-        let writer = loop {
-            let writer = blocking(&to.busy, {
-                let (to, reference, digest) = (to.clone(), reference.clone(), desc.digest.clone());
-                move || {
-                    to.store.content_writer(
-                        &to.namespace,
-                        &reference,
-                        size,
-                        Some(&digest),
-                        Some(&to.lease),
-                    )
+        let mut opened = Some(opened);
+        let mut restarted = false;
+        loop {
+            let Some(writer) = open_writer(&to, &reference, &desc, &event).await? else {
+                return Ok(Fetched {
+                    bytes: 0,
+                    restarted,
+                });
+            };
+            // A write an earlier pull left (its lease still held) goes on from where it is.
+            let start = writer.status().offset;
+            if let Some(opened) = opened.take() {
+                let _ = opened.send(());
+            }
+            let (writer, peers) = transfer(&sources, &desc, writer, &to, &event).await?;
+            let digest = desc.digest.clone();
+            let (store, namespace, at) = (
+                Arc::clone(&to.store),
+                to.namespace.clone(),
+                reference.clone(),
+            );
+            let committed = blocking(&to.busy, move || {
+                let committed =
+                    store.content_commit(writer, &at, size, Some(&digest), HashMap::new());
+                if let Err(StoreError::FailedPrecondition(_)) = &committed {
+                    // Bytes that fail their digest or size are never resumed: the next pull
+                    // starts the blob afresh.
+                    match store.ingest_abort(&namespace, &at) {
+                        Ok(()) | Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                committed
             })
             .await;
-            match writer {
-                Ok(w) => break w,
-                // Stored meanwhile (another pull of the namespace).
-                Err(TransferError::Store(StoreError::AlreadyExists(_))) => {
-                    event("already exists", size);
-                    return Ok(0);
+            match committed {
+                Ok(_) | Err(TransferError::Store(StoreError::AlreadyExists(_))) => {}
+                Err(TransferError::Store(StoreError::FailedPrecondition(why)))
+                    if !peers.is_empty() && sources.iter().any(|s| s.peer().is_none()) =>
+                {
+                    // A peer sent wrong bytes: it is asked for this blob no more, and the
+                    // blob comes again, from its start, from the sources left.
+                    tracing::warn!(
+                        digest = desc.digest,
+                        peers = ?peers,
+                        error = why,
+                        "bytes from a peer failed the digest; downloading the blob again"
+                    );
+                    sources.retain(|s| s.peer().is_none_or(|p| !peers.iter().any(|q| q == p)));
+                    restarted = true;
+                    continue;
                 }
-                // Another pull is downloading it: wait until that one has committed it (the
-                // next try says AlreadyExists) or is gone (the next try resumes its write).
-                Err(TransferError::Store(StoreError::Unavailable(_))) => {
-                    if attempt == 0 {
-                        event("waiting", 0);
-                    }
-                    tokio::time::sleep(lock_wait(attempt)).await;
-                    attempt += 1;
+                Err(TransferError::Store(StoreError::FailedPrecondition(why))) => {
+                    return Err(TransferError::Store(StoreError::FailedPrecondition(
+                        format!("blob {} from the registry: {why}", desc.digest),
+                    )));
                 }
                 Err(e) => return Err(e),
             }
-        };
-        // A write an earlier pull left (its lease still held) goes on from where it is.
-        let start = writer.status().offset;
-        let _ = opened.send(());
-        let (chunks, received) = tokio::sync::mpsc::channel(16);
-        let writing = blocking(&to.busy, move || write_chunks(writer, start, received));
-        let mut offset = start;
-        let mut failures = 0;
-        let mut reported = 0;
-        while offset < size {
-            let before = offset;
-            let fetched = fetch_from(
-                &remote,
-                &image,
-                &desc,
-                &mut offset,
-                |offset| {
-                    if offset - reported >= REPORT_EVERY || offset == size {
-                        reported = offset;
-                        event("downloading", offset);
-                    }
-                },
-                &chunks,
-            )
-            .await;
-            match fetched {
-                Ok(()) if offset == size => {}
-                Ok(()) if offset > size => {
-                    return Err(TransferError::Registry(format!(
-                        "{}: the registry sent more than its {size} bytes",
-                        desc.digest
-                    )));
+            event("complete", size);
+            return Ok(Fetched {
+                bytes: size - start,
+                restarted,
+            });
+        }
+    }
+}
+
+/// Opens (or resumes) the store's write of `desc` under `reference`: `None` if the
+/// namespace has the blob already (stored meanwhile by another pull).
+pub(super) async fn open_writer(
+    to: &Destination,
+    reference: &str,
+    desc: &Descriptor,
+    event: &impl Fn(&str, u64),
+) -> Result<Option<ContentWriter>> {
+    let size = desc.size as u64;
+    let mut attempt = 0;
+    loop {
+        let writer = blocking(&to.busy, {
+            let (to, reference, digest) = (to.clone(), reference.to_string(), desc.digest.clone());
+            move || {
+                to.store.content_writer(
+                    &to.namespace,
+                    &reference,
+                    size,
+                    Some(&digest),
+                    Some(&to.lease),
+                )
+            }
+        })
+        .await;
+        match writer {
+            Ok(w) => return Ok(Some(w)),
+            Err(TransferError::Store(StoreError::AlreadyExists(_))) => {
+                event("already exists", size);
+                return Ok(None);
+            }
+            // Another pull is downloading it: wait until that one has committed it (the
+            // next try says AlreadyExists) or is gone (the next try resumes its write).
+            Err(TransferError::Store(StoreError::Unavailable(_))) => {
+                if attempt == 0 {
+                    event("waiting", 0);
                 }
-                // The store's writer stopped: its error says why.
-                Err(FetchError::Store) => break,
-                outcome => {
-                    if offset == before {
-                        failures += 1;
-                    } else {
-                        failures = 1;
-                    }
-                    let why = match outcome {
-                        Err(FetchError::Registry(e)) => e,
-                        _ => format!("{}: the transfer ended early", desc.digest),
-                    };
-                    if failures >= ATTEMPTS {
-                        drop(chunks);
-                        let _ = writing.await;
-                        return Err(TransferError::Registry(why));
-                    }
+                tokio::time::sleep(lock_wait(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Feeds `writer` the blob's bytes from its offset to the end, from `sources` in turn; the
+/// writer, to commit, and the peers whose bytes it holds.
+async fn transfer(
+    sources: &[Source],
+    desc: &Descriptor,
+    writer: ContentWriter,
+    to: &Destination,
+    event: &impl Fn(&str, u64),
+) -> Result<(ContentWriter, Vec<String>)> {
+    let size = desc.size as u64;
+    let start = writer.status().offset;
+    let (chunks, received) = tokio::sync::mpsc::channel(16);
+    let writing = blocking(&to.busy, move || write_chunks(writer, start, received));
+    let mut offset = start;
+    let mut failures = 0;
+    let mut reported = 0;
+    let mut at = 0;
+    let mut peers = Vec::new();
+    while offset < size {
+        let before = offset;
+        let source = &sources[at];
+        let fetched = fetch_from(
+            source,
+            desc,
+            &mut offset,
+            |offset| {
+                if offset - reported >= REPORT_EVERY || offset == size {
+                    reported = offset;
+                    event("downloading", offset);
+                }
+            },
+            &chunks,
+        )
+        .await;
+        if let Some(peer) = source.peer()
+            && offset > before
+            && !peers.iter().any(|p| p == peer)
+        {
+            peers.push(peer.to_string());
+        }
+        match fetched {
+            Ok(()) if offset == size => {}
+            Ok(()) if offset > size => {
+                return Err(TransferError::Registry(format!(
+                    "{}: {} sent more than its {size} bytes",
+                    desc.digest,
+                    source.describe()
+                )));
+            }
+            // The store's writer stopped: its error says why.
+            Err(FetchError::Store) => break,
+            outcome => {
+                let why = match outcome {
+                    Err(FetchError::Source(e)) => e,
+                    _ => format!("{}: the transfer ended early", desc.digest),
+                };
+                // A peer that fails is left at once for the next source, which goes on
+                // from the same offset.
+                if source.peer().is_some() && at + 1 < sources.len() {
+                    at += 1;
+                    failures = 0;
                     tracing::info!(
                         digest = desc.digest,
                         offset,
                         error = why,
-                        "resuming a download"
+                        next = sources[at].describe(),
+                        "a peer failed; going on from the next source"
                     );
-                    tokio::time::sleep(backoff(failures)).await;
+                    continue;
                 }
+                failures = if offset == before { failures + 1 } else { 1 };
+                // The registry given up: the peers after it (if any) are asked.
+                if failures >= ATTEMPTS && at + 1 < sources.len() {
+                    at += 1;
+                    failures = 0;
+                    tracing::info!(
+                        digest = desc.digest,
+                        offset,
+                        error = why,
+                        next = sources[at].describe(),
+                        "the registry failed; going on from the next source"
+                    );
+                    continue;
+                }
+                if failures >= ATTEMPTS {
+                    drop(chunks);
+                    let _ = writing.await;
+                    return Err(TransferError::Registry(why));
+                }
+                tracing::info!(
+                    digest = desc.digest,
+                    offset,
+                    error = why,
+                    "resuming a download"
+                );
+                tokio::time::sleep(backoff(failures)).await;
             }
         }
-        drop(chunks);
-        let writer = writing.await?;
-        let digest = desc.digest.clone();
-        let committed = blocking(&to.busy, move || {
-            let committed =
-                to.store
-                    .content_commit(writer, &reference, size, Some(&digest), HashMap::new());
-            if let Err(StoreError::FailedPrecondition(_)) = &committed {
-                // Bytes that fail their digest or size are never resumed: the next pull
-                // starts the blob afresh.
-                match to.store.ingest_abort(&to.namespace, &reference) {
-                    Ok(()) | Err(StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            committed
-        })
-        .await;
-        match committed {
-            Ok(_) | Err(TransferError::Store(StoreError::AlreadyExists(_))) => {}
-            Err(TransferError::Store(StoreError::FailedPrecondition(why))) => {
-                return Err(TransferError::Store(StoreError::FailedPrecondition(
-                    format!("blob {} from the registry: {why}", desc.digest),
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-        event("complete", size);
-        Ok(size - start)
     }
+    drop(chunks);
+    Ok((writing.await?, peers))
 }
 
 /// Why one transfer of a blob stopped.
 enum FetchError {
-    /// The registry or the network failed.
-    Registry(String),
+    /// The source or the network failed.
+    Source(String),
     /// The store's writer is gone.
     Store,
 }
 
-/// One transfer of blob `desc` from `*offset` on: its bytes go to `chunks`, `*offset`
-/// follows them and `advanced` hears of each step.
+/// One transfer of blob `desc` from `source`, from `*offset` on: its bytes go to `chunks`,
+/// `*offset` follows them and `advanced` hears of each step. A peer that sends nothing for
+/// [`PEER_STALL`] is given up.
 async fn fetch_from(
-    remote: &oci_client::Client,
-    image: &Reference,
+    source: &Source,
     desc: &Descriptor,
     offset: &mut u64,
     mut advanced: impl FnMut(u64),
     chunks: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> std::result::Result<(), FetchError> {
-    let failed =
-        |e: &dyn std::fmt::Display| FetchError::Registry(format!("fetch {}: {e}", desc.digest));
-    // From the start too: a ranged answer is not hashed by the registry client, and the
-    // store checks the digest anyway.
-    let response = remote
-        .pull_blob_stream_partial(image, desc.digest.as_str(), *offset, None)
+    let failed = |e: &dyn std::fmt::Display| {
+        FetchError::Source(format!(
+            "fetch {} from {}: {e}",
+            desc.digest,
+            source.describe()
+        ))
+    };
+    let (mut stream, mut skip) = source
+        .open(&desc.digest, desc.size as u64, *offset)
         .await
         .map_err(|e| failed(&e))?;
-    let (mut stream, mut skip) = match response {
-        BlobResponse::Partial(s) => (s.stream, 0),
-        // The registry ignored the range: what we have comes again.
-        BlobResponse::Full(s) => (s.stream, *offset),
-    };
-    while let Some(chunk) = stream.next().await {
+    let stall = source.peer().map(|_| PEER_STALL);
+    loop {
+        let next = match stall {
+            Some(stall) => tokio::time::timeout(stall, stream.next())
+                .await
+                .map_err(|_| failed(&"it sent nothing for a while"))?,
+            None => stream.next().await,
+        };
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| failed(&e))?;
         if skip > 0 {
             let n = skip.min(chunk.len() as u64);

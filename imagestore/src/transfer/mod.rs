@@ -12,11 +12,13 @@ pub mod clients;
 mod download;
 pub mod events;
 pub mod export;
+pub mod fleet;
 pub mod import;
 pub mod naming;
 pub mod pull;
 pub mod push;
 pub mod registry;
+pub mod source;
 pub mod unpack;
 
 use std::collections::HashMap;
@@ -102,6 +104,8 @@ pub struct Transfers {
     pub store: Arc<ImageStore>,
     pub snapshots: StoreSnapshots,
     pub applier: Arc<dyn Applier>,
+    /// The fleet this node shares blobs with, if any.
+    pub fleet: Option<Arc<fleet::Fleet>>,
 }
 
 impl Transfers {
@@ -112,6 +116,7 @@ impl Transfers {
             Arc::clone(&self.store),
             self.snapshots.clone(),
             Arc::clone(&self.applier),
+            self.fleet.clone(),
             namespace,
             snapshotter,
         )
@@ -125,6 +130,7 @@ pub struct Transfer {
     store: Arc<ImageStore>,
     snapshots: StoreSnapshots,
     applier: Arc<dyn Applier>,
+    fleet: Option<Arc<fleet::Fleet>>,
     namespace: String,
     snapshotter: String,
     lease: Option<String>,
@@ -141,6 +147,7 @@ impl Transfer {
         store: Arc<ImageStore>,
         snapshots: StoreSnapshots,
         applier: Arc<dyn Applier>,
+        fleet: Option<Arc<fleet::Fleet>>,
         namespace: &str,
         snapshotter: &str,
     ) -> Result<Self> {
@@ -148,6 +155,7 @@ impl Transfer {
             store,
             snapshots,
             applier,
+            fleet,
             namespace: namespace.to_string(),
             snapshotter: snapshotter.to_string(),
             lease: None,

@@ -20,8 +20,10 @@ use tokio::task::JoinSet;
 
 use super::download::{Destination, Download};
 use super::events::{Event, Progress, ref_key};
+use super::fleet::FleetBlob;
 use super::naming::ImageDestination;
 use super::registry::{Registry, RegistryOptions};
+use super::source::Source;
 use super::unpack::{Arrivals, Unpacked};
 use super::{Result, Transfer, TransferError};
 use crate::oci::{self, Descriptor, Document, Manifest};
@@ -85,10 +87,13 @@ impl Transfer {
         progress(Event::status(format!(
             "Resolving from OCI Registry ({reference})"
         )));
+        // A manifest named by its digest comes from a peer when the registry cannot be
+        // reached (never one named by a tag: what a tag means is the registry's to say).
         let fetch = |image: oci_client::Reference, what: String| {
             let registry = &registry;
+            let fleet = self.fleet.as_ref();
             async move {
-                registry
+                let fetched = registry
                     .call(&what, |client, auth| {
                         let image = image.clone();
                         async move {
@@ -97,7 +102,15 @@ impl Transfer {
                                 .await
                         }
                     })
-                    .await
+                    .await;
+                match (fetched, fleet, image.digest()) {
+                    (Err(TransferError::Registry(why)), Some(fleet), Some(digest)) => fleet
+                        .manifest(image.repository(), digest)
+                        .await
+                        .map(|bytes| (bytes::Bytes::from(bytes), digest.to_string()))
+                        .ok_or(TransferError::Registry(why)),
+                    (fetched, _, _) => fetched,
+                }
             }
         };
         let (bytes, digest) = fetch(image.clone(), format!("resolve {reference}")).await?;
@@ -194,6 +207,10 @@ impl Transfer {
 
         // Configs and layers: the missing ones, several at a time.
         let (remote, _) = registry.client().await;
+        let from_registry = Source::Registry {
+            client: remote,
+            image: image.clone(),
+        };
         let destination = Destination {
             store: Arc::clone(&self.store),
             namespace: self.namespace.clone(),
@@ -226,19 +243,39 @@ impl Transfer {
                     continue;
                 }
                 let (opened, arrived) = arrivals.expect(&blob.digest);
-                let download = Download {
-                    remote: Arc::clone(&remote),
-                    image: image.clone(),
-                    desc: blob.clone(),
-                    parent: parent.clone(),
-                    progress: Arc::clone(&progress),
-                };
                 progress(Event::blob("waiting", blob, &parent, 0));
                 let (limit, to) = (Arc::clone(&limit), destination.clone());
-                downloads.spawn(async move {
-                    let _slot = limit.acquire_owned().await.expect("semaphore open");
-                    let _ = arrived.send(download.run(to, opened).await);
-                });
+                match &self.fleet {
+                    Some(fleet) => {
+                        let wanted = FleetBlob {
+                            desc: blob.clone(),
+                            upstream: host.clone(),
+                            repository: image.repository().to_string(),
+                            plain_http: registry.plain_http(),
+                            registry: from_registry.clone(),
+                            ask_peers: true,
+                            parent: parent.clone(),
+                            progress: Arc::clone(&progress),
+                        };
+                        let fleet = Arc::clone(fleet);
+                        downloads.spawn(async move {
+                            let _slot = limit.acquire_owned().await.expect("semaphore open");
+                            let _ = arrived.send(fleet.fetch(wanted, &to, opened).await);
+                        });
+                    }
+                    None => {
+                        let download = Download {
+                            sources: vec![from_registry.clone()],
+                            desc: blob.clone(),
+                            parent: parent.clone(),
+                            progress: Arc::clone(&progress),
+                        };
+                        downloads.spawn(async move {
+                            let _slot = limit.acquire_owned().await.expect("semaphore open");
+                            let _ = arrived.send(download.run(to, opened).await);
+                        });
+                    }
+                }
             }
         }
         // The platform to unpack: its layers are applied as soon as they (and the ones

@@ -122,6 +122,11 @@ impl Registry {
         &self.host
     }
 
+    /// Whether the registry is reached over plain HTTP.
+    pub fn plain_http(&self) -> bool {
+        self.plain_http
+    }
+
     /// The client and authentication in use (for the downloads after a resolve).
     pub async fn client(&self) -> (Arc<oci_client::Client>, RegistryAuth) {
         let s = self.session.lock().await;

@@ -19,10 +19,11 @@
 //!
 //! [`parallel_unpack`]: snapshotter::Snapshotter::parallel_unpack
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use tokio::sync::oneshot;
 
+use super::download::Fetched;
 use super::{Below, Pending, Result, Transfer, TransferError};
 use crate::StoreError;
 use crate::oci::{self, Descriptor, Manifest};
@@ -44,8 +45,11 @@ pub struct Unpacked {
 /// failed.
 #[derive(Default)]
 pub struct Arrivals {
-    pending: HashMap<String, oneshot::Receiver<Result<u64>>>,
+    pending: HashMap<String, oneshot::Receiver<Result<Fetched>>>,
     opening: HashMap<String, oneshot::Receiver<()>>,
+    /// Blobs whose first write was dropped (a peer's bytes failed the digest) and that
+    /// came again: whoever followed the first write read an error.
+    restarted: HashSet<String>,
     /// Blobs arrived, and their bytes.
     pub count: usize,
     pub bytes: u64,
@@ -54,7 +58,10 @@ pub struct Arrivals {
 impl Arrivals {
     /// Expects blob `digest`: its download says on the first sender when its write is open,
     /// and on the second when it is done.
-    pub fn expect(&mut self, digest: &str) -> (oneshot::Sender<()>, oneshot::Sender<Result<u64>>) {
+    pub fn expect(
+        &mut self,
+        digest: &str,
+    ) -> (oneshot::Sender<()>, oneshot::Sender<Result<Fetched>>) {
         let (opened, opening) = oneshot::channel();
         self.opening.insert(digest.to_string(), opening);
         let (tx, rx) = oneshot::channel();
@@ -79,12 +86,22 @@ impl Arrivals {
         let Some(rx) = self.pending.remove(digest) else {
             return Ok(());
         };
-        let bytes = rx
+        let fetched = rx
             .await
             .map_err(|_| TransferError::Invalid(format!("download of {digest} vanished")))??;
         self.count += 1;
-        self.bytes += bytes;
+        self.bytes += fetched.bytes;
+        if fetched.restarted {
+            self.restarted.insert(digest.to_string());
+        }
         Ok(())
+    }
+
+    /// Waits for blob `digest`; whether it came again after its first write was dropped
+    /// (an apply that followed that write failed for it, not for the layer).
+    pub async fn came_again(&mut self, digest: &str) -> Result<bool> {
+        self.wait(digest).await?;
+        Ok(self.restarted.contains(digest))
     }
 
     /// Waits for every blob still expected, all of them even if one fails (a failed pull
@@ -172,7 +189,7 @@ impl Transfer {
         // Whether layer `i` is applied before the one below it is committed: prepared
         // without a parent, rebased at its commit.
         let apart = |i: usize| parallel && i > first;
-        let mut in_flight: VecDeque<(usize, Pending<Staged>)> = VecDeque::new();
+        let mut in_flight: VecDeque<(usize, Option<&str>, Pending<Staged>)> = VecDeque::new();
         let mut next = first;
         let applied = async {
             while next < chains.len() || !in_flight.is_empty() {
@@ -186,7 +203,7 @@ impl Transfer {
                     if next > first && self.hold_snapshot(&chains[next]).await? {
                         progress(&layer.digest, "exists");
                         let existed = Box::pin(std::future::ready(Ok(Staged::Existed)));
-                        in_flight.push_back((next, existed));
+                        in_flight.push_back((next, None, existed));
                         next += 1;
                         continue;
                     }
@@ -197,15 +214,25 @@ impl Transfer {
                     let onto = (!apart(next))
                         .then(|| next.checked_sub(1).map_or("", |p| chains[p].as_str()));
                     let staging = self.stage_layer(layer, &diff_ids[next], &chains[next], onto);
-                    in_flight.push_back((next, staging));
+                    in_flight.push_back((next, onto, staging));
                     next += 1;
                 }
-                let Some((i, staging)) = in_flight.pop_front() else {
+                let Some((i, onto, staging)) = in_flight.pop_front() else {
                     break;
                 };
                 let layer = &manifest.layers[i];
                 let rebase = if apart(i) { chains[i - 1].as_str() } else { "" };
-                let staged = staging.await?;
+                let staged = match staging.await {
+                    Ok(staged) => staged,
+                    // It read a write that was dropped (a peer's wrong bytes); the blob came
+                    // again from elsewhere, and is applied again.
+                    Err(e) if arrivals.came_again(&layer.digest).await? => {
+                        tracing::info!(layer = layer.digest, error = %e, "applying a layer again");
+                        self.stage_layer(layer, &diff_ids[i], &chains[i], onto)
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                };
                 match self
                     .commit_layer(layer, &diff_ids[i], staged, &chains[i], rebase)
                     .await?
@@ -223,7 +250,7 @@ impl Transfer {
         .await;
         if let Err(e) = applied {
             // Those applied meanwhile go: nothing is committed above a failed layer.
-            for (_, staging) in in_flight {
+            for (_, _, staging) in in_flight {
                 if let Ok(Staged::Applied { key, .. }) = staging.await {
                     let (snapshots, snapshotter) =
                         (self.snapshots.clone(), self.snapshotter.clone());

@@ -214,7 +214,11 @@ pub struct FlakyProxy {
 impl FlakyProxy {
     /// Starts it in `mode` (see `registry-aid.py`: `cut`, `flip-once`, `chaos:SEED`).
     pub fn start(upstream: &str, log: PathBuf, mode: &str) -> FlakyProxy {
-        let address = format!("127.0.0.1:{}", free_port());
+        Self::start_on(format!("127.0.0.1:{}", free_port()), upstream, log, mode)
+    }
+
+    /// [`start`](Self::start) on `address` (`127.0.0.1:<free port>`).
+    pub fn start_on(address: String, upstream: &str, log: PathBuf, mode: &str) -> FlakyProxy {
         let child = Command::new(aid())
             .args(["flaky-proxy", address.rsplit_once(':').unwrap().1, upstream])
             .arg(&log)
@@ -259,5 +263,71 @@ impl Drop for FlakyProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `registry-aid.py count-proxy` in front of `upstream`: answers streamed at a limited rate,
+/// each request's body bytes logged, killed on drop.
+pub struct CountingProxy {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl CountingProxy {
+    /// Starts it, all answers together at most `kbps` kilobytes a second (0: no limit).
+    pub fn start(upstream: &str, log: PathBuf, kbps: u64) -> CountingProxy {
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(aid())
+            .args(["count-proxy", address.rsplit_once(':').unwrap().1, upstream])
+            .arg(&log)
+            .arg(kbps.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the counting proxy");
+        wait_listening(&address, "the counting proxy");
+        CountingProxy {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// The requests answered so far: (method, path, range, status, body bytes).
+    pub fn requests(&self) -> Vec<(String, String, String, u16, u64)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                assert_eq!(f.len(), 5, "proxy log line {l:?}");
+                let (method, path, range) = (f[0].into(), f[1].into(), f[2].into());
+                (
+                    method,
+                    path,
+                    range,
+                    f[3].parse().unwrap(),
+                    f[4].parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Body bytes sent for blobs and manifests so far.
+    pub fn bytes(&self) -> u64 {
+        self.requests().iter().map(|r| r.4).sum()
+    }
+
+    /// Stops it (the registry is then unreachable through it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

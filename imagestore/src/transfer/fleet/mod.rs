@@ -1,0 +1,444 @@
+//! The fleet: Strata nodes that share their content stores, so a rollout costs the
+//! registry one copy of each blob. A node serves its store read-only over the OCI
+//! distribution API (the daemon's `fleet` server, on [`Fleet::open_blob`] and
+//! [`Fleet::serve_blob`]), blobs still downloading included (a reader follows the write).
+//!
+//! A pull resolves tags and manifests at the registry with its own credentials, then asks
+//! the fleet for the blobs those manifests name ([`Fleet::fetch`]). Of the live nodes
+//! ([`membership`]), ranked for the digest by [rendezvous] hashing, the first fetches the
+//! blob upstream and every other streams it from that one while it downloads: the nodes
+//! ranked above this one (two at most) are its sources, then the registry, then two more
+//! peers for when the registry is down. A node fetches a blob once, however many pulls
+//! and peers want it (one flight per digest), into the namespace [`NAMESPACE`] under a
+//! lease that expires after [`FleetConfig::keep_for`]; a pull then records the blob in its
+//! own namespace. Peer requests carry the fleet's shared secret; every byte is checked
+//! against its digest before it is committed, and a peer's wrong bytes make the blob come
+//! again from the other sources.
+
+pub mod membership;
+mod rendezvous;
+
+pub use rendezvous::rank;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use oci_client::Reference;
+use tokio::sync::{oneshot, watch};
+
+use self::membership::Membership;
+use super::download::{Destination, Download, Fetched, open_writer};
+use super::events::Progress;
+use super::source::{PeerHealth, PeerSource, Source};
+use super::{Result, TransferError};
+use crate::oci::Descriptor;
+use crate::{ImageStore, StoreError, parse_digest, unique_suffix};
+
+/// The namespace a node's fleet downloads are written in.
+pub const NAMESPACE: &str = "strata.fleet";
+/// How long connecting to a peer may take before it is passed over.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Peers ranked above this node asked for a blob before the registry.
+const PEERS_FIRST: usize = 2;
+/// Peers asked after the registry failed.
+const PEERS_LAST: usize = 2;
+
+/// How a node takes part in the fleet.
+pub struct FleetConfig {
+    /// This node's peer address (`host:port`), as the others list it.
+    pub advertise: String,
+    /// The secret every peer request carries.
+    pub secret: String,
+    pub membership: Arc<dyn Membership>,
+    /// How long a blob fetched for the fleet is kept when no image of this node holds it.
+    pub keep_for: Duration,
+}
+
+/// Where one node's fetch of a blob is.
+#[derive(Clone, Debug)]
+enum Flight {
+    Opening,
+    /// Its write is open: readable as it comes.
+    Open,
+    Done(std::result::Result<Fetched, String>),
+}
+
+/// A blob wanted of the fleet, and how this node reaches its registry.
+#[derive(Clone)]
+pub(super) struct FleetBlob {
+    pub desc: Descriptor,
+    /// Registry host (`host[:port]`) and repository.
+    pub upstream: String,
+    pub repository: String,
+    pub plain_http: bool,
+    pub registry: Source,
+    /// Whether peers are asked (not for a peer's request: no request goes round).
+    pub ask_peers: bool,
+    pub parent: String,
+    pub progress: Progress,
+}
+
+/// A blob to send: its reader (positioned at its start) and its size if known.
+pub struct Served {
+    pub reader: Box<dyn Read + Send>,
+    pub size: Option<u64>,
+}
+
+/// A peer's (or a mirror client's) request for a blob.
+pub struct BlobRequest {
+    pub digest: String,
+    pub repository: String,
+    /// The registry host (the `ns` query parameter), if the request named one.
+    pub upstream: Option<String>,
+    /// The blob's size, if the request said it (a peer's does).
+    pub size: Option<u64>,
+    pub plain_http: bool,
+    /// From a peer: answered from this store or upstream only.
+    pub from_peer: bool,
+}
+
+/// This node's part in the fleet (see the module doc).
+pub struct Fleet {
+    advertise: String,
+    secret: Arc<str>,
+    membership: Arc<dyn Membership>,
+    keep_for: Duration,
+    store: Arc<ImageStore>,
+    http: reqwest::Client,
+    health: Arc<PeerHealth>,
+    flights: Mutex<HashMap<String, watch::Receiver<Flight>>>,
+}
+
+impl Fleet {
+    /// This node's fleet over `store`.
+    pub fn new(config: FleetConfig, store: Arc<ImageStore>) -> Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| TransferError::Invalid(format!("fleet HTTP client: {e}")))?;
+        Ok(Arc::new(Fleet {
+            advertise: config.advertise,
+            secret: config.secret.into(),
+            membership: config.membership,
+            keep_for: config.keep_for,
+            store,
+            http,
+            health: Arc::default(),
+            flights: Mutex::default(),
+        }))
+    }
+
+    /// Whether `presented` (an `Authorization` header's value) carries the fleet's secret.
+    pub fn authorized(&self, presented: Option<&str>) -> bool {
+        let Some(token) = presented.and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        // Compared in time independent of where the two differ.
+        let (a, b) = (token.as_bytes(), self.secret.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The fleet's nodes ranked for `digest`, this one among them.
+    fn ranked(&self, digest: &str) -> Vec<String> {
+        let mut nodes = self.membership.nodes();
+        if !nodes.contains(&self.advertise) {
+            nodes.push(self.advertise.clone());
+        }
+        nodes.sort();
+        nodes.dedup();
+        rendezvous::rank(digest, &nodes)
+    }
+
+    /// Where this node reads `wanted` from, in order (see the module doc).
+    fn sources(&self, wanted: &FleetBlob) -> Vec<Source> {
+        let peer = |node: &String| {
+            Source::Peer(PeerSource {
+                peer: node.clone(),
+                http: self.http.clone(),
+                secret: Arc::clone(&self.secret),
+                upstream: wanted.upstream.clone(),
+                repository: wanted.repository.clone(),
+                plain_http: wanted.plain_http,
+                health: Arc::clone(&self.health),
+            })
+        };
+        if !wanted.ask_peers {
+            return vec![wanted.registry.clone()];
+        }
+        let ranked = self.ranked(&wanted.desc.digest);
+        let me = ranked.iter().position(|n| *n == self.advertise);
+        let live = |(i, n): &(usize, &String)| Some(*i) != me && !self.health.is_down(n);
+        let (above, below): (Vec<_>, Vec<_>) = ranked
+            .iter()
+            .enumerate()
+            .filter(live)
+            .partition(|(i, _)| me.is_none_or(|me| *i < me));
+        let mut sources: Vec<Source> = above
+            .iter()
+            .take(PEERS_FIRST)
+            .map(|(_, n)| peer(n))
+            .collect();
+        sources.push(wanted.registry.clone());
+        let rest = above.iter().skip(PEERS_FIRST).chain(&below);
+        sources.extend(rest.take(PEERS_LAST).map(|(_, n)| peer(n)));
+        sources
+    }
+
+    /// This node's flight of `wanted`: the one running, or a new one.
+    fn flight(self: &Arc<Self>, wanted: FleetBlob) -> watch::Receiver<Flight> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = flights.get(&wanted.desc.digest) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Flight::Opening);
+        flights.insert(wanted.desc.digest.clone(), rx.clone());
+        drop(flights);
+        let fleet = Arc::clone(self);
+        tokio::spawn(async move {
+            let digest = wanted.desc.digest.clone();
+            let done = fleet.fly(wanted, &tx).await.map_err(|e| e.to_string());
+            fleet
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&digest);
+            let _ = tx.send(Flight::Done(done));
+        });
+        rx
+    }
+
+    /// Fetches `wanted` into the fleet's namespace under a lease of its own, saying on
+    /// `state` when its write is open.
+    async fn fly(&self, wanted: FleetBlob, state: &watch::Sender<Flight>) -> Result<Fetched> {
+        let lease = format!("fleet-{}", unique_suffix());
+        let labels: HashMap<String, String> = [(
+            api::labels::GC_EXPIRE.to_string(),
+            api::time::rfc3339_utc(SystemTime::now() + self.keep_for),
+        )]
+        .into();
+        let (store, id) = (Arc::clone(&self.store), lease.clone());
+        tokio::task::spawn_blocking(move || store.lease_create(NAMESPACE, &id, labels))
+            .await
+            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))??;
+        let sources = self.sources(&wanted);
+        tracing::debug!(
+            digest = wanted.desc.digest,
+            sources = ?sources.iter().map(Source::describe).collect::<Vec<_>>(),
+            "fleet: fetching"
+        );
+        let download = Download {
+            sources,
+            desc: wanted.desc,
+            parent: wanted.parent,
+            progress: wanted.progress,
+        };
+        let to = Destination {
+            store: Arc::clone(&self.store),
+            namespace: NAMESPACE.to_string(),
+            lease,
+            busy: Arc::default(),
+        };
+        let (opened, opening) = oneshot::channel();
+        let watch_open = async {
+            if opening.await.is_ok() {
+                let _ = state.send(Flight::Open);
+            }
+        };
+        let (fetched, ()) = tokio::join!(download.run(to, opened), watch_open);
+        fetched
+    }
+
+    /// Brings `wanted` into namespace `to` of this node's store through the fleet: says on
+    /// `opened` once it can be read as it comes, and returns what this node downloaded.
+    pub(super) async fn fetch(
+        self: &Arc<Self>,
+        wanted: FleetBlob,
+        to: &Destination,
+        opened: oneshot::Sender<()>,
+    ) -> Result<Fetched> {
+        let desc = wanted.desc.clone();
+        let mut flight = self.flight(wanted);
+        let mut opened = Some(opened);
+        let fetched = loop {
+            let state = flight.borrow_and_update().clone();
+            match state {
+                Flight::Opening => {}
+                Flight::Open => {
+                    if let Some(opened) = opened.take() {
+                        let _ = opened.send(());
+                    }
+                }
+                Flight::Done(done) => break done.map_err(TransferError::Registry)?,
+            }
+            if flight.changed().await.is_err() {
+                // The flight's task ended without a word: it panicked.
+                return Err(TransferError::Invalid(format!(
+                    "fetch of {} vanished",
+                    desc.digest
+                )));
+            }
+        };
+        // In the fleet's namespace now: recorded in the pull's too, under its lease.
+        let reference = format!("pull-{}", desc.digest);
+        let event = |_: &str, _: u64| {};
+        if let Some(writer) = open_writer(to, &reference, &desc, &event).await? {
+            let (store, digest) = (Arc::clone(&to.store), desc.digest.clone());
+            let size = desc.size as u64;
+            let committed = tokio::task::spawn_blocking(move || {
+                store.content_commit(writer, &reference, size, Some(&digest), HashMap::new())
+            })
+            .await
+            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?;
+            match committed {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Blob `digest` of this node's store, committed or still being written; `None` if it
+    /// has neither. Blocks.
+    pub fn open_blob(&self, digest: &str) -> std::result::Result<Option<Served>, StoreError> {
+        let digest = parse_digest(digest)?;
+        let blobs = self.store.blobs();
+        let committed = || -> std::result::Result<Option<Served>, StoreError> {
+            match blobs.open_blob(&digest) {
+                Ok(file) => {
+                    let size =
+                        file.metadata()
+                            .map(|m| m.len())
+                            .map_err(|source| StoreError::Io {
+                                op: "stat",
+                                path: blobs.path(&digest),
+                                source,
+                            })?;
+                    Ok(Some(Served {
+                        reader: Box::new(file),
+                        size: Some(size),
+                    }))
+                }
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        if let Some(served) = committed()? {
+            return Ok(Some(served));
+        }
+        if let Some(live) = blobs.open_live(&digest)? {
+            return Ok(Some(Served {
+                reader: Box::new(live),
+                size: None,
+            }));
+        }
+        // Committed between the two looks.
+        committed()
+    }
+
+    /// The blob a peer (or the node's containerd, as a mirror) asks for: from this store,
+    /// or fetched for it — from upstream for a peer, through the fleet for a mirror client —
+    /// when the request says where upstream is and how big the blob is. `None`: not here.
+    pub async fn serve_blob(self: &Arc<Self>, request: BlobRequest) -> Result<Option<Served>> {
+        let fleet = Arc::clone(self);
+        let digest = request.digest.clone();
+        let local = move || fleet.open_blob(&digest);
+        if let Some(served) = blocking(local.clone()).await? {
+            return Ok(Some(served));
+        }
+        let (Some(upstream), Some(size)) = (&request.upstream, request.size) else {
+            return Ok(None);
+        };
+        let image = Reference::from_str(&format!("{upstream}/{}", request.repository))
+            .map_err(|e| TransferError::Invalid(format!("repository: {e}")))?;
+        let client = super::clients::shared(request.plain_http).await;
+        let desc = Descriptor {
+            media_type: String::new(),
+            digest: request.digest.clone(),
+            size: size as i64,
+            platform: None,
+            annotations: HashMap::new(),
+        };
+        let wanted = FleetBlob {
+            desc,
+            upstream: upstream.clone(),
+            repository: request.repository.clone(),
+            plain_http: request.plain_http,
+            registry: Source::Registry {
+                client,
+                image: image.clone(),
+            },
+            ask_peers: !request.from_peer,
+            parent: String::new(),
+            progress: Arc::new(|_| {}),
+        };
+        let mut flight = self.flight(wanted);
+        loop {
+            let state = flight.borrow_and_update().clone();
+            match state {
+                Flight::Opening => {}
+                Flight::Open | Flight::Done(Ok(_)) => break,
+                Flight::Done(Err(why)) => return Err(TransferError::Registry(why)),
+            }
+            if flight.changed().await.is_err() {
+                break;
+            }
+        }
+        blocking(local).await
+    }
+
+    /// Manifest (or index) `digest` of `repository` from a peer, checked against its
+    /// digest: for a digest-pinned pull while the registry cannot be reached.
+    pub(super) async fn manifest(&self, repository: &str, digest: &str) -> Option<Vec<u8>> {
+        let ranked = self.ranked(digest);
+        let peers = ranked
+            .iter()
+            .filter(|n| **n != self.advertise && !self.health.is_down(n));
+        for peer in peers.take(PEERS_FIRST + PEERS_LAST) {
+            let url = format!("http://{peer}/v2/{repository}/manifests/{digest}");
+            let answer = self
+                .http
+                .get(url)
+                .bearer_auth(&*self.secret)
+                .header(super::source::PEER_HEADER, "1")
+                .header(http::header::ACCEPT, api::media_types::MANIFESTS.join(", "))
+                .send()
+                .await;
+            let bytes = match answer {
+                Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+                Ok(_) => None,
+                Err(_) => {
+                    self.health.failed(peer);
+                    None
+                }
+            };
+            if let Some(bytes) = bytes
+                && sha256(&bytes) == digest
+            {
+                tracing::info!(digest, peer, "fleet: manifest from a peer");
+                return Some(bytes.to_vec());
+            }
+        }
+        None
+    }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?
+        .map_err(TransferError::Store)
+}
+
+/// `sha256:<hex>` of `bytes`.
+fn sha256(bytes: &[u8]) -> String {
+    let mut hasher = differ::digest::Hasher::default();
+    hasher.update(bytes);
+    hasher.finish().0.to_string()
+}
