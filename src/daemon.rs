@@ -55,6 +55,7 @@ pub enum DaemonError {
 /// Joins the fleet `settings` describe: its peers found, its peer API served.
 async fn start_fleet(
     settings: &crate::config::FleetSettings,
+    insecure_registries: &[String],
     store: Arc<ImageStore>,
 ) -> Result<Arc<imagestore::transfer::fleet::Fleet>, DaemonError> {
     use imagestore::transfer::fleet::{Fleet, FleetConfig, membership};
@@ -82,6 +83,7 @@ async fn start_fleet(
         secret,
         membership,
         keep_for: std::time::Duration::from_secs(settings.keep_secs),
+        insecure_registries: insecure_registries.to_vec(),
     };
     let fleet = Fleet::new(config, store).map_err(|e| DaemonError::Fleet(e.to_string()))?;
     let bound = crate::fleet::serve(&settings.listen, Arc::clone(&fleet))
@@ -160,7 +162,9 @@ pub async fn run(
         tracing::info!(address = %bound, "serving metrics");
     }
     let fleet = match &config.fleet {
-        Some(settings) => Some(start_fleet(settings, Arc::clone(&store)).await?),
+        Some(settings) => {
+            Some(start_fleet(settings, &config.insecure_registries, Arc::clone(&store)).await?)
+        }
         None => None,
     };
     let (listener, owns_socket) = match activated {

@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use imagestore::transfer::fleet::{BlobRequest, Fleet, Served};
-use imagestore::transfer::source::{PEER_HEADER, PLAIN_HTTP_HEADER, SIZE_HEADER};
+use imagestore::transfer::source::{
+    LOCAL_ONLY_HEADER, PEER_HEADER, PLAIN_HTTP_HEADER, SIZE_HEADER,
+};
 
 type Body = BoxBody<Bytes, io::Error>;
 
@@ -150,10 +152,11 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
             );
         }
     };
+    // `ns`: the registry a mirror client (containerd) or a peer asks on behalf of.
     let upstream = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("ns="))
-            .map(str::to_string)
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "ns")
+            .map(|(_, v)| v.into_owned())
     });
     match asked(req.uri().path()) {
         Asked::Base => {
@@ -169,6 +172,16 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
             "NAME_UNKNOWN",
             "only content named by its digest is served here",
         ),
+        // A HEAD is answered from this store only: asking is no reason to fetch.
+        Asked::Blob { digest, .. } if head => {
+            let (f, d) = (Arc::clone(&fleet), digest.to_string());
+            match tokio::task::spawn_blocking(move || f.open_blob(&d, true)).await {
+                Ok(Ok(Some(served))) => send(served, None, from, head, digest, None),
+                Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+            }
+        }
         Asked::Blob { name, digest } => {
             let request = BlobRequest {
                 digest: digest.to_string(),
@@ -177,11 +190,15 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
                 size: header_text(SIZE_HEADER).and_then(|s| s.parse().ok()),
                 plain_http: header_text(PLAIN_HTTP_HEADER).is_some(),
                 from_peer: header_text(PEER_HEADER).is_some(),
+                local_only: header_text(LOCAL_ONLY_HEADER).is_some(),
             };
             let size_asked = request.size;
             match fleet.serve_blob(request).await {
                 Ok(Some(served)) => send(served, size_asked, from, head, digest, None),
-                Ok(None) => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest),
+                Ok(None) => {
+                    tracing::debug!(digest, query = ?req.uri().query(), "fleet: blob not here");
+                    error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest)
+                }
                 Err(e) => {
                     tracing::info!(digest, error = %e, "fleet: a blob could not be served");
                     error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string())
@@ -190,7 +207,7 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
         }
         Asked::Manifest { digest, .. } => {
             let (f, d) = (Arc::clone(&fleet), digest.to_string());
-            let opened = tokio::task::spawn_blocking(move || f.open_blob(&d)).await;
+            let opened = tokio::task::spawn_blocking(move || f.open_blob(&d, false)).await;
             match opened {
                 // Only a committed manifest: its media type is read from it.
                 Ok(Ok(Some(mut served))) if served.size.is_some() => {

@@ -126,6 +126,10 @@ struct ServeArgs {
     /// when the request carries no lease (default 3600).
     #[arg(long)]
     diff_lease_expiry: Option<u64>,
+    /// This node's address in the fleet (`host:port`), as its peers list it: overrides
+    /// `[fleet].advertise` (in Kubernetes, the node's IP from the downward API).
+    #[arg(long, env = "STRATA_FLEET_ADVERTISE")]
+    fleet_advertise: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -153,6 +157,16 @@ fn serve_config(args: &ServeArgs, address: Option<PathBuf>) -> Result<Config, St
     }
     if let Some(root) = &args.root {
         config.root = root.clone();
+    }
+    if let Some(advertise) = &args.fleet_advertise {
+        match &mut config.fleet {
+            Some(fleet) => fleet.advertise = Some(advertise.clone()),
+            None => {
+                return Err(
+                    "--fleet-advertise needs a [fleet] section in the configuration".into(),
+                );
+            }
+        }
     }
     if let Some(address) = address {
         config.address = address;

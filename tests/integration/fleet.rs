@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::containerd::env::build_image;
+use crate::containerd::env::{Containerd, Env, build_image};
 use crate::containerd::registry::{CountingProxy, FlakyProxy, Registry};
 use crate::pull::rootfs_with;
 use crate::tree::{Entry, capture};
-use crate::util::{Daemon, TempDir, assert_root, free_port, ingest_bytes};
+use crate::util::{Daemon, TempDir, assert_root, free_port, ingest_bytes, strata_ok};
 
 const SECRET: &str = "fleet-test-secret-0123456789";
 
@@ -28,16 +28,7 @@ struct Node {
 /// Starts a node in `dir` with its peer API on `peer` and the fleet `peers`.
 fn start_node(dir: &Path, peer: &str, peers: &[String]) -> Node {
     std::fs::create_dir_all(dir).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let config = dir.join("config.toml");
-    let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
-    let text = format!(
-        "[fleet]\nlisten = {peer:?}\nsecret_file = {:?}\npeers = [{}]\n",
-        secret.to_str().unwrap(),
-        list.join(", ")
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = fleet_config(dir, peer, peers);
     let daemon = Daemon::start_with(dir, &["--config", config.to_str().unwrap()]);
     Node {
         daemon,
@@ -351,4 +342,119 @@ fn pulls_survive_dead_lying_and_missing_sources() {
     assert_eq!(ingest_bytes(&late.daemon.root), 0);
     let tree = tree_of(&late.daemon, &pinned, tmp.path());
     assert!(tree == expected, "the tree differs from the image's");
+}
+
+/// containerd pulls through the node's Strata as its registry mirror (`hosts.toml` in
+/// `ctr --hosts-dir`, what the CRI's `config_path` reads too): the blobs come through the
+/// fleet (Strata fetches each upstream once, keeps it in its `strata.fleet` namespace),
+/// containerd resolves the tag at the registry itself (the mirror answers no tag). A second
+/// node, started only then, pulls the image: the blobs it ranks first it asks the first node
+/// for (what that one holds) before the registry, the others it streams from that node. The
+/// registry sent each blob once for both.
+fn pulls_through_the_mirror(test: &str, release: Containerd, first: u8) {
+    let port = free_port();
+    let (a, b) = (
+        format!("127.0.0.{first}:{port}"),
+        format!("127.0.0.{}:{port}", first + 1),
+    );
+    let peers = [a.clone(), b.clone()];
+    let config = TempDir::new("mirror-config");
+    let config_file = fleet_config(config.path(), &a, &peers);
+    let env = Env::start_with(
+        test,
+        "overlayfs",
+        release,
+        &["--config", config_file.to_str().unwrap()],
+    );
+    let scratch = env.scratch().to_path_buf();
+    let registry = Registry::start(&scratch.join("registry"));
+    let repository = push_image(&scratch, &registry);
+    let proxy = CountingProxy::start(&registry.address, scratch.join("proxy.log"), 0);
+    let image = format!("{}/{repository}:1", proxy.address);
+    let (_, document) = manifest(&registry.address, &repository, "1");
+    let blobs: Vec<(String, u64)> = std::iter::once(&document["config"])
+        .chain(document["layers"].as_array().unwrap())
+        .map(|d| {
+            let digest = d["digest"].as_str().unwrap().to_string();
+            (digest, d["size"].as_u64().unwrap())
+        })
+        .collect();
+    let blob_bytes: u64 = blobs.iter().map(|b| b.1).sum();
+    let hosts = scratch.join("hosts");
+    let dir = hosts.join(&proxy.address);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "server = \"http://{}\"\n\n[host.\"http://{a}\"]\n  capabilities = [\"pull\"]\n  \
+         [host.\"http://{a}\".header]\n    Authorization = \"Bearer {SECRET}\"\n",
+        proxy.address
+    );
+    std::fs::write(dir.join("hosts.toml"), text).unwrap();
+
+    env.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--hosts-dir",
+        hosts.to_str().unwrap(),
+        &image,
+    ]);
+    let held = strata_ok(
+        &env.strata.socket,
+        &["content", "ls", "--namespace", "strata.fleet"],
+    );
+    for (digest, _) in &blobs {
+        assert!(
+            held.contains(digest.as_str()),
+            "{digest} did not come through Strata: {held}\nupstream: {:?}\nStrata: {}",
+            proxy.requests(),
+            env.strata.log_text()
+        );
+    }
+    let blob_upstream = |proxy: &CountingProxy| -> u64 {
+        let requests = proxy.requests();
+        requests
+            .iter()
+            .filter(|r| r.1.contains("/blobs/sha256:"))
+            .map(|r| r.4)
+            .sum()
+    };
+    let through_containerd = blob_upstream(&proxy);
+    assert_eq!(through_containerd, blob_bytes, "{:?}", proxy.requests());
+
+    let node_b = start_node(&scratch.join("b"), &b, &peers);
+    strata_ok(&node_b.daemon.socket, &["image", "pull", &image]);
+    let upstream = blob_upstream(&proxy);
+    eprintln!("{test}: blob bytes upstream {upstream} for two nodes, the blobs are {blob_bytes}");
+    assert_eq!(upstream, blob_bytes, "{:?}", proxy.requests());
+}
+
+/// Writes a fleet configuration (and its secret) into `dir`: listening on `listen`, the
+/// fleet `peers`; its path.
+fn fleet_config(dir: &Path, listen: &str, peers: &[String]) -> std::path::PathBuf {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = dir.join("config.toml");
+    let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        "[fleet]\nlisten = {listen:?}\nsecret_file = {:?}\npeers = [{}]\n",
+        secret.to_str().unwrap(),
+        list.join(", ")
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+#[ignore = "needs root"]
+fn containerd_1_7_pulls_through_the_mirror() {
+    // A short tag: containerd's socket path under it must stay within 104 bytes.
+    assert_root("fleet::containerd_1_7_pulls_through_the_mirror");
+    pulls_through_the_mirror("fleet::mirror-1.7", Containerd::V1_7, 31);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn containerd_2_1_pulls_through_the_mirror() {
+    assert_root("fleet::containerd_2_1_pulls_through_the_mirror");
+    pulls_through_the_mirror("fleet::mirror-2.1", Containerd::V2_1, 33);
 }

@@ -56,7 +56,7 @@ pub struct Registry {
 }
 
 /// Whether `registry` (`host[:port]`) is on this machine.
-fn loopback(registry: &str) -> bool {
+pub(super) fn loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }

@@ -22,6 +22,8 @@ pub const PEER_HEADER: &str = "x-strata-peer";
 /// Header with the blob's size, so a peer that fetches it upstream on the request's behalf
 /// can open its write (the digest checks both).
 pub const SIZE_HEADER: &str = "x-strata-size";
+/// Header asking a peer to answer from its own store only (404 if it lacks the blob).
+pub const LOCAL_ONLY_HEADER: &str = "x-strata-local-only";
 /// Header asking a peer to reach the upstream registry over plain HTTP.
 pub const PLAIN_HTTP_HEADER: &str = "x-strata-plain-http";
 
@@ -49,6 +51,8 @@ pub(super) struct PeerSource {
     pub upstream: String,
     pub repository: String,
     pub plain_http: bool,
+    /// Asked only for what it holds already (never to fetch the blob upstream).
+    pub local_only: bool,
     /// Where a peer that cannot be reached is noted.
     pub health: Arc<PeerHealth>,
 }
@@ -148,6 +152,9 @@ impl PeerSource {
             .header(SIZE_HEADER, size.to_string());
         if self.plain_http {
             request = request.header(PLAIN_HTTP_HEADER, "1");
+        }
+        if self.local_only {
+            request = request.header(LOCAL_ONLY_HEADER, "1");
         }
         if offset > 0 {
             request = request.header(http::header::RANGE, format!("bytes={offset}-"));

@@ -7,8 +7,9 @@
 //! the fleet for the blobs those manifests name ([`Fleet::fetch`]). Of the live nodes
 //! ([`membership`]), ranked for the digest by [rendezvous] hashing, the first fetches the
 //! blob upstream and every other streams it from that one while it downloads: the nodes
-//! ranked above this one (two at most) are its sources, then the registry, then two more
-//! peers for when the registry is down. A node fetches a blob once, however many pulls
+//! ranked above this one (two at most) are its sources, then the registry, then three more
+//! peers for when the registry is down; the node ranked first asks the next two for what
+//! they already hold (nothing more) before it goes upstream. A node fetches a blob once, however many pulls
 //! and peers want it (one flight per digest), into the namespace [`NAMESPACE`] under a
 //! lease that expires after [`FleetConfig::keep_for`]; a pull then records the blob in its
 //! own namespace. Peer requests carry the fleet's shared secret; every byte is checked
@@ -44,7 +45,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Peers ranked above this node asked for a blob before the registry.
 const PEERS_FIRST: usize = 2;
 /// Peers asked after the registry failed.
-const PEERS_LAST: usize = 2;
+const PEERS_LAST: usize = 3;
 
 /// How a node takes part in the fleet.
 pub struct FleetConfig {
@@ -55,6 +56,8 @@ pub struct FleetConfig {
     pub membership: Arc<dyn Membership>,
     /// How long a blob fetched for the fleet is kept when no image of this node holds it.
     pub keep_for: Duration,
+    /// Registries (`host[:port]`) reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Where one node's fetch of a blob is.
@@ -98,6 +101,8 @@ pub struct BlobRequest {
     pub plain_http: bool,
     /// From a peer: answered from this store or upstream only.
     pub from_peer: bool,
+    /// Answered from this store only.
+    pub local_only: bool,
 }
 
 /// This node's part in the fleet (see the module doc).
@@ -106,8 +111,12 @@ pub struct Fleet {
     secret: Arc<str>,
     membership: Arc<dyn Membership>,
     keep_for: Duration,
+    insecure_registries: Vec<String>,
     store: Arc<ImageStore>,
+    /// For peers: short connect timeout.
     http: reqwest::Client,
+    /// For registries (the size of a blob a mirror client asks for).
+    upstream_http: reqwest::Client,
     health: Arc<PeerHealth>,
     flights: Mutex<HashMap<String, watch::Receiver<Flight>>>,
 }
@@ -120,13 +129,19 @@ impl Fleet {
             .no_proxy()
             .build()
             .map_err(|e| TransferError::Invalid(format!("fleet HTTP client: {e}")))?;
+        let upstream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| TransferError::Invalid(format!("fleet HTTP client: {e}")))?;
         Ok(Arc::new(Fleet {
             advertise: config.advertise,
             secret: config.secret.into(),
             membership: config.membership,
             keep_for: config.keep_for,
+            insecure_registries: config.insecure_registries,
             store,
             http,
+            upstream_http,
             health: Arc::default(),
             flights: Mutex::default(),
         }))
@@ -155,7 +170,7 @@ impl Fleet {
 
     /// Where this node reads `wanted` from, in order (see the module doc).
     fn sources(&self, wanted: &FleetBlob) -> Vec<Source> {
-        let peer = |node: &String| {
+        let peer = |node: &String, local_only: bool| {
             Source::Peer(PeerSource {
                 peer: node.clone(),
                 http: self.http.clone(),
@@ -163,6 +178,7 @@ impl Fleet {
                 upstream: wanted.upstream.clone(),
                 repository: wanted.repository.clone(),
                 plain_http: wanted.plain_http,
+                local_only,
                 health: Arc::clone(&self.health),
             })
         };
@@ -180,11 +196,16 @@ impl Fleet {
         let mut sources: Vec<Source> = above
             .iter()
             .take(PEERS_FIRST)
-            .map(|(_, n)| peer(n))
+            .map(|(_, n)| peer(n, false))
             .collect();
+        let mut rest = above.iter().skip(PEERS_FIRST).chain(&below);
+        if sources.is_empty() {
+            // This node fetches the blob upstream, unless the next ones hold it already (they
+            // got it while this one was away): asked for what they hold, nothing more.
+            sources.extend(rest.by_ref().take(PEERS_FIRST).map(|(_, n)| peer(n, true)));
+        }
         sources.push(wanted.registry.clone());
-        let rest = above.iter().skip(PEERS_FIRST).chain(&below);
-        sources.extend(rest.take(PEERS_LAST).map(|(_, n)| peer(n)));
+        sources.extend(rest.take(PEERS_LAST).map(|(_, n)| peer(n, false)));
         sources
     }
 
@@ -301,9 +322,13 @@ impl Fleet {
         Ok(fetched)
     }
 
-    /// Blob `digest` of this node's store, committed or still being written; `None` if it
-    /// has neither. Blocks.
-    pub fn open_blob(&self, digest: &str) -> std::result::Result<Option<Served>, StoreError> {
+    /// Blob `digest` of this node's store, committed or (with `live`) still being written;
+    /// `None` if it has neither. Blocks.
+    pub fn open_blob(
+        &self,
+        digest: &str,
+        live: bool,
+    ) -> std::result::Result<Option<Served>, StoreError> {
         let digest = parse_digest(digest)?;
         let blobs = self.store.blobs();
         let committed = || -> std::result::Result<Option<Served>, StoreError> {
@@ -329,6 +354,9 @@ impl Fleet {
         if let Some(served) = committed()? {
             return Ok(Some(served));
         }
+        if !live {
+            return Ok(None);
+        }
         if let Some(live) = blobs.open_live(&digest)? {
             return Ok(Some(Served {
                 reader: Box::new(live),
@@ -345,16 +373,35 @@ impl Fleet {
     pub async fn serve_blob(self: &Arc<Self>, request: BlobRequest) -> Result<Option<Served>> {
         let fleet = Arc::clone(self);
         let digest = request.digest.clone();
-        let local = move || fleet.open_blob(&digest);
+        // A node asked for what it holds is asked by the node the blob hashes to, which may
+        // be what feeds this node's write of it: only a committed blob is an answer.
+        let live = !request.local_only;
+        let local = move || fleet.open_blob(&digest, live);
         if let Some(served) = blocking(local.clone()).await? {
             return Ok(Some(served));
         }
-        let (Some(upstream), Some(size)) = (&request.upstream, request.size) else {
+        let Some(upstream) = request.upstream.as_ref().filter(|_| !request.local_only) else {
             return Ok(None);
+        };
+        let plain_http = request.plain_http
+            || super::registry::loopback(upstream)
+            || self.insecure_registries.iter().any(|r| r == upstream);
+        // A mirror client (the node's containerd) does not say the size: the registry does.
+        let size = match request.size {
+            Some(size) => size,
+            None if request.from_peer => return Ok(None),
+            None => {
+                let asked =
+                    self.upstream_size(upstream, &request.repository, &request.digest, plain_http);
+                match asked.await {
+                    Some(size) => size,
+                    None => return Ok(None),
+                }
+            }
         };
         let image = Reference::from_str(&format!("{upstream}/{}", request.repository))
             .map_err(|e| TransferError::Invalid(format!("repository: {e}")))?;
-        let client = super::clients::shared(request.plain_http).await;
+        let client = super::clients::shared(plain_http).await;
         let desc = Descriptor {
             media_type: String::new(),
             digest: request.digest.clone(),
@@ -366,7 +413,7 @@ impl Fleet {
             desc,
             upstream: upstream.clone(),
             repository: request.repository.clone(),
-            plain_http: request.plain_http,
+            plain_http,
             registry: Source::Registry {
                 client,
                 image: image.clone(),
@@ -388,6 +435,73 @@ impl Fleet {
             }
         }
         blocking(local).await
+    }
+
+    /// The size of blob `digest` of `repository` at registry `upstream`, asked anonymously:
+    /// a `HEAD`, again with a bearer token from the registry's token service if it wants
+    /// one. `None` if the registry does not say (a private repository, say).
+    async fn upstream_size(
+        &self,
+        upstream: &str,
+        repository: &str,
+        digest: &str,
+        plain_http: bool,
+    ) -> Option<u64> {
+        // containerd names Docker Hub by its reference name.
+        let host = if upstream == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            upstream
+        };
+        let scheme = if plain_http { "http" } else { "https" };
+        let url = format!("{scheme}://{host}/v2/{repository}/blobs/{digest}");
+        let mut response = self.upstream_http.head(&url).send().await.ok()?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)?
+                .to_str()
+                .ok()?
+                .to_string();
+            let token = self.anonymous_token(&challenge).await?;
+            response = self
+                .upstream_http
+                .head(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?;
+        }
+        if !response.status().is_success() {
+            return None;
+        }
+        response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// An anonymous token from the token service a `Bearer realm=...,service=...,scope=...`
+    /// challenge names.
+    async fn anonymous_token(&self, challenge: &str) -> Option<String> {
+        let params = challenge_params(challenge.strip_prefix("Bearer ")?);
+        let realm = params.iter().find(|(k, _)| k == "realm")?.1.clone();
+        let query: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "realm").collect();
+        let answer: serde_json::Value = self
+            .upstream_http
+            .get(realm)
+            .query(&query)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let token = answer.get("token").or_else(|| answer.get("access_token"))?;
+        token.as_str().map(str::to_string)
     }
 
     /// Manifest (or index) `digest` of `repository` from a peer, checked against its
@@ -436,9 +550,54 @@ async fn blocking<T: Send + 'static>(
         .map_err(TransferError::Store)
 }
 
+/// The `key="value"` pairs of a challenge's parameters.
+fn challenge_params(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_string();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((v, next)) => (v, next),
+                None => (quoted, ""),
+            },
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        out.push((key, value.to_string()));
+        rest = next.trim_start_matches(',').trim();
+    }
+    out
+}
+
 /// `sha256:<hex>` of `bytes`.
 fn sha256(bytes: &[u8]) -> String {
     let mut hasher = differ::digest::Hasher::default();
     hasher.update(bytes);
     hasher.finish().0.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::challenge_params;
+
+    #[test]
+    fn bearer_challenges_are_read() {
+        let params = challenge_params(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
+        );
+        let want = [
+            ("realm", "https://auth.docker.io/token"),
+            ("service", "registry.docker.io"),
+            ("scope", "repository:library/busybox:pull"),
+        ];
+        let got: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            challenge_params("a=b, c=\"d,e\""),
+            [("a".into(), "b".into()), ("c".into(), "d,e".into())]
+        );
+    }
 }
