@@ -7,7 +7,6 @@
 //! served as they arrive; a blob this node lacks is fetched for the request when it says
 //! from which registry (`?ns=`, as containerd's mirror requests do) and how big it is.
 
-use std::convert::Infallible;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +16,6 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
 use imagestore::transfer::fleet::{BlobRequest, Fleet, Served};
 use imagestore::transfer::source::{
     LOCAL_ONLY_HEADER, PEER_HEADER, PLAIN_HTTP_HEADER, SIZE_HEADER,
@@ -30,33 +28,10 @@ const FRAME: usize = 256 * 1024;
 
 /// Serves the peer API on `address` until the process ends.
 pub async fn serve(address: &str, fleet: Arc<Fleet>) -> io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "fleet: accept");
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let fleet = Arc::clone(&fleet);
-            let service = hyper::service::service_fn(move |req| {
-                let fleet = Arc::clone(&fleet);
-                async move { Ok::<_, Infallible>(respond(req, fleet).await) }
-            });
-            tokio::spawn(async move {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "fleet: connection");
-                }
-            });
-        }
-    });
-    Ok(local)
+    crate::http::serve(address, "fleet", move |req| {
+        respond(req, Arc::clone(&fleet))
+    })
+    .await
 }
 
 /// What a request asks for.

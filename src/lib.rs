@@ -24,6 +24,7 @@ pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod fleet;
+pub mod http;
 pub mod instances;
 pub mod layers;
 pub mod metrics;

@@ -4,7 +4,6 @@
 //! each instance's filesystem. Counters are process-wide atomics ([`METRICS`]), recorded
 //! whether or not anyone scrapes; gauges of state are read at each scrape.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -218,32 +216,10 @@ impl Metrics {
 
 /// Serves `/metrics` on `address` until the process ends.
 pub async fn serve(address: &str, instances: Arc<Instances>) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept");
-                    continue;
-                }
-            };
-            let instances = Arc::clone(&instances);
-            let service = hyper::service::service_fn(move |req| {
-                let instances = Arc::clone(&instances);
-                async move { Ok::<_, Infallible>(respond(req, instances).await) }
-            });
-            tokio::spawn(async move {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "metrics: connection");
-                }
-            });
-        }
-    });
-    Ok(local)
+    crate::http::serve(address, "metrics", move |req| {
+        respond(req, Arc::clone(&instances))
+    })
+    .await
 }
 
 async fn respond(

@@ -226,6 +226,11 @@ async fn transfer(
     while offset < size {
         let before = offset;
         let source = &sources[at];
+        // A peer that failed another transfer since this one's sources were chosen.
+        if source.is_down() && at + 1 < sources.len() {
+            at += 1;
+            continue;
+        }
         let fetched = fetch_from(
             source,
             desc,
@@ -261,22 +266,13 @@ async fn transfer(
                     Err(FetchError::Source(e)) => e,
                     _ => format!("{}: the transfer ended early", desc.digest),
                 };
-                // A peer that fails is left at once for the next source, which goes on
-                // from the same offset.
-                if source.peer().is_some() && at + 1 < sources.len() {
-                    at += 1;
-                    failures = 0;
-                    tracing::info!(
-                        digest = desc.digest,
-                        offset,
-                        error = why,
-                        next = sources[at].describe(),
-                        "a peer failed; going on from the next source"
-                    );
-                    continue;
-                }
-                failures = if offset == before { failures + 1 } else { 1 };
-                // The registry given up: the peers after it (if any) are asked.
+                // A peer that fails is left at once, the registry after ATTEMPTS failures in
+                // a row: the next source goes on from the same offset.
+                failures = match source.peer() {
+                    Some(_) => ATTEMPTS,
+                    None if offset == before => failures + 1,
+                    None => 1,
+                };
                 if failures >= ATTEMPTS && at + 1 < sources.len() {
                     at += 1;
                     failures = 0;
@@ -285,7 +281,8 @@ async fn transfer(
                         offset,
                         error = why,
                         next = sources[at].describe(),
-                        "the registry failed; going on from the next source"
+                        "{} failed; going on from the next source",
+                        source.describe()
                     );
                     continue;
                 }
@@ -318,7 +315,7 @@ enum FetchError {
 
 /// One transfer of blob `desc` from `source`, from `*offset` on: its bytes go to `chunks`,
 /// `*offset` follows them and `advanced` hears of each step. A peer that sends nothing for
-/// [`PEER_STALL`] is given up.
+/// [`PEER_STALL`] is given up (and passed over for a while).
 async fn fetch_from(
     source: &Source,
     desc: &Descriptor,
@@ -333,16 +330,25 @@ async fn fetch_from(
             source.describe()
         ))
     };
-    let (mut stream, mut skip) = source
-        .open(&desc.digest, desc.size as u64, *offset)
-        .await
-        .map_err(|e| failed(&e))?;
     let stall = source.peer().map(|_| PEER_STALL);
+    // A peer silent for PEER_STALL (before its answer or within it) is passed over.
+    let stalled = || {
+        source.stalled();
+        failed(&"it sent nothing for a while")
+    };
+    let opening = source.open(&desc.digest, desc.size as u64, *offset);
+    let opened = match stall {
+        Some(stall) => tokio::time::timeout(stall, opening)
+            .await
+            .map_err(|_| stalled())?,
+        None => opening.await,
+    };
+    let (mut stream, mut skip) = opened.map_err(|e| failed(&e))?;
     loop {
         let next = match stall {
             Some(stall) => tokio::time::timeout(stall, stream.next())
                 .await
-                .map_err(|_| failed(&"it sent nothing for a while"))?,
+                .map_err(|_| stalled())?,
             None => stream.next().await,
         };
         let Some(chunk) = next else { break };

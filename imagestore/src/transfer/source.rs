@@ -60,7 +60,7 @@ pub(super) struct PeerSource {
 /// How long a peer that could not be reached is passed over.
 const PEER_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Peers that could not be reached lately, passed over for [`PEER_BACKOFF`] (a node gone
+/// Peers that could not be reached lately, passed over for `PEER_BACKOFF` (a node gone
 /// after a scale-down costs one failed connection, not one per blob).
 #[derive(Default)]
 pub struct PeerHealth {
@@ -108,6 +108,21 @@ impl Source {
         match self {
             Source::Registry { .. } => None,
             Source::Peer(p) => Some(&p.peer),
+        }
+    }
+
+    /// Whether the source is a peer passed over now (it failed another transfer lately).
+    pub fn is_down(&self) -> bool {
+        match self {
+            Source::Registry { .. } => false,
+            Source::Peer(p) => p.health.is_down(&p.peer),
+        }
+    }
+
+    /// Notes that the source went silent: a peer is passed over for a while.
+    pub fn stalled(&self) {
+        if let Source::Peer(p) = self {
+            p.health.failed(&p.peer);
         }
     }
 

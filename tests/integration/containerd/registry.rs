@@ -202,6 +202,19 @@ impl Drop for Registry {
     }
 }
 
+/// Starts `registry-aid.py KIND PORT UPSTREAM LOG ARG` listening on `address`, once it does.
+fn start_aid(kind: &str, address: &str, upstream: &str, log: &Path, arg: &str) -> Child {
+    let child = Command::new(aid())
+        .args([kind, address.rsplit_once(':').unwrap().1, upstream])
+        .arg(log)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start registry-aid.py {kind}: {e}"));
+    wait_listening(address, kind);
+    child
+}
+
 /// `registry-aid.py flaky-proxy` in front of `upstream`, killed on drop.
 pub struct FlakyProxy {
     child: Child,
@@ -219,14 +232,7 @@ impl FlakyProxy {
 
     /// [`start`](Self::start) on `address` (`127.0.0.1:<free port>`).
     pub fn start_on(address: String, upstream: &str, log: PathBuf, mode: &str) -> FlakyProxy {
-        let child = Command::new(aid())
-            .args(["flaky-proxy", address.rsplit_once(':').unwrap().1, upstream])
-            .arg(&log)
-            .arg(mode)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the flaky proxy");
-        wait_listening(&address, "the flaky proxy");
+        let child = start_aid("flaky-proxy", &address, upstream, &log, mode);
         FlakyProxy {
             child,
             address,
@@ -279,14 +285,7 @@ impl CountingProxy {
     /// Starts it, all answers together at most `kbps` kilobytes a second (0: no limit).
     pub fn start(upstream: &str, log: PathBuf, kbps: u64) -> CountingProxy {
         let address = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(aid())
-            .args(["count-proxy", address.rsplit_once(':').unwrap().1, upstream])
-            .arg(&log)
-            .arg(kbps.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the counting proxy");
-        wait_listening(&address, "the counting proxy");
+        let child = start_aid("count-proxy", &address, upstream, &log, &kbps.to_string());
         CountingProxy {
             child,
             address,

@@ -4,8 +4,8 @@
 //! [`Fleet::serve_blob`]), blobs still downloading included (a reader follows the write).
 //!
 //! A pull resolves tags and manifests at the registry with its own credentials, then asks
-//! the fleet for the blobs those manifests name ([`Fleet::fetch`]). Of the live nodes
-//! ([`membership`]), ranked for the digest by [rendezvous] hashing, the first fetches the
+//! the fleet for the blobs those manifests name (`Fleet::fetch`). Of the live nodes
+//! ([`membership`]), ranked for the digest by rendezvous hashing, the first fetches the
 //! blob upstream and every other streams it from that one while it downloads: the nodes
 //! ranked above this one (two at most) are its sources, then the registry, then three more
 //! peers for when the registry is down; the node ranked first asks the next two for what
@@ -42,6 +42,8 @@ use crate::{ImageStore, StoreError, parse_digest, unique_suffix};
 pub const NAMESPACE: &str = "strata.fleet";
 /// How long connecting to a peer may take before it is passed over.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a peer may take to send a manifest.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Peers ranked above this node asked for a blob before the registry.
 const PEERS_FIRST: usize = 2;
 /// Peers asked after the registry failed.
@@ -131,6 +133,7 @@ impl Fleet {
             .map_err(|e| TransferError::Invalid(format!("fleet HTTP client: {e}")))?;
         let upstream_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| TransferError::Invalid(format!("fleet HTTP client: {e}")))?;
         Ok(Arc::new(Fleet {
@@ -519,12 +522,15 @@ impl Fleet {
                 .bearer_auth(&*self.secret)
                 .header(super::source::PEER_HEADER, "1")
                 .header(http::header::ACCEPT, api::media_types::MANIFESTS.join(", "))
+                // A manifest is small: a peer that has not sent it by then is not answering.
+                .timeout(MANIFEST_TIMEOUT)
                 .send()
                 .await;
             let bytes = match answer {
                 Ok(r) if r.status().is_success() => r.bytes().await.ok(),
                 Ok(_) => None,
-                Err(_) => {
+                Err(e) => {
+                    tracing::info!(peer, error = %e, "fleet: a peer did not send a manifest");
                     self.health.failed(peer);
                     None
                 }
