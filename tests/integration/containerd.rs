@@ -13,7 +13,7 @@
 //! missing, and `scripts/e2e/build-image.sh` builds the test image offline from busybox.
 
 mod content_suite;
-mod cri;
+pub(crate) mod cri;
 mod ctr_snapshots;
 pub mod env;
 mod layer_creation;

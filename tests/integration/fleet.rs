@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::containerd::env::{Containerd, Env, build_image};
+use crate::containerd::cri::Cri;
+use crate::containerd::env::{Containerd, CriSetup, Env, build_image};
 use crate::containerd::registry::{CountingProxy, FlakyProxy, Registry};
 use crate::pull::rootfs_with;
 use crate::tree::{Entry, capture};
@@ -395,14 +396,14 @@ fn pulls_survive_dead_lying_and_missing_sources() {
     assert!(tree == expected, "the tree differs from the image's");
 }
 
-/// containerd pulls through the node's Strata as its registry mirror (`hosts.toml` in
-/// `ctr --hosts-dir`, what the CRI's `config_path` reads too): the blobs come through the
+/// containerd pulls through the node's Strata as its registry mirror (`hosts.toml`, in
+/// `ctr --hosts-dir` or, with `cri`, the CRI plugin's `config_path`): the blobs come through the
 /// fleet (Strata fetches each upstream once, keeps it in its `strata.fleet` namespace),
 /// containerd resolves the tag at the registry itself (the mirror answers no tag). A second
 /// node, started only then, pulls the image: the blobs it ranks first it asks the first node
 /// for (what that one holds) before the registry, the others it streams from that node. The
 /// registry sent each blob once for both.
-fn pulls_through_the_mirror(test: &str, release: Containerd, first: u8) {
+fn pulls_through_the_mirror(test: &str, release: Containerd, first: u8, cri: bool) {
     let port = free_port();
     let (a, b) = (
         format!("127.0.0.{first}:{port}"),
@@ -411,16 +412,32 @@ fn pulls_through_the_mirror(test: &str, release: Containerd, first: u8) {
     let peers = [a.clone(), b.clone()];
     let config = TempDir::new("mirror-config");
     let config_file = fleet_config(config.path(), &a, &peers);
-    let env = Env::start_with(
-        test,
-        "overlayfs",
-        release,
-        &["--config", config_file.to_str().unwrap()],
-    );
-    let scratch = env.scratch().to_path_buf();
+    // The registry and its proxy first: the CRI plugin reads the hosts directory at start.
+    let scratch_dir = TempDir::new("mirror-upstream");
+    let scratch = scratch_dir.path().to_path_buf();
     let registry = Registry::start(&scratch.join("registry"));
-    let repository = push_image(&scratch, &registry);
     let proxy = CountingProxy::start(&registry.address, scratch.join("proxy.log"), 0);
+    let hosts = scratch.join("hosts");
+    let dir = hosts.join(&proxy.address);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "server = \"http://{}\"\n\n[host.\"http://{a}\"]\n  capabilities = [\"pull\"]\n  \
+         [host.\"http://{a}\".header]\n    Authorization = \"Bearer {SECRET}\"\n",
+        proxy.address
+    );
+    std::fs::write(dir.join("hosts.toml"), text).unwrap();
+    let strata_args = ["--config", config_file.to_str().unwrap()];
+    let mut env = match cri {
+        true => {
+            let setup = CriSetup {
+                hosts_dir: hosts.clone(),
+                sandbox_image: format!("{}/e2e/pause:1", proxy.address),
+            };
+            Env::start_cri_with(test, release, setup, &strata_args)
+        }
+        false => Env::start_with(test, "overlayfs", release, &strata_args),
+    };
+    let repository = push_image(&scratch, &registry);
     let image = format!("{}/{repository}:1", proxy.address);
     let (_, document) = manifest(&registry.address, &repository, "1");
     let blobs: Vec<(String, u64)> = std::iter::once(&document["config"])
@@ -431,24 +448,25 @@ fn pulls_through_the_mirror(test: &str, release: Containerd, first: u8) {
         })
         .collect();
     let blob_bytes: u64 = blobs.iter().map(|b| b.1).sum();
-    let hosts = scratch.join("hosts");
-    let dir = hosts.join(&proxy.address);
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = format!(
-        "server = \"http://{}\"\n\n[host.\"http://{a}\"]\n  capabilities = [\"pull\"]\n  \
-         [host.\"http://{a}\".header]\n    Authorization = \"Bearer {SECRET}\"\n",
-        proxy.address
-    );
-    std::fs::write(dir.join("hosts.toml"), text).unwrap();
 
-    env.ctr_ok(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--hosts-dir",
-        hosts.to_str().unwrap(),
-        &image,
-    ]);
+    if cri {
+        env.use_namespace("k8s.io");
+        let socket = env.socket().to_path_buf();
+        let pulled = env.block_on(async {
+            let mut cri = Cri::connect(&socket).await;
+            cri.pull(&image, None).await
+        });
+        pulled.expect("a CRI pull through the mirror");
+    } else {
+        env.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            &image,
+        ]);
+    }
     let held = strata_ok(
         &env.strata.socket,
         &["content", "ls", "--namespace", "strata.fleet"],
@@ -500,12 +518,26 @@ fn fleet_config(dir: &Path, listen: &str, peers: &[String]) -> std::path::PathBu
 fn containerd_1_7_pulls_through_the_mirror() {
     // A short tag: containerd's socket path under it must stay within 104 bytes.
     assert_root("fleet::containerd_1_7_pulls_through_the_mirror");
-    pulls_through_the_mirror("fleet::mirror-1.7", Containerd::V1_7, 31);
+    pulls_through_the_mirror("fleet::mirror-1.7", Containerd::V1_7, 31, false);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn containerd_2_1_pulls_through_the_mirror() {
     assert_root("fleet::containerd_2_1_pulls_through_the_mirror");
-    pulls_through_the_mirror("fleet::mirror-2.1", Containerd::V2_1, 33);
+    pulls_through_the_mirror("fleet::mirror-2.1", Containerd::V2_1, 33, false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cri_1_7_pulls_through_the_mirror() {
+    assert_root("fleet::cri_1_7_pulls_through_the_mirror");
+    pulls_through_the_mirror("fleet::cri-1.7", Containerd::V1_7, 35, true);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cri_2_1_pulls_through_the_mirror() {
+    assert_root("fleet::cri_2_1_pulls_through_the_mirror");
+    pulls_through_the_mirror("fleet::cri-2.1", Containerd::V2_1, 37, true);
 }

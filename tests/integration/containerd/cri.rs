@@ -31,13 +31,13 @@ const USER: &str = "kube";
 const PASSWORD: &str = "s3cret-pull";
 
 /// The CRI clients on containerd's socket.
-struct Cri {
+pub(crate) struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
 }
 
 impl Cri {
-    async fn connect(socket: &Path) -> Cri {
+    pub(crate) async fn connect(socket: &Path) -> Cri {
         let channel = api::channel::connect(socket)
             .await
             .expect("connect to containerd");
@@ -47,7 +47,7 @@ impl Cri {
         }
     }
 
-    async fn pull(
+    pub(crate) async fn pull(
         &mut self,
         image: &str,
         auth: Option<cri::AuthConfig>,

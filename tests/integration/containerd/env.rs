@@ -208,6 +208,16 @@ impl Env {
         Self::launch(test, "overlayfs", release, &[], Some(cri), None)
     }
 
+    /// [`Env::start_cri`] with more arguments for `strata serve`.
+    pub fn start_cri_with(
+        test: &str,
+        release: Containerd,
+        cri: CriSetup,
+        strata_extra: &[&str],
+    ) -> Env {
+        Self::launch(test, "overlayfs", release, strata_extra, Some(cri), None)
+    }
+
     fn launch(
         test: &str,
         kind: &str,
