@@ -442,6 +442,30 @@ mod tests {
         }
     }
 
+    /// The configuration the Kubernetes manifest gives every node parses, with its fleet.
+    #[test]
+    fn the_kubernetes_manifests_configuration_parses() {
+        let manifest = include_str!("../packaging/kubernetes/strata-fleet.yaml");
+        let start = manifest
+            .find("config.toml: |\n")
+            .expect("the ConfigMap's file")
+            + 15;
+        let text: String = manifest[start..]
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let c: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let fleet = c.fleet.expect("a [fleet] section");
+        assert_eq!(fleet.listen, "0.0.0.0:5050");
+        assert!(
+            fleet
+                .peers_dns
+                .is_some_and(|d| d.ends_with(".svc.cluster.local:5050"))
+        );
+        assert!(manifest.contains("STRATA_FLEET_ADVERTISE"));
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         for (text, key) in [
