@@ -75,14 +75,31 @@ async fn start_fleet(
         }
         None => Arc::new(membership::StaticNodes(settings.peers.clone())),
     };
+    let advertise = settings
+        .advertise
+        .clone()
+        .unwrap_or_else(|| settings.listen.clone());
+    // Every node ranks the nodes by their addresses: this one must be named as the others
+    // name it, not by a wildcard.
+    let host = advertise.rsplit_once(':').map_or("", |(h, _)| h);
+    if ["0.0.0.0", "[::]", "::", ""].contains(&host) {
+        return Err(DaemonError::Fleet(format!(
+            "advertise {advertise:?} is not an address peers can reach: set [fleet].advertise \
+             or --fleet-advertise"
+        )));
+    }
+    if settings.peers_dns.is_none() && !settings.peers.contains(&advertise) {
+        tracing::warn!(
+            advertise,
+            "fleet: this node is not in the peers list; the others rank without it"
+        );
+    }
     let config = FleetConfig {
-        advertise: settings
-            .advertise
-            .clone()
-            .unwrap_or_else(|| settings.listen.clone()),
+        advertise,
         secret,
         membership,
-        keep_for: std::time::Duration::from_secs(settings.keep_secs),
+        // At least ten minutes: the lease also protects a download in progress.
+        keep_for: std::time::Duration::from_secs(settings.keep_secs.max(600)),
         insecure_registries: insecure_registries.to_vec(),
     };
     let fleet = Fleet::new(config, store).map_err(|e| DaemonError::Fleet(e.to_string()))?;

@@ -23,6 +23,8 @@ use imagestore::transfer::source::{
 
 type Body = BoxBody<Bytes, io::Error>;
 
+/// The largest manifest served (containerd refuses larger ones too).
+const MANIFEST_MAX: u64 = 4 << 20;
 /// Bytes read from a blob for one frame of the answer.
 const FRAME: usize = 256 * 1024;
 
@@ -184,15 +186,22 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
             let (f, d) = (Arc::clone(&fleet), digest.to_string());
             let opened = tokio::task::spawn_blocking(move || f.open_blob(&d, false)).await;
             match opened {
-                // Only a committed manifest: its media type is read from it.
-                Ok(Ok(Some(mut served))) if served.size.is_some() => {
-                    let mut bytes = Vec::new();
-                    match served.reader.read_to_end(&mut bytes) {
-                        Ok(_) => {
-                            let kind = media_type(&bytes);
+                // Only a committed manifest, of a manifest's size: its media type is read
+                // from it.
+                Ok(Ok(Some(served))) if served.size.is_some_and(|s| s <= MANIFEST_MAX) => {
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut bytes = Vec::new();
+                        let mut reader = served.reader;
+                        reader.read_to_end(&mut bytes).map(|_| bytes)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    match read {
+                        Ok(manifest) => {
+                            let kind = media_type(&manifest);
                             let served = Served {
-                                reader: Box::new(io::Cursor::new(bytes)),
-                                size: served.size,
+                                size: Some(manifest.len() as u64),
+                                reader: Box::new(io::Cursor::new(manifest)),
                             };
                             send(served, None, from, head, digest, Some(kind))
                         }
@@ -261,6 +270,9 @@ fn send(
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
+            // No further than the size: a blob still being written is not waited on past
+            // its last byte (its commit), which would hold this thread for nothing.
+            let mut reader = reader.take(size.map_or(u64::MAX, |s| s - from));
             loop {
                 let mut buf = vec![0u8; FRAME];
                 match reader.read(&mut buf) {

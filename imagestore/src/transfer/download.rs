@@ -130,6 +130,19 @@ impl Download {
             .await;
             match committed {
                 Ok(_) | Err(TransferError::Store(StoreError::AlreadyExists(_))) => {}
+                // Bytes an earlier transfer left (resumed here, from whatever source) fail:
+                // once more from the start.
+                Err(TransferError::Store(StoreError::FailedPrecondition(why)))
+                    if start > 0 && peers.is_empty() && !restarted =>
+                {
+                    tracing::warn!(
+                        digest = desc.digest,
+                        error = why,
+                        "a resumed write failed the digest; downloading the blob again"
+                    );
+                    restarted = true;
+                    continue;
+                }
                 Err(TransferError::Store(StoreError::FailedPrecondition(why)))
                     if !peers.is_empty() && sources.iter().any(|s| s.peer().is_none()) =>
                 {
@@ -252,13 +265,6 @@ async fn transfer(
         }
         match fetched {
             Ok(()) if offset == size => {}
-            Ok(()) if offset > size => {
-                return Err(TransferError::Registry(format!(
-                    "{}: {} sent more than its {size} bytes",
-                    desc.digest,
-                    source.describe()
-                )));
-            }
             // The store's writer stopped: its error says why.
             Err(FetchError::Store) => break,
             outcome => {
@@ -361,10 +367,19 @@ async fn fetch_from(
                 continue;
             }
         }
+        // Never more than the blob's size: what a source sends beyond it is not written.
+        let room = (desc.size as u64).saturating_sub(*offset);
+        let over = chunk.len() as u64 > room;
+        if over {
+            chunk.truncate(room as usize);
+        }
         let n = chunk.len() as u64;
         chunks.send(chunk).await.map_err(|_| FetchError::Store)?;
         *offset += n;
         advanced(*offset);
+        if over {
+            return Err(failed(&"it sent more than the blob's size"));
+        }
     }
     Ok(())
 }

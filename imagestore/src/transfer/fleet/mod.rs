@@ -120,7 +120,25 @@ pub struct Fleet {
     /// For registries (the size of a blob a mirror client asks for).
     upstream_http: reqwest::Client,
     health: Arc<PeerHealth>,
-    flights: Mutex<HashMap<String, watch::Receiver<Flight>>>,
+    /// Flights by (digest, whether it asks peers): a peer's request never joins a flight
+    /// that asks peers (no request goes round the fleet).
+    flights: Mutex<HashMap<(String, bool), watch::Receiver<Flight>>>,
+}
+
+/// Removes a flight's entry when its task ends, panicking or not.
+struct FlightEntry {
+    fleet: Arc<Fleet>,
+    key: (String, bool),
+}
+
+impl Drop for FlightEntry {
+    fn drop(&mut self) {
+        self.fleet
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl Fleet {
@@ -212,27 +230,31 @@ impl Fleet {
         sources
     }
 
-    /// This node's flight of `wanted`: the one running, or a new one.
-    fn flight(self: &Arc<Self>, wanted: FleetBlob) -> watch::Receiver<Flight> {
+    /// This node's flight of `wanted`: the one running (joined: `false`), or a new one
+    /// (`true`).
+    fn flight(self: &Arc<Self>, wanted: FleetBlob) -> (watch::Receiver<Flight>, bool) {
+        let key = (wanted.desc.digest.clone(), wanted.ask_peers);
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(rx) = flights.get(&wanted.desc.digest) {
-            return rx.clone();
+        if let Some(rx) = flights.get(&key) {
+            return (rx.clone(), false);
         }
         let (tx, rx) = watch::channel(Flight::Opening);
-        flights.insert(wanted.desc.digest.clone(), rx.clone());
+        flights.insert(key.clone(), rx.clone());
         drop(flights);
-        let fleet = Arc::clone(self);
+        let entry = FlightEntry {
+            fleet: Arc::clone(self),
+            key,
+        };
         tokio::spawn(async move {
-            let digest = wanted.desc.digest.clone();
-            let done = fleet.fly(wanted, &tx).await.map_err(|e| e.to_string());
-            fleet
-                .flights
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&digest);
+            let done = entry
+                .fleet
+                .fly(wanted, &tx)
+                .await
+                .map_err(|e| e.to_string());
+            drop(entry);
             let _ = tx.send(Flight::Done(done));
         });
-        rx
+        (rx, true)
     }
 
     /// Fetches `wanted` into the fleet's namespace under a lease of its own, saying on
@@ -248,6 +270,7 @@ impl Fleet {
         tokio::task::spawn_blocking(move || store.lease_create(NAMESPACE, &id, labels))
             .await
             .map_err(|e| TransferError::Invalid(format!("store task: {e}")))??;
+        let wanted_digest = wanted.desc.digest.clone();
         let sources = self.sources(&wanted);
         tracing::debug!(
             digest = wanted.desc.digest,
@@ -263,7 +286,7 @@ impl Fleet {
         let to = Destination {
             store: Arc::clone(&self.store),
             namespace: NAMESPACE.to_string(),
-            lease,
+            lease: lease.clone(),
             busy: Arc::default(),
         };
         let (opened, opening) = oneshot::channel();
@@ -272,8 +295,18 @@ impl Fleet {
                 let _ = state.send(Flight::Open);
             }
         };
+        let digest = parse_digest(&wanted_digest)?;
         let (fetched, ()) = tokio::join!(download.run(to, opened), watch_open);
-        fetched
+        let fetched = fetched?;
+        // In this flight's lease, also when the namespace had it (an earlier flight's lease
+        // may be about to expire).
+        let (store, id) = (Arc::clone(&self.store), lease);
+        tokio::task::spawn_blocking(move || {
+            store.content_record(NAMESPACE, &digest, HashMap::new(), Some(&id))
+        })
+        .await
+        .map_err(|e| TransferError::Invalid(format!("store task: {e}")))??;
+        Ok(fetched)
     }
 
     /// Brings `wanted` into namespace `to` of this node's store through the fleet: says on
@@ -285,25 +318,44 @@ impl Fleet {
         opened: oneshot::Sender<()>,
     ) -> Result<Fetched> {
         let desc = wanted.desc.clone();
-        let mut flight = self.flight(wanted);
         let mut opened = Some(opened);
+        let mut attempts = 0;
         let fetched = loop {
-            let state = flight.borrow_and_update().clone();
-            match state {
-                Flight::Opening => {}
-                Flight::Open => {
-                    if let Some(opened) = opened.take() {
-                        let _ = opened.send(());
+            attempts += 1;
+            let (mut flight, started) = self.flight(wanted.clone());
+            let done = loop {
+                let state = flight.borrow_and_update().clone();
+                match state {
+                    Flight::Opening => {}
+                    Flight::Open => {
+                        if let Some(opened) = opened.take() {
+                            let _ = opened.send(());
+                        }
                     }
+                    Flight::Done(done) => break done,
                 }
-                Flight::Done(done) => break done.map_err(TransferError::Registry)?,
-            }
-            if flight.changed().await.is_err() {
-                // The flight's task ended without a word: it panicked.
-                return Err(TransferError::Invalid(format!(
-                    "fetch of {} vanished",
-                    desc.digest
-                )));
+                if flight.changed().await.is_err() {
+                    // The flight's task ended without a word: it panicked.
+                    break Err(format!("fetch of {} vanished", desc.digest));
+                }
+            };
+            let present = self
+                .store
+                .blobs()
+                .size(&parse_digest(&desc.digest)?)?
+                .is_some();
+            match done {
+                Ok(fetched) if present => break fetched,
+                // Joined another's flight (its sources, its credentials), which failed, or
+                // the blob went between its commit and now: once more, this pull's own.
+                _ if attempts < 2 && (!started || done.is_ok()) => continue,
+                Ok(_) => {
+                    return Err(TransferError::Store(StoreError::Unavailable(format!(
+                        "blob {} was collected before it was recorded; pull again",
+                        desc.digest
+                    ))));
+                }
+                Err(why) => return Err(TransferError::Registry(why)),
             }
         };
         // In the fleet's namespace now: recorded in the pull's too, under its lease.
@@ -405,6 +457,13 @@ impl Fleet {
         let image = Reference::from_str(&format!("{upstream}/{}", request.repository))
             .map_err(|e| TransferError::Invalid(format!("repository: {e}")))?;
         let client = super::clients::shared(plain_http).await;
+        // The token a registry wants even for anonymous pulls (Docker Hub's, say): the
+        // client attaches a cached one to blob requests but never asks for it itself.
+        let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+        let pull = oci_client::RegistryOperation::Pull;
+        if let Err(e) = client.auth(&image, &anonymous, pull).await {
+            tracing::debug!(upstream, error = %e, "fleet: no anonymous token");
+        }
         let desc = Descriptor {
             media_type: String::new(),
             digest: request.digest.clone(),
@@ -425,7 +484,7 @@ impl Fleet {
             parent: String::new(),
             progress: Arc::new(|_| {}),
         };
-        let mut flight = self.flight(wanted);
+        let (mut flight, _) = self.flight(wanted);
         loop {
             let state = flight.borrow_and_update().clone();
             match state {
@@ -437,7 +496,12 @@ impl Fleet {
                 break;
             }
         }
-        blocking(local).await
+        let served = blocking(local).await?;
+        // The size is known: a live blob goes out with its length (and ranges honoured).
+        Ok(served.map(|s| Served {
+            size: s.size.or(Some(size)),
+            ..s
+        }))
     }
 
     /// The size of blob `digest` of `repository` at registry `upstream`, asked anonymously:
