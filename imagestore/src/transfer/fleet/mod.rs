@@ -80,7 +80,8 @@ pub(super) struct FleetBlob {
     pub repository: String,
     pub plain_http: bool,
     pub registry: Source,
-    /// Whether peers are asked (not for a peer's request: no request goes round).
+    /// Whether peers are asked (not for a peer's request; such a request joins a flight of
+    /// the blob already running, see [`Fleet`]'s `flights`).
     pub ask_peers: bool,
     pub parent: String,
     pub progress: Progress,
@@ -120,15 +121,19 @@ pub struct Fleet {
     /// For registries (the size of a blob a mirror client asks for).
     upstream_http: reqwest::Client,
     health: Arc<PeerHealth>,
-    /// Flights by (digest, whether it asks peers): a peer's request never joins a flight
-    /// that asks peers (no request goes round the fleet).
-    flights: Mutex<HashMap<(String, bool), watch::Receiver<Flight>>>,
+    /// Flights by digest. Whoever wants a blob joins the flight running for it, whatever its
+    /// sources: two flights of one blob would fetch it twice, or one would wait for the
+    /// other's write without answering (its requester then leaves it, after 3 s, for a peer
+    /// that fetches the blob upstream again; measured: 1.06x the image upstream for 8 nodes).
+    /// A peer's request that joins a flight asking peers can go round the fleet only while
+    /// nodes disagree on the membership, and a silent peer is left after 3 s.
+    flights: Mutex<HashMap<String, watch::Receiver<Flight>>>,
 }
 
 /// Removes a flight's entry when its task ends, panicking or not.
 struct FlightEntry {
     fleet: Arc<Fleet>,
-    key: (String, bool),
+    key: String,
 }
 
 impl Drop for FlightEntry {
@@ -233,7 +238,7 @@ impl Fleet {
     /// This node's flight of `wanted`: the one running (joined: `false`), or a new one
     /// (`true`).
     fn flight(self: &Arc<Self>, wanted: FleetBlob) -> (watch::Receiver<Flight>, bool) {
-        let key = (wanted.desc.digest.clone(), wanted.ask_peers);
+        let key = wanted.desc.digest.clone();
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(rx) = flights.get(&key) {
             return (rx.clone(), false);
