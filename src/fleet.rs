@@ -152,11 +152,10 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
         // A HEAD is answered from this store only: asking is no reason to fetch.
         Asked::Blob { digest, .. } if head => {
             let (f, d) = (Arc::clone(&fleet), digest.to_string());
-            match tokio::task::spawn_blocking(move || f.open_blob(&d, true)).await {
-                Ok(Ok(Some(served))) => send(served, None, from, head, digest, None),
-                Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+            match off_runtime(move || f.open_blob(&d, true).map_err(|e| e.to_string())).await {
+                Ok(Some(served)) => send(served, from, head, digest, None),
+                Ok(None) => error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e),
             }
         }
         Asked::Blob { name, digest } => {
@@ -169,9 +168,8 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
                 from_peer: header_text(PEER_HEADER).is_some(),
                 local_only: header_text(LOCAL_ONLY_HEADER).is_some(),
             };
-            let size_asked = request.size;
             match fleet.serve_blob(request).await {
-                Ok(Some(served)) => send(served, size_asked, from, head, digest, None),
+                Ok(Some(served)) => send(served, from, head, digest, None),
                 Ok(None) => {
                     tracing::debug!(digest, query = ?req.uri().query(), "fleet: blob not here");
                     error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", digest)
@@ -184,38 +182,44 @@ async fn respond(req: hyper::Request<hyper::body::Incoming>, fleet: Arc<Fleet>) 
         }
         Asked::Manifest { digest, .. } => {
             let (f, d) = (Arc::clone(&fleet), digest.to_string());
-            let opened = tokio::task::spawn_blocking(move || f.open_blob(&d, false)).await;
-            match opened {
-                // Only a committed manifest, of a manifest's size: its media type is read
-                // from it.
-                Ok(Ok(Some(served))) if served.size.is_some_and(|s| s <= MANIFEST_MAX) => {
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut bytes = Vec::new();
-                        let mut reader = served.reader;
-                        reader.read_to_end(&mut bytes).map(|_| bytes)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)));
-                    match read {
-                        Ok(manifest) => {
-                            let kind = media_type(&manifest);
-                            let served = Served {
-                                size: Some(manifest.len() as u64),
-                                reader: Box::new(io::Cursor::new(manifest)),
-                            };
-                            send(served, None, from, head, digest, Some(kind))
-                        }
-                        Err(e) => {
-                            error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
-                        }
-                    }
+            // Only a committed manifest, of a manifest's size: its media type is read from it.
+            let read = off_runtime(move || {
+                let Some(served) = f.open_blob(&d, false).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                if served.size.is_none_or(|s| s > MANIFEST_MAX) {
+                    return Ok(None);
                 }
-                Ok(Ok(_)) => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", digest),
-                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+                let mut manifest = Vec::new();
+                let mut reader = served.reader;
+                reader
+                    .read_to_end(&mut manifest)
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(manifest))
+            });
+            match read.await {
+                Ok(Some(manifest)) => {
+                    let kind = media_type(&manifest);
+                    let served = Served {
+                        size: Some(manifest.len() as u64),
+                        reader: Box::new(io::Cursor::new(manifest)),
+                    };
+                    send(served, from, head, digest, Some(kind))
+                }
+                Ok(None) => error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", digest),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e),
             }
         }
     }
+}
+
+/// Runs `f` on the blocking pool; its error, or the task's, as text.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
 }
 
 /// The first byte of a `Range: bytes=<from>-` request; `None` for any other form.
@@ -240,13 +244,12 @@ fn media_type(bytes: &[u8]) -> String {
 /// transfer, and resumes elsewhere).
 fn send(
     served: Served,
-    size_asked: Option<u64>,
     from: u64,
     head: bool,
     digest: &str,
     media_type: Option<String>,
 ) -> Response<Body> {
-    let size = served.size.or(size_asked);
+    let size = served.size;
     if let Some(size) = size
         && from > 0
         && from >= size

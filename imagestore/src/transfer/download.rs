@@ -72,8 +72,8 @@ pub(super) struct Download {
 pub struct Fetched {
     /// Bytes downloaded.
     pub bytes: u64,
-    /// A peer's bytes failed the digest and the blob was downloaded again from another
-    /// source: whoever followed the first write read an error.
+    /// The first write's bytes failed the digest (a peer's, or left by an earlier transfer)
+    /// and the blob was downloaded again: whoever followed the first write read an error.
     pub restarted: bool,
 }
 
@@ -176,7 +176,7 @@ impl Download {
 
 /// Opens (or resumes) the store's write of `desc` under `reference`: `None` if the
 /// namespace has the blob already (stored meanwhile by another pull).
-pub(super) async fn open_writer(
+async fn open_writer(
     to: &Destination,
     reference: &str,
     desc: &Descriptor,

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::download::{Destination, Download};
+use super::download::{Destination, Download, Fetched};
 use super::events::{Event, Progress, ref_key};
 use super::fleet::FleetBlob;
 use super::naming::ImageDestination;
 use super::registry::{Registry, RegistryOptions};
 use super::source::Source;
 use super::unpack::{Arrivals, Unpacked};
-use super::{Result, Transfer, TransferError};
+use super::{Pending, Result, Transfer, TransferError};
 use crate::oci::{self, Descriptor, Document, Manifest};
 
 /// Downloads in flight at once (containerd's default).
@@ -245,7 +245,7 @@ impl Transfer {
                 let (opened, arrived) = arrivals.expect(&blob.digest);
                 progress(Event::blob("waiting", blob, &parent, 0));
                 let (limit, to) = (Arc::clone(&limit), destination.clone());
-                match &self.fleet {
+                let fetch: Pending<Fetched> = match &self.fleet {
                     Some(fleet) => {
                         let wanted = FleetBlob {
                             desc: blob.clone(),
@@ -258,10 +258,7 @@ impl Transfer {
                             progress: Arc::clone(&progress),
                         };
                         let fleet = Arc::clone(fleet);
-                        downloads.spawn(async move {
-                            let _slot = limit.acquire_owned().await.expect("semaphore open");
-                            let _ = arrived.send(fleet.fetch(wanted, &to, opened).await);
-                        });
+                        Box::pin(async move { fleet.fetch(wanted, &to, opened).await })
                     }
                     None => {
                         let download = Download {
@@ -270,12 +267,13 @@ impl Transfer {
                             parent: parent.clone(),
                             progress: Arc::clone(&progress),
                         };
-                        downloads.spawn(async move {
-                            let _slot = limit.acquire_owned().await.expect("semaphore open");
-                            let _ = arrived.send(download.run(to, opened).await);
-                        });
+                        Box::pin(download.run(to, opened))
                     }
-                }
+                };
+                downloads.spawn(async move {
+                    let _slot = limit.acquire_owned().await.expect("semaphore open");
+                    let _ = arrived.send(fetch.await);
+                });
             }
         }
         // The platform to unpack: its layers are applied as soon as they (and the ones

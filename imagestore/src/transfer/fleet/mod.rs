@@ -9,10 +9,10 @@
 //! blob upstream and every other streams it from that one while it downloads: the nodes
 //! ranked above this one (two at most) are its sources, then the registry, then three more
 //! peers for when the registry is down; the node ranked first asks the next two for what
-//! they already hold (nothing more) before it goes upstream. A node fetches a blob once, however many pulls
-//! and peers want it (one flight per digest), into the namespace [`NAMESPACE`] under a
-//! lease that expires after [`FleetConfig::keep_for`]; a pull then records the blob in its
-//! own namespace. Peer requests carry the fleet's shared secret; every byte is checked
+//! they already hold (nothing more) before it goes upstream. A node fetches a blob once,
+//! however many pulls and peers want it (one flight per digest), into the namespace
+//! [`NAMESPACE`] under a lease that expires after [`FleetConfig::keep_for`]; a pull then
+//! records the blob in its own namespace. Peer requests carry the fleet's shared secret; every byte is checked
 //! against its digest before it is committed, and a peer's wrong bytes make the blob come
 //! again from the other sources.
 
@@ -31,12 +31,13 @@ use oci_client::Reference;
 use tokio::sync::{oneshot, watch};
 
 use self::membership::Membership;
-use super::download::{Destination, Download, Fetched, open_writer};
+use super::download::{Destination, Download, Fetched};
 use super::events::Progress;
 use super::source::{PeerHealth, PeerSource, Source};
 use super::{Result, TransferError};
 use crate::oci::Descriptor;
 use crate::{ImageStore, StoreError, parse_digest, unique_suffix};
+use differ::Digest;
 
 /// The namespace a node's fleet downloads are written in.
 pub const NAMESPACE: &str = "strata.fleet";
@@ -102,7 +103,7 @@ pub struct BlobRequest {
     /// The blob's size, if the request said it (a peer's does).
     pub size: Option<u64>,
     pub plain_http: bool,
-    /// From a peer: answered from this store or upstream only.
+    /// From a peer: a flight it starts fetches upstream only (it joins one already running).
     pub from_peer: bool,
     /// Answered from this store only.
     pub local_only: bool,
@@ -272,10 +273,8 @@ impl Fleet {
         )]
         .into();
         let (store, id) = (Arc::clone(&self.store), lease.clone());
-        tokio::task::spawn_blocking(move || store.lease_create(NAMESPACE, &id, labels))
-            .await
-            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))??;
-        let wanted_digest = wanted.desc.digest.clone();
+        blocking(move || store.lease_create(NAMESPACE, &id, labels)).await?;
+        let digest = parse_digest(&wanted.desc.digest)?;
         let sources = self.sources(&wanted);
         tracing::debug!(
             digest = wanted.desc.digest,
@@ -300,18 +299,19 @@ impl Fleet {
                 let _ = state.send(Flight::Open);
             }
         };
-        let digest = parse_digest(&wanted_digest)?;
         let (fetched, ()) = tokio::join!(download.run(to, opened), watch_open);
         let fetched = fetched?;
         // In this flight's lease, also when the namespace had it (an earlier flight's lease
         // may be about to expire).
-        let (store, id) = (Arc::clone(&self.store), lease);
-        tokio::task::spawn_blocking(move || {
-            store.content_record(NAMESPACE, &digest, HashMap::new(), Some(&id))
-        })
-        .await
-        .map_err(|e| TransferError::Invalid(format!("store task: {e}")))??;
+        self.record(NAMESPACE, digest, lease).await?;
         Ok(fetched)
+    }
+
+    /// Records blob `digest` (in the tree) in `namespace` and in its `lease`.
+    async fn record(&self, namespace: &str, digest: Digest, lease: String) -> Result<()> {
+        let (store, namespace) = (Arc::clone(&self.store), namespace.to_string());
+        blocking(move || store.content_record(&namespace, &digest, HashMap::new(), Some(&lease)))
+            .await
     }
 
     /// Brings `wanted` into namespace `to` of this node's store through the fleet: says on
@@ -322,10 +322,10 @@ impl Fleet {
         to: &Destination,
         opened: oneshot::Sender<()>,
     ) -> Result<Fetched> {
-        let desc = wanted.desc.clone();
+        let digest = parse_digest(&wanted.desc.digest)?;
         let mut opened = Some(opened);
         let mut attempts = 0;
-        let fetched = loop {
+        loop {
             attempts += 1;
             let (mut flight, started) = self.flight(wanted.clone());
             let done = loop {
@@ -341,45 +341,31 @@ impl Fleet {
                 }
                 if flight.changed().await.is_err() {
                     // The flight's task ended without a word: it panicked.
-                    break Err(format!("fetch of {} vanished", desc.digest));
+                    break Err(format!("fetch of {digest} vanished"));
                 }
             };
-            let present = self
-                .store
-                .blobs()
-                .size(&parse_digest(&desc.digest)?)?
-                .is_some();
             match done {
-                Ok(fetched) if present => break fetched,
-                // Joined another's flight (its sources, its credentials), which failed, or
-                // the blob went between its commit and now: once more, this pull's own.
-                _ if attempts < 2 && (!started || done.is_ok()) => continue,
-                Ok(_) => {
-                    return Err(TransferError::Store(StoreError::Unavailable(format!(
-                        "blob {} was collected before it was recorded; pull again",
-                        desc.digest
-                    ))));
-                }
+                // In the fleet's namespace now: recorded in the pull's too, under its lease.
+                Ok(fetched) => match self
+                    .record(&to.namespace, digest.clone(), to.lease.clone())
+                    .await
+                {
+                    Ok(()) => return Ok(fetched),
+                    // Collected between the flight's commit and now: once more.
+                    Err(TransferError::Store(StoreError::NotFound(_))) if attempts < 2 => {}
+                    Err(TransferError::Store(StoreError::NotFound(_))) => {
+                        return Err(TransferError::Store(StoreError::Unavailable(format!(
+                            "blob {digest} was collected before it was recorded; pull again"
+                        ))));
+                    }
+                    Err(e) => return Err(e),
+                },
+                // Joined another's flight (its sources, its credentials), which failed: once
+                // more, this pull's own.
+                Err(_) if attempts < 2 && !started => {}
                 Err(why) => return Err(TransferError::Registry(why)),
             }
-        };
-        // In the fleet's namespace now: recorded in the pull's too, under its lease.
-        let reference = format!("pull-{}", desc.digest);
-        let event = |_: &str, _: u64| {};
-        if let Some(writer) = open_writer(to, &reference, &desc, &event).await? {
-            let (store, digest) = (Arc::clone(&to.store), desc.digest.clone());
-            let size = desc.size as u64;
-            let committed = tokio::task::spawn_blocking(move || {
-                store.content_commit(writer, &reference, size, Some(&digest), HashMap::new())
-            })
-            .await
-            .map_err(|e| TransferError::Invalid(format!("store task: {e}")))?;
-            match committed {
-                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
         }
-        Ok(fetched)
     }
 
     /// Blob `digest` of this node's store, committed or (with `live`) still being written;
@@ -437,8 +423,15 @@ impl Fleet {
         // be what feeds this node's write of it: only a committed blob is an answer.
         let live = !request.local_only;
         let local = move || fleet.open_blob(&digest, live);
+        // The size known: a live blob goes out with its length (and ranges honoured).
+        let sized = |served: Option<Served>, size: Option<u64>| {
+            served.map(|s| Served {
+                size: s.size.or(size),
+                ..s
+            })
+        };
         if let Some(served) = blocking(local.clone()).await? {
-            return Ok(Some(served));
+            return Ok(sized(Some(served), request.size));
         }
         let Some(upstream) = request.upstream.as_ref().filter(|_| !request.local_only) else {
             return Ok(None);
@@ -501,12 +494,7 @@ impl Fleet {
                 break;
             }
         }
-        let served = blocking(local).await?;
-        // The size is known: a live blob goes out with its length (and ranges honoured).
-        Ok(served.map(|s| Served {
-            size: s.size.or(Some(size)),
-            ..s
-        }))
+        Ok(sized(blocking(local).await?, Some(size)))
     }
 
     /// The size of blob `digest` of `repository` at registry `upstream`, asked anonymously:
