@@ -15,6 +15,52 @@ use super::*;
 use crate::tarstream::{Meta, SparseMap, TarStream};
 use crate::{Error, Result};
 
+/// Who creates entries: what a new inode gets without being told, so owner and mode are
+/// set only when the entry wants something else.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ownership {
+    /// Effective uid and gid.
+    pub ids: (u32, u32),
+    pub umask: u32,
+}
+
+impl Ownership {
+    pub(super) fn current() -> Self {
+        Ownership {
+            ids: at::effective_ids(),
+            umask: at::current_umask(),
+        }
+    }
+
+    fn needs_chown(&self, meta: &Meta, setgid_parent: bool) -> bool {
+        (meta.uid, meta.gid) != self.ids || setgid_parent
+    }
+
+    fn needs_chmod(&self, meta: &Meta) -> bool {
+        meta.mode & 0o7000 != 0 || meta.mode & self.umask != 0
+    }
+
+    /// Owner, mode, xattrs and times of a just-created file, through its descriptor.
+    pub(super) fn finish_fd(
+        self,
+        file: &File,
+        rel: &Path,
+        meta: &Meta,
+        setgid_parent: bool,
+    ) -> Result<()> {
+        if self.needs_chown(meta, setgid_parent) {
+            at::fchown(file, meta.uid, meta.gid).map_err(|e| Error::io("chown", rel, e))?;
+        }
+        if self.needs_chmod(meta) {
+            at::fchmod(file, meta.mode).map_err(|e| Error::io("chmod", rel, e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            at::fsetxattr(file, k, v).map_err(|e| Error::io("setxattr", rel, e))?;
+        }
+        at::futimens(file, meta.mtime, meta.mtime).map_err(|e| Error::io("utimens", rel, e))
+    }
+}
+
 impl LayerWriter<'_> {
     /// Runs `create`; if the name is taken, removes what is there and tries again.
     pub(super) fn replace<T>(
@@ -41,18 +87,31 @@ impl LayerWriter<'_> {
         }
     }
 
+    /// This apply made a directory at `rel` (empty: what goes into it is only its own).
+    pub(super) fn made_dir(&mut self, rel: &Path) {
+        if self.made_dirlike(rel) {
+            self.fresh.insert(rel.as_os_str().to_os_string());
+        }
+    }
+
+    /// This apply made a directory or (perhaps) a symlink at `rel`. In a fresh directory,
+    /// `rel` is its own path; elsewhere a symlink on the way may have put it into a fresh
+    /// directory under another name, so none is taken as fresh any more. Whether `rel` is
+    /// its own path.
+    pub(super) fn made_dirlike(&mut self, rel: &Path) -> bool {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if !self.fresh.contains(parent.as_os_str()) {
+            self.fresh.clear();
+            return false;
+        }
+        self.dirlike.insert(rel.as_os_str().to_os_string());
+        true
+    }
+
     pub(super) fn note_created(&mut self, rel: &Path) {
         if self.mode == WhiteoutMode::Native {
             self.created.insert(rel.as_os_str().to_os_string());
         }
-    }
-
-    pub(super) fn needs_chown(&self, meta: &Meta, setgid_parent: bool) -> bool {
-        (meta.uid, meta.gid) != self.ids || setgid_parent
-    }
-
-    pub(super) fn needs_chmod(&self, meta: &Meta) -> bool {
-        meta.mode & 0o7000 != 0 || meta.mode & self.umask != 0
     }
 
     pub(super) fn file(
@@ -87,29 +146,9 @@ impl LayerWriter<'_> {
                 file.set_len(map.real_size).map_err(io)?;
             }
         }
-        self.finish_fd(&file, rel, meta, setgid)?;
+        self.own.finish_fd(&file, rel, meta, setgid)?;
         self.note_created(rel);
         Ok(())
-    }
-
-    /// Owner, mode, xattrs and times of a just-created file, through its descriptor.
-    pub(super) fn finish_fd(
-        &self,
-        file: &File,
-        rel: &Path,
-        meta: &Meta,
-        setgid_parent: bool,
-    ) -> Result<()> {
-        if self.needs_chown(meta, setgid_parent) {
-            at::fchown(file, meta.uid, meta.gid).map_err(|e| Error::io("chown", rel, e))?;
-        }
-        if self.needs_chmod(meta) {
-            at::fchmod(file, meta.mode).map_err(|e| Error::io("chmod", rel, e))?;
-        }
-        for (k, v) in &meta.xattrs {
-            at::fsetxattr(file, k, v).map_err(|e| Error::io("setxattr", rel, e))?;
-        }
-        at::futimens(file, meta.mtime, meta.mtime).map_err(|e| Error::io("utimens", rel, e))
     }
 
     pub(super) fn dir(
@@ -121,7 +160,7 @@ impl LayerWriter<'_> {
     ) -> Result<()> {
         let dir = &self.parent(parent)?.dir;
         match dir.mkdir(name, meta.mode) {
-            Ok(()) => {}
+            Ok(()) => self.made_dir(rel),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let existing = dir.kind(name).map_err(|e| Error::io("stat", rel, e))?;
                 if existing != Some(Kind::Dir) {
@@ -132,6 +171,7 @@ impl LayerWriter<'_> {
                     if resolves_as_dir(existing) {
                         self.dir_removed();
                     }
+                    self.made_dir(rel);
                 }
             }
             Err(e) => return Err(Error::io("mkdir", rel, e)),
@@ -171,6 +211,7 @@ impl LayerWriter<'_> {
         meta: &Meta,
     ) -> Result<()> {
         self.replace(parent, name, rel, |d| d.symlink(name, target))?;
+        self.made_dirlike(rel);
         self.finish_name(parent, name, rel, meta, false, true)
     }
 
@@ -187,7 +228,7 @@ impl LayerWriter<'_> {
         chmod: bool,
         new_inode: bool,
     ) -> Result<()> {
-        let ids = self.ids;
+        let ids = self.own.ids;
         let cached = self.parent(parent)?;
         let dir = &cached.dir;
         if !new_inode || (meta.uid, meta.gid) != ids || cached.setgid {
@@ -236,6 +277,8 @@ impl LayerWriter<'_> {
                 }
                 other => other,
             })?;
+        // It may be a symlink (a link to one), through which a directory resolves.
+        self.made_dirlike(rel);
         let symlink = matches!(
             self.parent(parent)?
                 .dir

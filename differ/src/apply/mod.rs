@@ -5,7 +5,9 @@
 //! already on disk, hard-link targets, whiteouts) reaches outside the target. The final
 //! component is created with `*at` calls that never follow symlinks. Per regular file the
 //! syscalls are: openat, write(s), futimens, close, plus fchown/fchmod only when the owner
-//! or mode would otherwise be wrong — no more than GNU tar.
+//! or mode would otherwise be wrong — no more than GNU tar. Small regular files in
+//! directories the apply made are created on worker threads ([`workers`]), everything else
+//! on the thread reading the tar, in its order.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -13,6 +15,7 @@ use std::io::BufRead;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use mountutil::at::{self, Dir, Kind, Root};
 use mountutil::fs::NodeKind;
@@ -27,6 +30,10 @@ mod entries;
 mod lowers;
 mod resolve;
 mod whiteout;
+mod workers;
+
+use self::entries::Ownership;
+use self::workers::{FileJob, FileWorkers};
 
 /// What was applied.
 #[derive(Debug, Clone)]
@@ -106,7 +113,9 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
-/// directory `target`. Decompression runs on its own thread; this thread writes files.
+/// directory `target`. Decompression runs on its own thread, hashing on another; this
+/// thread reads the tar and creates entries, regular files also on worker threads
+/// ([`workers`]).
 ///
 /// `lowers` (overlay mode) are the layers below `target`. A directory the layer writes into
 /// without declaring it, missing from `target`, is created with the owner, mode, times and
@@ -183,13 +192,19 @@ struct LayerWriter<'r> {
     /// With the lower layers not there yet, the directories created without being declared.
     implicit: Option<ImplicitDirs>,
     /// Open directories by normalised relative path (hashed as bytes: a `Path` hashes
-    /// component by component, which showed in profiles).
-    dirs: HashMap<OsString, CachedDir>,
+    /// component by component, which showed in profiles); shared with file workers.
+    dirs: HashMap<OsString, Arc<CachedDir>>,
     dir_times: Vec<(PathBuf, (i64, i64))>,
     /// Paths this layer created (native mode: what an opaque whiteout must keep).
     created: HashSet<OsString>,
-    ids: (u32, u32),
-    umask: u32,
+    /// Directories this apply created, at their own path (no symlink on the way): only its
+    /// own entries stand in them. Cleared whenever a directory or symlink is removed.
+    fresh: HashSet<OsString>,
+    /// Paths where this apply made a directory or something that may be a symlink; with
+    /// `fresh`, where a file can go to a worker (see [`workers`]).
+    dirlike: HashSet<OsString>,
+    own: Ownership,
+    workers: FileWorkers,
     limits: &'r LayerLimits,
     entries: u64,
 }
@@ -210,8 +225,10 @@ impl<'r> LayerWriter<'r> {
             dirs: HashMap::new(),
             dir_times: Vec::new(),
             created: HashSet::new(),
-            ids: at::effective_ids(),
-            umask: at::current_umask(),
+            fresh: HashSet::new(),
+            dirlike: HashSet::new(),
+            own: Ownership::current(),
+            workers: FileWorkers::new(Ownership::current()),
             limits,
             entries: 0,
         }
@@ -220,10 +237,19 @@ impl<'r> LayerWriter<'r> {
     /// Writes every entry; the directories created without being declared, with the lower
     /// layers not there yet.
     fn write_all(mut self, input: impl BufRead) -> Result<Option<ImplicitDirs>> {
+        let top = self
+            .root
+            .open_dir(Path::new(""))
+            .and_then(|d| d.names())
+            .map_err(|e| Error::io("read", "/", e))?;
+        if top.is_empty() {
+            self.fresh.insert(OsString::new());
+        }
         let mut tar = TarStream::new(input);
         while let Some(header) = tar.next_entry()? {
             self.entry(header, &mut tar)?;
         }
+        self.workers.settle()?;
         self.finish()
     }
 
@@ -246,7 +272,11 @@ impl<'r> LayerWriter<'r> {
         if let Some(n) = &name
             && let Some(hidden) = n.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes())
         {
+            self.workers.settle()?;
             return self.whiteout(&parent, n, OsStr::from_bytes(hidden), &meta);
+        }
+        if h.kind == EntryKind::HardLink || self.workers.is_busy(&rel) {
+            self.workers.settle()?;
         }
         let Some(name) = name else {
             // The root itself ("./"): containerd ignores it ("resolved to root"), so the
@@ -255,6 +285,9 @@ impl<'r> LayerWriter<'r> {
         };
         let link = || PathBuf::from(OsString::from_vec(h.link.clone()));
         match h.kind {
+            EntryKind::Regular if h.sparse.is_none() && self.to_worker(&parent, &rel, tar) => {
+                self.file_to_worker(&parent, rel, tar, meta)
+            }
             EntryKind::Regular => self.file(&parent, &name, &rel, tar, &meta, h.sparse.as_ref()),
             EntryKind::Dir => self.dir(&parent, &name, &rel, &meta),
             EntryKind::Symlink if h.link.is_empty() => {
@@ -275,6 +308,35 @@ impl<'r> LayerWriter<'r> {
                 self.node(&parent, &name, &rel, node, major, minor, &meta)
             }
         }
+    }
+
+    /// Whether the regular file at `rel` (its data next in `tar`) goes to a worker: small,
+    /// in a directory this apply made, where it made no directory or symlink.
+    fn to_worker(&self, parent: &Path, rel: &Path, tar: &TarStream<impl BufRead>) -> bool {
+        tar.data_len() <= workers::MAX_FILE
+            && self.fresh.contains(parent.as_os_str())
+            && !self.dirlike.contains(rel.as_os_str())
+    }
+
+    fn file_to_worker(
+        &mut self,
+        parent: &Path,
+        rel: PathBuf,
+        tar: &mut TarStream<impl BufRead>,
+        meta: crate::tarstream::Meta,
+    ) -> Result<()> {
+        let dir = Arc::clone(self.parent(parent)?);
+        let mut data = self.workers.buffer(tar.data_len() as usize);
+        while let Some(piece) = tar.data()? {
+            data.extend_from_slice(piece);
+        }
+        self.note_created(&rel);
+        self.workers.dispatch(FileJob {
+            dir,
+            rel,
+            meta,
+            data,
+        })
     }
 
     /// Directory times last, deepest first, so creating children does not change them. A
@@ -309,6 +371,8 @@ impl LayerWriter<'_> {
     /// a directory made implicitly may be gone.
     fn dir_removed(&mut self) {
         self.dirs.clear();
+        self.fresh.clear();
+        self.dirlike.clear();
         if let Some(implicit) = &mut self.implicit {
             implicit.dir_removed();
         }

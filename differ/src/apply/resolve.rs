@@ -15,11 +15,13 @@ use crate::{Error, Result};
 
 impl LayerWriter<'_> {
     /// The open parent directory `rel`, created (0755) with its ancestors if `create`.
-    pub(super) fn dir_at(&mut self, rel: &Path, create: bool) -> Result<Option<&CachedDir>> {
+    pub(super) fn dir_at(&mut self, rel: &Path, create: bool) -> Result<Option<&Arc<CachedDir>>> {
         if !self.dirs.contains_key(rel.as_os_str()) {
             let dir = match self.root.open_dir(rel) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    // A file in flight may stand where a directory is to be made.
+                    self.workers.settle()?;
                     // Through the symlinks that exist (dangling ones too, as containerd's
                     // RootPath), then create what is missing.
                     let resolved = self.resolve(rel)?;
@@ -41,13 +43,15 @@ impl LayerWriter<'_> {
             if self.dirs.len() >= 512 {
                 self.dirs.clear();
             }
-            self.dirs
-                .insert(rel.as_os_str().to_os_string(), CachedDir { dir, setgid });
+            self.dirs.insert(
+                rel.as_os_str().to_os_string(),
+                Arc::new(CachedDir { dir, setgid }),
+            );
         }
         Ok(self.dirs.get(rel.as_os_str()))
     }
 
-    pub(super) fn parent(&mut self, rel: &Path) -> Result<&CachedDir> {
+    pub(super) fn parent(&mut self, rel: &Path) -> Result<&Arc<CachedDir>> {
         Ok(self.dir_at(rel, true)?.expect("created on demand"))
     }
 
@@ -111,9 +115,12 @@ impl LayerWriter<'_> {
             prefix.push(c);
             match parent.mkdir(c.as_os_str(), 0o755) {
                 Ok(()) => {
+                    // `prefix` is resolved: the directory's own path.
+                    self.fresh.insert(prefix.as_os_str().to_os_string());
+                    self.dirlike.insert(prefix.as_os_str().to_os_string());
                     let inherited = self.inherit_from_lowers(&parent, c.as_os_str(), &prefix)?;
                     // 0755 whatever the daemon's umask: it must not leak into images.
-                    if !inherited && self.umask & 0o755 != 0 {
+                    if !inherited && self.own.umask & 0o755 != 0 {
                         parent
                             .chmod(c.as_os_str(), 0o755)
                             .map_err(|e| Error::io("chmod", &prefix, e))?;

@@ -263,6 +263,11 @@ impl<R: BufRead> TarStream<R> {
         self.data_at_most(u64::MAX)
     }
 
+    /// Bytes of the current entry's data not yet handed out.
+    pub(crate) fn data_len(&self) -> u64 {
+        self.remaining
+    }
+
     /// Exactly `n` bytes of the current entry's data, into `out` (for sparse extents).
     pub(crate) fn data_exact(
         &mut self,

@@ -7,5 +7,6 @@ mod common;
 mod digests;
 mod limits;
 mod metadata;
+mod order;
 mod tar_format;
 mod whiteouts;
