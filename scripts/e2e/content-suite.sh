@@ -17,10 +17,7 @@
 # What it needs, installed with apt-get only if missing (`apt-get update` only then):
 #   golang-go                                (Go 1.19 on Debian 12 bookworm)
 #   golang-github-containerd-containerd-dev  (containerd 1.6.20 source + its -dev deps)
-# The test binary is built with `go test -c` in GOPATH mode (GO111MODULE=off,
-# GOPATH=<private>:/usr/share/gocode), offline (GOPROXY=off), once: it is cached under
-# $CACHE/content-suite/, keyed by the Go source, `go version` and the versions of the installed
-# golang-* packages (Go and the packaged Go sources), and rebuilt only when one of these changes.
+# The test binary is built once and cached by scripts/e2e/go-build.sh (GOPATH mode, offline).
 #
 # Environment:
 #   STRATA_E2E_CACHE            cache dir (default /var/cache/strata-e2e)
@@ -44,52 +41,14 @@ fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/../../tests/contentsuite" && pwd)
-cache=${STRATA_E2E_CACHE:-/var/cache/strata-e2e}/content-suite
 log() { echo "content-suite: $*" >&2; }
 
-# 1. Toolchain and containerd source from Debian, only if missing.
-pkgs=(golang-go golang-github-containerd-containerd-dev)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})) && ! $build; then
-	log "missing ${missing[*]}: run scripts/e2e/content-suite.sh --build (as .ci/run does)"
-	exit 1
-fi
-if ((${#missing[@]})); then
-	log "installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -q >&2
-	apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
-
-# 2. Build once (cached by the inputs' hash), GOPATH mode, offline.
-export GO111MODULE=off GOPROXY=off GOFLAGS= GOTOOLCHAIN=local CGO_ENABLED=0
-export GOPATH=$cache/gopath:/usr/share/gocode GOCACHE=$cache/gocache
-key=$({
-	cat "$src"/*.go
-	go version
-	dpkg-query -W -f='${Package} ${Version}\n' 'golang-*' 2>/dev/null | sort
-} | sha256sum | cut -c1-16)
-bin=$cache/contentsuite-$key.test
-if [[ ! -x $bin ]] && ! $build; then
-	log "no test binary for this source: run scripts/e2e/content-suite.sh --build (as .ci/run does)"
-	exit 1
-fi
-if [[ ! -x $bin ]]; then
-	mkdir -p "$cache/gopath"
-	log "building $bin"
-	start=$SECONDS
-	(cd "$src" && go test -c -o "$bin.tmp.$$" .)
-	rm -f "$cache"/contentsuite-*.test # stale builds
-	mv "$bin.tmp.$$" "$bin"
-	log "built in $((SECONDS - start))s"
-fi
-
+# 1. Toolchain, containerd source and the test binary (scripts/e2e/go-build.sh).
+bin=$(CALLER=scripts/e2e/content-suite.sh "$here/go-build.sh" "$($build && echo --build || echo --built)" \
+	test content-suite "$src")
 $build && exit 0
 
-# 3. Run. The suite's temp dirs (unused by this store) go to a private dir, removed after.
+# 2. Run. The suite's temp dirs (unused by this store) go to a private dir, removed after.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 log "running against $socket"
@@ -98,7 +57,7 @@ STRATA_CONTENT_SUITE_ADDRESS=$socket TMPDIR=$tmp \
 	"$bin" -test.v -test.count=1 -test.timeout="${STRATA_CONTENT_SUITE_TIMEOUT:-10m}" "$@" |
 	tee "$tmp/out" || rc=$?
 
-# 4. A plain summary of the subtests (the suite's tests) as the last line; a run that ran
+# 3. A plain summary of the subtests (the suite's tests) as the last line; a run that ran
 #    none (e.g. a -test.run matching nothing) fails too.
 count() { grep -cE "^ +--- $1: " "$tmp/out" || true; }
 passed=$(count PASS) failed=$(count FAIL) skipped=$(count SKIP)

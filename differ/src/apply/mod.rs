@@ -6,7 +6,7 @@
 //! component is created with `*at` calls that never follow symlinks. Per regular file the
 //! syscalls are: openat, write(s), futimens, close, plus fchown/fchmod only when the owner
 //! or mode would otherwise be wrong — no more than GNU tar. Small regular files in
-//! directories the apply made are created on worker threads ([`workers`]), everything else
+//! directories the apply made are created on worker threads (module `workers`), everything else
 //! on the thread reading the tar, in its order.
 
 use std::collections::{HashMap, HashSet};
@@ -115,7 +115,7 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Applies the layer in `source` (compressed as `compression`, sniffed when `None`) to the
 /// directory `target`. Decompression runs on its own thread, hashing on another; this
 /// thread reads the tar and creates entries, regular files also on worker threads
-/// ([`workers`]).
+/// (module `workers`).
 ///
 /// `lowers` (overlay mode) are the layers below `target`. A directory the layer writes into
 /// without declaring it, missing from `target`, is created with the owner, mode, times and

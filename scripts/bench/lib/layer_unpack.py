@@ -285,6 +285,7 @@ def report(results, meta_dir):
           "tar; ratios > 1 mean Strata is faster; RSS = peak over runs)")
 
     floors = floor_table(runs, ratios, med)
+    api = api_table(runs, med)
 
     print("\nTargets:")
     passed = failed = 0
@@ -302,11 +303,36 @@ def report(results, meta_dir):
         if layer == "bigfile":
             verdict(rss is not None and rss < 64, f"{rss:.1f} MiB" if rss else "no result",
                     layer, comp, "peak RSS < 64 MiB")
+    for (layer, comp), ratio in api.items():
+        verdict(ratio is not None and ratio >= 3, f"{ratio:.2f}x" if ratio else "no result",
+                layer, comp, "Strata >= 3x containerd's applier")
     if ("bigfile", "zstd") in floors:
         eff = floors[("bigfile", "zstd")]
         verdict(eff is not None and eff >= 1 / 1.3, f"{eff:.2f}" if eff else "no result",
                 "bigfile", "zstd", "within 1.3x of the floor (>= 0.77)")
     print(f"targets: {passed} passed, {failed} failed")
+
+
+def api_table(runs, med):
+    """Prints the Diff-service contenders (containerd's applier and Strata's daemon through
+    the same client); returns containerd's time / Strata's per layer and compression."""
+    keys = sorted({(l, c) for (l, c, w) in runs if w in ("containerd", "strata-api")},
+                  key=lambda k: (LAYERS.index(k[0]), COMPS.index(k[1])))
+    if not keys:
+        return {}
+    print("\nThrough the Diff service (one Diff.Apply from the daemon's content store onto a new "
+          "native snapshot, the same gRPC client):")
+    header = ("layer", "comp", "containerd s", "strata s", "containerd/strata")
+    widths = [10, 5, 12, 8, 17]
+    print("  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    out = {}
+    for layer, comp in keys:
+        c, s = med((layer, comp, "containerd")), med((layer, comp, "strata-api"))
+        out[(layer, comp)] = c / s if c and s else None
+        cells = [layer, comp, "-" if c is None else f"{c:.2f}", "-" if s is None else f"{s:.2f}",
+                 "-" if out[(layer, comp)] is None else f"{out[(layer, comp)]:.2f}x"]
+        print("  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in enumerate(zip(cells, widths))))
+    return out
 
 
 def floor_table(runs, ratios, med):
