@@ -79,7 +79,7 @@ impl LayerWriter<'_> {
                     .map_err(|e| Error::io("remove", rel, e))?;
                 let out = create(dir).map_err(|e| Error::io("create", rel, e));
                 if was_dir {
-                    self.dir_removed();
+                    self.dir_removed()?;
                 }
                 out
             }
@@ -169,7 +169,7 @@ impl LayerWriter<'_> {
                     dir.mkdir(name, meta.mode)
                         .map_err(|e| Error::io("mkdir", rel, e))?;
                     if resolves_as_dir(existing) {
-                        self.dir_removed();
+                        self.dir_removed()?;
                     }
                     self.made_dir(rel);
                 }

@@ -369,13 +369,17 @@ impl<'r> LayerWriter<'r> {
 impl LayerWriter<'_> {
     /// A directory (or a symlink to one) was removed: cached handles may lead into it, and
     /// a directory made implicitly may be gone.
-    fn dir_removed(&mut self) {
+    /// Waits for the file workers first, so no directory handle outlives the cache (the
+    /// open descriptors stay bounded by it).
+    fn dir_removed(&mut self) -> Result<()> {
+        self.workers.settle()?;
         self.dirs.clear();
         self.fresh.clear();
         self.dirlike.clear();
         if let Some(implicit) = &mut self.implicit {
             implicit.dir_removed();
         }
+        Ok(())
     }
 }
 

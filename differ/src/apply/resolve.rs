@@ -41,6 +41,9 @@ impl LayerWriter<'_> {
             };
             let setgid = at::attrs(&dir).map_err(|e| Error::io("stat", rel, e))?.mode & 0o2000 != 0;
             if self.dirs.len() >= 512 {
+                // Files in flight hold their directories open: let them finish, so at most
+                // the cache's 512 directories are open.
+                self.workers.settle()?;
                 self.dirs.clear();
             }
             self.dirs.insert(

@@ -63,7 +63,7 @@ impl LayerWriter<'_> {
                 dir.chown(hidden, meta.uid, meta.gid)
                     .map_err(|e| Error::io("chown", &rel, e))?;
                 if was_dir {
-                    self.dir_removed();
+                    self.dir_removed()?;
                 }
             }
             WhiteoutMode::Native => {
@@ -76,7 +76,7 @@ impl LayerWriter<'_> {
                 dir.remove_all(hidden)
                     .map_err(|e| Error::io("remove", &rel, e))?;
                 if was_dir {
-                    self.dir_removed();
+                    self.dir_removed()?;
                 }
             }
         }
@@ -117,7 +117,7 @@ impl LayerWriter<'_> {
                 .map_err(|e| Error::io("remove", &child_rel, e))?;
         }
         if removed_dir {
-            self.dir_removed();
+            self.dir_removed()?;
         }
         for sub in keep_dirs {
             self.empty_dir(&sub)?;

@@ -267,6 +267,19 @@ fn ctr_2_1_credentials() {
 #[test]
 #[ignore = "needs root"]
 fn ctr_2_1_interrupted_pull() {
+    // A process started in the background by a shell without job control ignores SIGINT,
+    // and so does every ctr it starts: Ctrl-C would do nothing and the pull complete.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    assert!(
+        ignored & (1 << (2 - 1)) == 0,
+        "SIGINT is ignored in this test process (started in the background without job \
+         control?), so ctr would ignore it too: run the tests in the foreground or with `set -m`"
+    );
     let env = Env::start("containerd::ctr2-sigint", "overlayfs", Containerd::V2_1);
     let scratch = env.scratch().to_path_buf();
     let registry = Registry::start(&scratch.join("registry"));
