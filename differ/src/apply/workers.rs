@@ -8,9 +8,13 @@
 //! - a file goes to a worker only into a directory this apply created (so nothing but this
 //!   apply's own entries stands in it) and where no directory or symlink of this apply
 //!   stands at its name, so a worker only ever replaces a file;
-//! - the worker is chosen by the file's path, so two entries of one path keep their order;
+//! - one directory's files go to one worker (the least busy when the directory first comes),
+//!   so two entries of one path keep their order and workers do not queue on one
+//!   directory's lock;
 //! - whiteouts, hard links (their target must be complete), an entry at a path in flight or
-//!   above one, creating a missing parent, and the directory times at the end wait first.
+//!   above one, creating a missing parent, removing a directory or symlink, emptying the
+//!   directory cache (files in flight hold their directories open) and the directory times
+//!   at the end wait first.
 //!
 //! Bytes in flight are bounded ([`MAX_BYTES`], [`MAX_JOBS`]); files larger than
 //! [`MAX_FILE`] are written by the reading thread, streamed.
@@ -33,7 +37,8 @@ use crate::{Error, Result};
 
 /// Largest file handed to a worker; larger ones are streamed by the reading thread.
 pub(super) const MAX_FILE: u64 = 1 << 20;
-/// File bytes queued for the workers at most (one file may exceed it when nothing else is).
+/// File bytes queued for the workers at most (one file may exceed it when nothing else is
+/// queued).
 const MAX_BYTES: usize = 16 << 20;
 /// Files queued for the workers at most (empty files weigh nothing in bytes).
 const MAX_JOBS: usize = 1024;
