@@ -217,6 +217,8 @@ impl<'r> LayerWriter<'r> {
         implicit: Option<ImplicitDirs>,
         limits: &'r LayerLimits,
     ) -> Self {
+        // Read once (the umask from /proc/self/status): the writer and its workers share it.
+        let own = Ownership::current();
         LayerWriter {
             root,
             mode,
@@ -227,8 +229,8 @@ impl<'r> LayerWriter<'r> {
             created: HashSet::new(),
             fresh: HashSet::new(),
             dirlike: HashSet::new(),
-            own: Ownership::current(),
-            workers: FileWorkers::new(Ownership::current()),
+            own,
+            workers: FileWorkers::new(own),
             limits,
             entries: 0,
         }

@@ -218,6 +218,13 @@ LAYERS = ["rootfs", "smallfiles", "bigfile"]
 COMPS = ["gzip", "zstd"]
 
 
+def row(cells, widths):
+    """One table line: the first two columns (layer, compression) left-aligned, the rest
+    right-aligned."""
+    return "  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths)))
+
+
 def report(results, meta_dir):
     runs = {}  # (layer, comp, contender) -> [(secs, rss_kib)]
     failures = {}
@@ -253,7 +260,7 @@ def report(results, meta_dir):
     header = ("layer", "comp", "MB", "strata s", "MB/s", "tar s", "MB/s", "decomp s", "MB/s",
               "tar/strata", "decomp/strata", "strata RSS", "tar RSS")
     widths = [10, 5, 6, 9, 6, 7, 6, 9, 6, 11, 14, 11, 9]
-    line = "  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
+    line = row(header, widths)
     print(line)
     print("-" * len(line))
     ratios = {}
@@ -275,8 +282,7 @@ def report(results, meta_dir):
                      fmt(tr, ".2f") + "x" if tr else "-", fmt(dr, ".2f") + "x" if dr else "-",
                      fmt(peak(keys[0]), ".1f") + " MiB" if peak(keys[0]) else "-",
                      fmt(peak(keys[1]), ".1f") + " MiB" if peak(keys[1]) else "-"]
-            print("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
-                            for i, (c, w) in enumerate(zip(cells, widths))))
+            print(row(cells, widths))
             for k in keys:
                 if k in failures:
                     print(f"  !! {k[2]} failed in {failures[k]} run(s) of {layer}/{comp}")
@@ -324,14 +330,14 @@ def api_table(runs, med):
           "native snapshot, the same gRPC client):")
     header = ("layer", "comp", "containerd s", "strata s", "containerd/strata")
     widths = [10, 5, 12, 8, 17]
-    print("  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    print(row(header, widths))
     out = {}
     for layer, comp in keys:
         c, s = med((layer, comp, "containerd")), med((layer, comp, "strata-api"))
         out[(layer, comp)] = c / s if c and s else None
         cells = [layer, comp, "-" if c is None else f"{c:.2f}", "-" if s is None else f"{s:.2f}",
                  "-" if out[(layer, comp)] is None else f"{out[(layer, comp)]:.2f}x"]
-        print("  ".join(x.rjust(w) if i > 1 else x.ljust(w) for i, (x, w) in enumerate(zip(cells, widths))))
+        print(row(cells, widths))
     return out
 
 
@@ -344,7 +350,7 @@ def floor_table(runs, ratios, med):
     header = ("layer", "comp", "inflate s", "blob sha s", "tar sha s", "write s", "floor s",
               "strata s", "efficiency")
     widths = [10, 5, 9, 10, 9, 7, 7, 8, 10]
-    print("  ".join(h.rjust(w) if i > 1 else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    print(row(header, widths))
     effs = {}
     for layer, comp in ratios:
         stages = [med((layer, comp, "inflate")), med((layer, comp, "digest_blob")),
@@ -355,7 +361,7 @@ def floor_table(runs, ratios, med):
         effs[(layer, comp)] = eff
         cells = [layer, comp] + ["-" if v is None else f"{v:.2f}" for v in stages + [floor, strata]]
         cells.append("-" if eff is None else f"{eff:.2f}")
-        print("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+        print(row(cells, widths))
     return effs
 
 
